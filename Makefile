@@ -1,0 +1,20 @@
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+# torch and torchvision are pinned as a pair (see README); the rest comes from pyproject.toml
+TORCH = torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install install-test demo test
+
+install:
+	$(PIP) install $(TORCH)
+	$(PIP) install -e .
+
+install-test:
+	$(PIP) install $(TORCH)
+	$(PIP) install -e ".[test]"
+
+demo: install
+	$(PYTHON) -m idapgraph demo --out demo_out
+
+test: install-test
+	$(PYTHON) -m pytest -q -p no:cacheprovider

@@ -1,0 +1,170 @@
+"""Command line: ``idapgraph compress | analyze | demo``. A thin layer over the public API.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"idapgraph: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _ratio(text: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0 < r <= 1):
+        raise argparse.ArgumentTypeError(f"must be a fraction to keep in (0, 1], got {text}")
+    return r
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="idapgraph", description="Structured pruning compiler for ONNX and torch.fx.")
+    p.add_argument("--version", action="version", version=f"idapgraph {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("compress", help="prune an ONNX model to a FLOPs/params target")
+    c.add_argument("input", help="input .onnx file (never modified)")
+    c.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
+    c.add_argument("--flops", type=_ratio, help="fraction of FLOPs to keep, in (0, 1]")
+    c.add_argument("--params", type=_ratio, help="fraction of parameters to keep, in (0, 1]")
+    c.add_argument("--method", default="magnitude", help="magnitude | random (default magnitude)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--plan-out", help="also write the plan (JSON) here")
+    c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+    a = sub.add_parser("analyze", help="show channel groups, frozen spots and cost")
+    a.add_argument("input")
+    a.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("demo", help="compress a built-in ResNet-18 (random weights) and compare")
+    d.add_argument("--out", default="demo_out", help="folder for the demo's files")
+    d.add_argument("--flops", type=_ratio, default=0.5)
+    return p
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def cmd_compress(args) -> int:
+    from . import api
+    from .emit.save import check_output_path, save_onnx
+
+    if args.flops is None and args.params is None:
+        raise _UserError("give a target: --flops R and/or --params R")
+    out = check_output_path(args.output, args.input)
+    if args.plan_out:
+        check_output_path(args.plan_out, args.input)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = api.compress(args.input, flops=args.flops, params=args.params, method=args.method,
+                           seed=args.seed)
+    save_onnx(res.model, out)
+    if args.plan_out:
+        from .emit.save import write_bytes_atomic
+
+        write_bytes_atomic(args.plan_out, res.plan.to_json().encode())
+    rep = res.report.to_dict()
+    rep["output"] = str(out)
+    rep["size_before"] = os.path.getsize(args.input)
+    rep["size_after"] = os.path.getsize(out)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"{'':12}{'before':>12}{'after':>12}{'ratio':>8}")
+    for key, label in (("flops", "FLOPs"), ("params", "params"), ("size", "file size")):
+        b, a = rep[f"{key}_before"], rep[f"{key}_after"]
+        print(f"{label:12}{_fmt(b):>12}{_fmt(a):>12}{a / b if b else 1:>8.3f}")
+    print(f"groups pruned: {rep['groups_pruned']} of {rep['groups']}, units removed: "
+          f"{rep['units_removed']}, frozen spots: {len(rep['frozen'])}")
+    for w in rep["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from . import api
+
+    a = api.analyze(args.input)
+    g = a.graph
+    groups = [{"key": gr.key, "units": gr.n_units,
+               "params": sorted({s.tensor for s in gr.params(g)}),
+               "unit_width": {str(m.spaces[0].tensor): int(m.index.shape[1]) for m in gr.members}}
+              for gr in a.coupling.groups]
+    from dataclasses import asdict
+
+    rep = {"backend": g.backend, "nodes": len(g), "flops": a.cost.flops, "params": a.cost.params,
+           "ops": g.summary(), "groups": groups, "frozen": [asdict(f) for f in a.coupling.frozen]}
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"{len(g)} nodes, {_fmt(a.cost.flops)} FLOPs (1 MAC = 1 FLOP), {_fmt(a.cost.params)} params")
+    print(f"{len(groups)} channel groups:")
+    for gr in groups:
+        print(f"  {gr['key']:<14} {gr['units']:>6} units  {len(gr['params'])} parameter tensors")
+    print(f"{len(rep['frozen'])} frozen spots:")
+    for f in rep["frozen"]:
+        print(f"  {f['layer']} ({f['source']}) {f['role']} channels: {f['reason']}")
+    return 0
+
+
+class _UserError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import IdapgraphError, InputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "compress":
+            return cmd_compress(args)
+        if args.cmd == "analyze":
+            return cmd_analyze(args)
+        if args.cmd == "demo":
+            from .demo import run_demo
+
+            return run_demo(Path(args.out), args.flops)
+    except (InputError, _UserError) as e:
+        print("idapgraph: error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+    except IdapgraphError as e:
+        if args.debug:
+            raise
+        print("idapgraph: internal error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("idapgraph: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI promises one line, --debug for more
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"idapgraph: internal error: {type(e).__name__}: {msg} (rerun with --debug)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

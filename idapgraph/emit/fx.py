@@ -1,0 +1,123 @@
+"""Apply a :class:`~idapgraph.ir.plan.Rewrite` to a torch.fx GraphModule."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..ir.graph import PARAM, Graph
+from ..ir.plan import Rewrite
+
+
+def _owner(root: nn.Module, qualname: str) -> tuple[nn.Module, str]:
+    *path, attr = qualname.split(".")
+    mod = root
+    for p in path:
+        mod = getattr(mod, p)
+    return mod, attr
+
+
+def _set(root: nn.Module, qualname: str, value: torch.Tensor) -> None:
+    mod, attr = _owner(root, qualname)
+    old = getattr(mod, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(mod, attr, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(mod, attr, value)
+
+
+def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove") -> fx.GraphModule:
+    """Return a new GraphModule with the rewrite applied.
+
+    ``mode="remove"`` slices parameters and updates module attributes and call arguments;
+    ``mode="zero"`` keeps every shape and only zeroes the removed parameter entries (the
+    reference for zero-then-remove equivalence tests).
+    """
+    new = copy.deepcopy(gm)
+    table = rewrite.keep if mode == "remove" else rewrite.removed
+    with torch.no_grad():
+        for name, axes in table.items():
+            if graph.tensors[name].kind != PARAM:
+                continue
+            mod, attr = _owner(new, name)
+            v = getattr(mod, attr).detach()
+            if mode == "remove":
+                for ax, idx in sorted(axes.items()):
+                    v = v.index_select(ax, torch.as_tensor(idx, dtype=torch.long, device=v.device))
+                v = v.contiguous()
+            else:
+                v = v.clone()
+                for ax, idx in axes.items():
+                    v.index_fill_(ax, torch.as_tensor(idx, dtype=torch.long, device=v.device), 0)
+            _set(new, name, v)
+    if mode != "remove":
+        return new
+
+    modules = dict(new.named_modules())
+    fx_nodes = {n.name: n for n in new.graph.nodes}
+    for node in graph:
+        fxn = fx_nodes[node.name]
+        upd = rewrite.attrs.get(node.name, {})
+        m = modules.get(fxn.target) if fxn.op == "call_module" else None
+        if node.op == "conv":
+            if m is not None:
+                if "groups" in upd:
+                    m.groups = upd["groups"]
+                m.out_channels = m.weight.shape[0]
+                m.in_channels = m.weight.shape[1] * m.groups
+            elif "groups" in upd:
+                _set_arg(fxn, 6, "groups", upd["groups"])
+        elif node.op == "linear" and isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif node.op in ("batchnorm", "instancenorm") and m is not None:
+            channels = rewrite.new_shapes[node.inputs[0]][1]
+            if isinstance(m, nn.PReLU):
+                m.num_parameters = channels
+            elif hasattr(m, "num_features"):
+                m.num_features = channels
+        elif node.op == "groupnorm" and isinstance(m, nn.GroupNorm):
+            m.num_groups = upd.get("groups", m.num_groups)
+            m.num_channels = rewrite.new_shapes[node.inputs[0]][1]
+        elif node.op == "reshape" and "target" in upd:
+            _rewrite_view(fxn, upd["target"])
+        elif node.op == "split" and "sizes" in upd:
+            fxn.op, fxn.target = "call_function", torch.split
+            fxn.args, fxn.kwargs = (fxn.args[0], list(upd["sizes"]), node.attrs["axis"]), {}
+        elif node.op == "index" and "map" in upd:
+            mp = upd["map"]
+            idx = []
+            for e in node.attrs["spec"]:
+                if e[0] == "none":
+                    idx.append(None)
+                elif e[0] == "int":
+                    idx.append(e[1])
+                else:
+                    _, start, stop, step = mp[e[1]]
+                    idx.append(slice(start, stop, step))
+            fxn.args = (fxn.args[0], tuple(idx))
+    new.graph.lint()
+    new.recompile()
+    return new
+
+
+def _set_arg(fxn: fx.Node, pos: int, name: str, value) -> None:
+    if len(fxn.args) > pos:
+        args = list(fxn.args)
+        args[pos] = value
+        fxn.args = tuple(args)
+    else:
+        kw = dict(fxn.kwargs)
+        kw[name] = value
+        fxn.kwargs = kw
+
+
+def _rewrite_view(fxn: fx.Node, target: list) -> None:
+    head = fxn.args[:1]
+    rest = fxn.args[1:]
+    packed = len(rest) == 1 and isinstance(rest[0], (tuple, list))
+    old = list(rest[0]) if packed else list(rest)
+    new = [o if isinstance(o, fx.Node) else t for o, t in zip(old, target)]
+    fxn.args = head + ((tuple(new),) if packed else tuple(new))

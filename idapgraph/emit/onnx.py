@@ -1,0 +1,80 @@
+"""Apply a :class:`~idapgraph.ir.plan.Rewrite` to an ONNX model (via onnx-graphsurgeon)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import EmitError
+from ..ir.graph import PARAM, Graph
+from ..ir.plan import Rewrite
+
+
+def _int_const(name: str, values) -> gs.Constant:
+    return gs.Constant(name, np.asarray(values, dtype=np.int64))
+
+
+def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "remove") -> onnx.ModelProto:
+    """Return a new ModelProto; ``model`` is the normalised model the IR was built from.
+
+    ``mode="remove"`` slices initializers and rewrites attributes and shape constants;
+    ``mode="zero"`` only zeroes the removed initializer entries.
+    """
+    g = gs.import_onnx(model)
+    tensors = g.tensors()
+    table = rewrite.keep if mode == "remove" else rewrite.removed
+    for name, axes in table.items():
+        if graph.tensors[name].kind != PARAM:
+            continue
+        c = tensors[name]
+        v = np.array(c.values)
+        for ax, idx in sorted(axes.items()):
+            if mode == "remove":
+                v = np.take(v, idx, axis=ax)
+            else:
+                sl = [slice(None)] * v.ndim
+                sl[ax] = idx
+                v[tuple(sl)] = 0
+        c.values = np.ascontiguousarray(v)
+    if mode == "remove":
+        for node in graph:
+            upd = rewrite.attrs.get(node.name)
+            if not upd:
+                continue
+            gn = g.nodes[node.handle]
+            if node.op == "conv":
+                gn.attrs["group"] = int(upd["groups"])
+            elif node.op == "groupnorm":
+                gn.attrs["num_groups"] = int(upd["groups"])
+            elif node.op == "split":
+                gn.attrs.pop("num_outputs", None)
+                const = _int_const(f"{gn.name or node.name}__idapgraph_split", upd["sizes"])
+                if len(gn.inputs) > 1:
+                    gn.inputs[1] = const
+                else:
+                    gn.inputs.append(const)
+            elif node.op == "reshape":
+                gn.inputs[1] = _int_const(f"{gn.name or node.name}__idapgraph_shape", upd["target"])
+            elif node.op == "index":
+                axes = node.attrs["slice_axes"]
+                mp = upd["map"]
+                gn.inputs[1] = _int_const(f"{gn.name or node.name}__idapgraph_starts",
+                                          [mp[a][1] for a in axes])
+                gn.inputs[2] = _int_const(f"{gn.name or node.name}__idapgraph_ends",
+                                          [mp[a][2] for a in axes])
+        keep_io = {t.name for t in g.inputs} | {t.name for t in g.outputs}
+        for t in tensors.values():
+            if isinstance(t, gs.Variable) and t.name not in keep_io:
+                t.shape = None
+        g.cleanup(remove_unused_graph_inputs=False)
+    out = gs.export_onnx(g, do_type_check=False)
+    out.ir_version = model.ir_version
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    out.metadata_props.extend(model.metadata_props)
+    if mode == "remove":
+        try:
+            out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True, data_prop=True)
+        except Exception as e:  # noqa: BLE001
+            raise EmitError(f"rewritten model fails ONNX shape inference: {str(e).splitlines()[0]}") from e
+    return out

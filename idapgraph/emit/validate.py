@@ -1,0 +1,84 @@
+"""Validation of emitted models: nothing leaves idapgraph without passing these."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..errors import EmitError
+
+_NP = {1: np.float32, 10: np.float16, 11: np.float64, 6: np.int32, 7: np.int64, 9: np.bool_,
+       2: np.uint8, 3: np.int8}
+
+
+def example_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input (symbolic dims become ``batch``; ints are ones)."""
+    rng = np.random.default_rng(seed)
+    init = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else batch for d in tt.shape.dim]
+        dt = _NP.get(tt.elem_type, np.float32)
+        if np.issubdtype(dt, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dt)
+        else:
+            feeds[vi.name] = np.ones(shape, dtype=dt)
+    return feeds
+
+
+def session(model: onnx.ModelProto, threads: int = 0):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session(model).run(None, feeds)
+
+
+def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None) -> None:
+    """Full ONNX checker + an onnxruntime run; output shapes must match ``output_shapes``."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise EmitError(f"rewritten model fails onnx.checker: {str(e).splitlines()[0]}") from e
+    try:
+        outs = run_onnx(model, example_feeds(model))
+    except Exception as e:  # noqa: BLE001
+        raise EmitError(f"rewritten model does not run in onnxruntime: {str(e).splitlines()[0]}") from e
+    if output_shapes is not None:
+        got = [tuple(o.shape) for o in outs]
+        if got != [tuple(s) for s in output_shapes]:
+            raise EmitError(f"rewritten model changed output shapes {output_shapes} -> {got}")
+
+
+def check_fx(gm, example_inputs: tuple, output_shapes: list[tuple]) -> None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = gm(*example_inputs)
+    except Exception as e:  # noqa: BLE001
+        raise EmitError(f"rewritten module does not run: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    got = [tuple(o.shape) for o in flatten_outputs(out)]
+    if got != [tuple(s) for s in output_shapes]:
+        raise EmitError(f"rewritten module changed output shapes {output_shapes} -> {got}")
+
+
+def flatten_outputs(out) -> list:
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        res = []
+        for o in out:
+            res.extend(flatten_outputs(o))
+        return res
+    return [out]

@@ -1,0 +1,364 @@
+"""torch.fx frontend: ``symbolic_trace`` + ``ShapeProp`` -> IR.
+
+Every fx node becomes at most one IR node with a canonical op from :mod:`idapgraph.ir.ops`.
+Module parameters and buffers become PARAM tensors named by their qualified name
+(``layer1.0.conv1.weight``); activations are named by the fx node name.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from ..errors import InputError
+from ..ir.graph import ACTIVATION, META, PARAM, Graph, Node, Tensor
+
+_UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.PReLU, nn.Hardtanh,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.Tanhshrink, nn.Softsign, nn.LogSigmoid,
+)
+_POOL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d, nn.LPPool2d,
+)
+_ELEMENTWISE_FUNCS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.pow,
+    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
+    torch.pow, torch.true_divide,
+}
+_ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "pow", "add_", "mul_", "sub_", "div_",
+                        "maximum", "minimum", "true_divide"}
+_UNARY_FUNCS = {
+    F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.sigmoid, F.tanh, F.dropout,
+    F.leaky_relu, F.elu, F.selu, F.mish, F.softplus, F.hardtanh, torch.relu, torch.sigmoid,
+    torch.tanh, torch.exp, torch.neg, operator.neg, torch.clamp, torch.abs, torch.sqrt,
+    torch.rsqrt, torch.erf, F.dropout2d, torch.nn.functional.relu_, torch.clone,
+}
+_UNARY_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "float",
+                  "half", "double", "to", "type_as", "detach", "exp", "neg", "clamp", "clamp_",
+                  "sqrt", "rsqrt", "abs", "hardtanh_", "erf", "bfloat16"}
+_POOL_FUNCS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+               F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.max_pool1d, F.avg_pool1d,
+               F.interpolate, F.max_pool3d, F.avg_pool3d}
+_REDUCE = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
+_REDUCE_METHODS = {"mean", "sum", "amax"}
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.g = Graph(backend="fx")
+        self.alias: dict[str, str] = {}  # fx node name -> IR tensor name
+        self.modules = dict(gm.named_modules())
+        self.trainable = {n for n, _ in gm.named_parameters(remove_duplicate=False)}
+
+    # -- tensors ---------------------------------------------------------------------------
+    def param(self, qualname: str) -> str | None:
+        if qualname in self.g.tensors:
+            return qualname
+        value = _fetch(self.gm, qualname)
+        if not isinstance(value, torch.Tensor):
+            return None
+        self.g.add_tensor(Tensor(
+            qualname, tuple(value.shape), str(value.dtype).replace("torch.", ""), PARAM,
+            load=lambda q=qualname: _fetch(self.gm, q).detach().cpu().float().numpy()
+            if _fetch(self.gm, q).dtype.is_floating_point else _fetch(self.gm, q).cpu().numpy(),
+            trainable=qualname in self.trainable))
+        return qualname
+
+    def module_param(self, target: str, attr: str) -> str | None:
+        mod = self.modules[target]
+        if getattr(mod, attr, None) is None:
+            return None
+        return self.param(f"{target}.{attr}" if target else attr)
+
+    def ref(self, a: Any) -> str | None:
+        if isinstance(a, fx.Node):
+            return self.alias.get(a.name, a.name)
+        return None
+
+    def declare_outputs(self, node: fx.Node) -> list[str]:
+        meta = node.meta.get("tensor_meta")
+        if isinstance(meta, TensorMetadata):
+            self.g.add_tensor(Tensor(node.name, tuple(int(d) for d in meta.shape),
+                                     str(meta.dtype).replace("torch.", ""), ACTIVATION))
+            return [node.name]
+        if isinstance(meta, (tuple, list)) and meta and all(isinstance(m, TensorMetadata) for m in meta):
+            names = []
+            for i, m in enumerate(meta):
+                name = f"{node.name}.{i}"
+                self.g.add_tensor(Tensor(name, tuple(int(d) for d in m.shape),
+                                         str(m.dtype).replace("torch.", ""), ACTIVATION))
+                names.append(name)
+            return names
+        self.g.add_tensor(Tensor(node.name, None, "", META))
+        return [node.name]
+
+    def add(self, node: fx.Node, op: str, inputs: list[str | None], attrs: dict | None = None,
+            outputs: list[str] | None = None) -> None:
+        outs = outputs if outputs is not None else self.declare_outputs(node)
+        if op != "meta" and any(self.g.tensors[o].kind == META for o in outs):
+            op = "meta"
+        src = node.op + ":" + (type(self.modules[node.target]).__name__ if node.op == "call_module"
+                               else getattr(node.target, "__name__", str(node.target)))
+        self.g.add_node(Node(node.name, op, inputs, outs, attrs or {}, src, handle=node))
+
+    def tensor_inputs(self, node: fx.Node) -> list[str]:
+        out = []
+        for a in list(node.args) + list(node.kwargs.values()):
+            items = a if isinstance(a, (list, tuple)) else [a]
+            for b in items:
+                r = self.ref(b)
+                if r is not None:
+                    out.append(r)
+        return out
+
+    # -- nodes -----------------------------------------------------------------------------
+    def build(self) -> Graph:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self.declare_outputs(node)
+                if self.g.tensors[node.name].kind == META:
+                    raise InputError(f"model input {node.name!r} is not a tensor")
+                self.g.inputs.append(node.name)
+            elif node.op == "get_attr":
+                name = self.param(node.target)
+                if name is None:
+                    self.add(node, "meta", [])
+                else:
+                    self.alias[node.name] = name
+            elif node.op == "call_module":
+                self.call_module(node)
+            elif node.op == "call_function":
+                self.call_function(node)
+            elif node.op == "call_method":
+                self.call_method(node)
+            elif node.op == "output":
+                outs = node.args[0]
+                flat = list(outs.values()) if isinstance(outs, dict) else (
+                    list(outs) if isinstance(outs, (list, tuple)) else [outs])
+                for o in flat:
+                    r = self.ref(o)
+                    if r is None or self.g.tensors[r].kind == META:
+                        raise InputError("model outputs must be tensors (or a tuple/dict of tensors)")
+                    self.g.outputs.append(r)
+        return self.g
+
+    def call_module(self, node: fx.Node) -> None:
+        m = self.modules[node.target]
+        x = self.ref(node.args[0]) if node.args else None
+        t = node.target
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            self.add(node, "conv", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
+                     {"groups": m.groups})
+        elif isinstance(m, nn.Linear):
+            self.add(node, "linear", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
+                     {"layout": "oi"})
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            ps = [self.module_param(t, a) for a in ("weight", "bias", "running_mean", "running_var")]
+            self.add(node, "batchnorm", [x, *ps])
+        elif isinstance(m, nn.modules.instancenorm._InstanceNorm):
+            ps = [self.module_param(t, a) for a in ("weight", "bias", "running_mean", "running_var")]
+            self.add(node, "instancenorm", [x, *ps])
+        elif isinstance(m, nn.GroupNorm):
+            self.add(node, "groupnorm", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
+                     {"groups": m.num_groups})
+        elif isinstance(m, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
+            self.add(node, "layernorm", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
+                     {"axis": -len(m.normalized_shape)})
+        elif isinstance(m, nn.PReLU) and m.num_parameters > 1:  # per-channel slope, like a BN scale
+            self.add(node, "batchnorm", [x, self.module_param(t, "weight")])
+        elif isinstance(m, _UNARY_MODULES):
+            self.add(node, "unary", [x])
+        elif isinstance(m, _POOL_MODULES):
+            self.add(node, "pool", [x])
+        elif isinstance(m, nn.Flatten):
+            self.add(node, "reshape", [x], {"target": "auto"})
+        elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+            self.add(node, "softmax", [x], {"axis": m.dim if m.dim is not None else -1})
+        elif isinstance(m, nn.MultiheadAttention):
+            self.add(node, "unknown", self.tensor_inputs(node) + [
+                p for p in (self.module_param(t, "in_proj_weight"),) if p],
+                {"reason": "nn.MultiheadAttention ties embed_dim to its input and output channels"})
+        else:
+            params = [self.param(f"{t}.{n}") for n, _ in m.named_parameters()]
+            self.add(node, "unknown", self.tensor_inputs(node) + [p for p in params if p],
+                     {"reason": f"no channel rule for module {type(m).__name__}"})
+
+    def call_function(self, node: fx.Node) -> None:
+        f = node.target
+        if f is operator.getitem:
+            return self.getitem(node)
+        self._common(node, f, node.args[0] if node.args else None, is_method=False)
+
+    def call_method(self, node: fx.Node) -> None:
+        self._common(node, node.target, node.args[0], is_method=True)
+
+    def _common(self, node: fx.Node, f: Any, first: Any, is_method: bool) -> None:
+        x = self.ref(first)
+        meta = node.meta.get("tensor_meta")
+        if not isinstance(meta, (TensorMetadata, tuple, list)) or (
+                isinstance(meta, (tuple, list)) and not meta):
+            return self.add(node, "meta", self.tensor_inputs(node))
+        name = f if is_method else None
+        if (f in _ELEMENTWISE_FUNCS) or (name in _ELEMENTWISE_METHODS):
+            return self.add(node, "elementwise", self.tensor_inputs(node))
+        if f in _UNARY_FUNCS or name in _UNARY_METHODS:
+            return self.add(node, "unary", [x])
+        if f in (torch.cat, torch.concat):
+            xs = [self.ref(a) for a in _arg(node, 0, "tensors")]
+            return self.add(node, "concat", xs, {"axis": _arg(node, 1, "dim", 0)})
+        if f in _POOL_FUNCS:
+            return self.add(node, "pool", [x])
+        if f is torch.flatten or name in ("flatten", "squeeze", "unsqueeze") or f in (
+                torch.squeeze, torch.unsqueeze):
+            return self.add(node, "reshape", [x], {"target": "auto"})
+        if f is torch.reshape or name in ("view", "reshape"):
+            shape_args = node.args[1:] if is_method else node.args[1:]
+            if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
+                shape_args = shape_args[0]
+            target = [a if isinstance(a, int) else None for a in shape_args]
+            if len(target) != len(meta.shape):
+                target = None
+            return self.add(node, "reshape", [x], {"target": target})
+        if f is torch.permute or name == "permute":
+            perm = node.args[1:] if is_method else node.args[1]
+            if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+                perm = perm[0]
+            if all(isinstance(p, int) for p in perm):
+                r = len(meta.shape)
+                return self.add(node, "transpose", [x], {"perm": [p % r for p in perm]})
+        if f is torch.transpose or name == "transpose":
+            d0, d1 = node.args[1], node.args[2]
+            if isinstance(d0, int) and isinstance(d1, int):
+                r = len(meta.shape)
+                perm = list(range(r))
+                perm[d0 % r], perm[d1 % r] = perm[d1 % r], perm[d0 % r]
+                return self.add(node, "transpose", [x], {"perm": perm})
+        if f in _REDUCE or name in _REDUCE_METHODS:
+            dim = _arg(node, 1, "dim")
+            keep = bool(_arg(node, 2, "keepdim", False))
+            if dim is None or isinstance(dim, int) or all(isinstance(d, int) for d in dim):
+                axes = None if dim is None else ([dim] if isinstance(dim, int) else list(dim))
+                return self.add(node, "reduce", [x], {"axes": axes, "keepdims": keep})
+        if f in (F.softmax, torch.softmax, F.log_softmax) or name in ("softmax", "log_softmax"):
+            return self.add(node, "softmax", [x], {"axis": _arg(node, 1, "dim", -1)})
+        if f in (torch.matmul, operator.matmul, torch.bmm) or name in ("matmul", "bmm"):
+            b = self.ref(node.args[1])
+            if b is not None and self.g.tensors[b].kind == PARAM and self.g.tensors[b].rank == 2:
+                return self.add(node, "linear", [x, b, None], {"layout": "io"})
+            return self.add(node, "matmul", [x, b])
+        if f is F.linear:
+            w, b = self.ref(_arg(node, 1, "weight")), self.ref(_arg(node, 2, "bias"))
+            if w is not None and self.g.tensors[w].kind == PARAM:
+                return self.add(node, "linear", [x, w, b], {"layout": "oi"})
+        if f in (F.conv1d, F.conv2d, F.conv3d):
+            w, b = self.ref(_arg(node, 1, "weight")), self.ref(_arg(node, 2, "bias"))
+            groups = _arg(node, 6, "groups", 1)
+            if w is not None and self.g.tensors[w].kind == PARAM and isinstance(groups, int):
+                return self.add(node, "conv", [x, w, b], {"groups": groups})
+        if f is F.layer_norm:
+            w, b = self.ref(_arg(node, 2, "weight")), self.ref(_arg(node, 3, "bias"))
+            ns = _arg(node, 1, "normalized_shape")
+            return self.add(node, "layernorm", [x, w, b], {"axis": -len(ns)})
+        if f in (torch.chunk, torch.split) or name in ("chunk", "split"):
+            dim = _arg(node, 2, "dim", 0)
+            if isinstance(meta, (tuple, list)) and isinstance(dim, int):
+                return self.add(node, "split", [x], {"axis": dim % len(meta[0].shape)})
+        if name in ("expand", "expand_as"):
+            return self.add(node, "expand", [x])
+        self.add(node, "unknown", self.tensor_inputs(node))
+
+    def getitem(self, node: fx.Node) -> None:
+        src, idx = node.args
+        src_name = self.ref(src)
+        if src_name is None:
+            return self.add(node, "meta", [])
+        if src_name not in self.g.tensors:  # element of a tuple-valued node
+            names = self.g.nodes[src_name].outputs if src_name in self.g.nodes else []
+            if isinstance(idx, int) and idx < len(names):
+                self.alias[node.name] = names[idx]
+                return
+            return self.add(node, "unknown", [])
+        t = self.g.tensors[src_name]
+        if t.kind == META:
+            return self.add(node, "meta", [src_name])
+        spec = idx if isinstance(idx, tuple) else (idx,)
+        mp, sp = _index_map(spec, t.shape)
+        if mp is None:
+            return self.add(node, "unknown", [src_name])
+        self.add(node, "index", [src_name], {"map": mp, "spec": sp})
+
+
+def _index_map(spec: tuple, shape: tuple):
+    """Per output axis (in_axis, start, stop, step) or None; plus a spec to rebuild the index."""
+    n_real = sum(1 for e in spec if e is not None and e is not Ellipsis)
+    if sum(1 for e in spec if e is Ellipsis) > 1 or n_real > len(shape):
+        return None, None
+    full = []
+    for e in spec:
+        if e is Ellipsis:
+            full.extend([slice(None)] * (len(shape) - n_real))
+        else:
+            full.append(e)
+    full.extend([slice(None)] * (len(shape) - sum(1 for e in full if e is not None)))
+    mp, sp, ax = [], [], 0
+    for e in full:
+        if e is None:
+            mp.append(None)
+            sp.append(("none",))
+        elif isinstance(e, int):
+            sp.append(("int", e))
+            ax += 1
+        elif isinstance(e, slice) and all(v is None or isinstance(v, int) for v in (e.start, e.stop, e.step)):
+            start, stop, step = e.indices(shape[ax])
+            mp.append((ax, start, max(stop, start), step))
+            sp.append(("slice", len(mp) - 1))
+            ax += 1
+        else:
+            return None, None
+    return mp, sp
+
+
+def _fetch(gm: nn.Module, qualname: str) -> Any:
+    obj: Any = gm
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def trace(module: nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    try:
+        gm = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
+    except Exception as e:  # noqa: BLE001 - tracing errors come in every type
+        raise InputError(f"cannot trace the module with torch.fx: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    with torch.no_grad():
+        try:
+            ShapeProp(gm).propagate(*example_inputs)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"the module does not run on the example inputs: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    return gm
+
+
+def to_ir(gm: fx.GraphModule) -> Graph:
+    """Build the IR of a shape-propagated GraphModule (see :func:`trace`)."""
+    return _Builder(gm).build()
+

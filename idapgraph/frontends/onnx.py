@@ -1,0 +1,254 @@
+"""ONNX frontend: onnx-graphsurgeon graph + ONNX shape inference -> IR.
+
+The model is first *normalised* (local functions inlined, ``Constant`` nodes turned into
+initializers, dead nodes removed) and shape-inferred; the emitter re-imports the same normalised
+model, so IR nodes refer to graphsurgeon nodes by their position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import InputError
+from ..ir.graph import ACTIVATION, META, PARAM, Graph, Node, Tensor
+
+_UNARY = {
+    "Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu",
+    "Gelu", "Erf", "Identity", "Dropout", "Cast", "Neg", "Exp", "Log", "Abs", "Sqrt", "Reciprocal",
+    "Softplus", "Softsign", "Mish", "Clip", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
+    "ThresholdedRelu", "Not", "IsNaN", "IsInf", "Shrink",
+}
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal",
+                "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod",
+                "PRelu", "BitwiseAnd", "BitwiseOr"}
+_POOL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize",
+         "Upsample", "GlobalLpPool"}
+_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+           "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare"}
+_META_SOURCES = {"Shape", "Size"}
+_FLOAT = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline local functions, turn Constant nodes into initializers, infer shapes."""
+    try:
+        if model.functions:
+            model = onnx.inliner.inline_local_functions(model)
+        graph = gs.import_onnx(model)
+    except Exception as e:  # noqa: BLE001 - protobuf/graphsurgeon raise many kinds
+        raise InputError(f"cannot read the ONNX graph: {e}") from e
+    for node in graph.nodes:
+        if (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
+            continue
+        value = None
+        if node.op == "Constant":
+            value = _constant_value(node)
+        elif node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
+            value = np.asarray(node.inputs[0].values)  # exporters alias shared weights this way
+        if value is not None and node.outputs[0] not in graph.outputs:
+            out = node.outputs[0]
+            node.outputs.clear()
+            out.to_constant(value)
+    graph.cleanup(remove_unused_graph_inputs=False)
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = model.ir_version
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    try:
+        out = onnx.shape_inference.infer_shapes(out, data_prop=True)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"ONNX shape inference failed: {str(e).splitlines()[0]}") from e
+    return out
+
+
+def _constant_value(node: gs.Node) -> np.ndarray | None:
+    a = node.attrs
+    if "value" in a and isinstance(a["value"], gs.Constant):
+        return np.asarray(a["value"].values)
+    for key, dt in (("value_float", np.float32), ("value_floats", np.float32),
+                    ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in a:
+            return np.asarray(a[key], dtype=dt)
+    return None
+
+
+def _const(t: gs.Tensor) -> np.ndarray | None:
+    return np.asarray(t.values) if isinstance(t, gs.Constant) else None
+
+
+class _Builder:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.gsg = gs.import_onnx(model)
+        self.g = Graph(backend="onnx")
+        self.meta = self._meta_tensors()
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.not_trainable: set[str] = set()
+        for n in self.gsg.nodes:
+            if n.op == "BatchNormalization":
+                self.not_trainable.update(t.name for t in n.inputs[3:5])
+
+    def _meta_tensors(self) -> set[str]:
+        meta: set[str] = set()
+        for n in self.gsg.nodes:
+            ins = [t for t in n.inputs if t.name]
+            if n.op in _META_SOURCES or (ins and all(t.name in meta or isinstance(t, gs.Constant)
+                                                      for t in ins) and any(t.name in meta for t in ins)):
+                meta.update(t.name for t in n.outputs)
+        return meta
+
+    def tensor(self, t: gs.Tensor | None) -> str | None:
+        if t is None or not t.name:
+            return None
+        if t.name in self.g.tensors:
+            return t.name
+        if isinstance(t, gs.Constant):
+            v = t.values
+            dt = np.dtype(v.dtype) if hasattr(v, "dtype") else np.dtype(np.float32)
+            self.g.add_tensor(Tensor(t.name, tuple(int(d) for d in t.shape), str(dt), PARAM,
+                                     load=lambda c=t: np.asarray(c.values),
+                                     trainable=dt in _FLOAT and len(t.shape) >= 1
+                                     and t.name not in self.not_trainable))
+        else:
+            shape = None if t.shape is None else tuple(
+                int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in t.shape)
+            kind = META if t.name in self.meta else ACTIVATION
+            self.g.add_tensor(Tensor(t.name, shape, str(t.dtype) if t.dtype is not None else "",
+                                     kind))
+        return t.name
+
+    def build(self) -> Graph:
+        for t in self.gsg.inputs:
+            self.g.inputs.append(self.tensor(t))
+        used: set[str] = set()
+        for i, n in enumerate(self.gsg.nodes):
+            op, ins, attrs = self._canon(n)
+            name = n.name or f"{n.op}_{i}"
+            while name in used:
+                name = f"{name}_{i}"
+            used.add(name)
+            ins = [self.tensor(t) if isinstance(t, gs.Tensor) else t for t in ins]
+            outs = [self.tensor(t) for t in n.outputs if t.name]
+            if op != "meta" and outs and all(self.g.tensors[o].kind == META for o in outs):
+                op = "meta"
+            source = n.op if (n.domain or "") in ("", "ai.onnx") else f"{n.domain}.{n.op}"
+            self.g.add_node(Node(name, op, ins, outs, attrs, source, handle=i))
+        for t in self.gsg.outputs:
+            self.g.outputs.append(self.tensor(t))
+        return self.g
+
+    # -- op mapping ------------------------------------------------------------------------
+    def _canon(self, n: gs.Node) -> tuple[str, list, dict[str, Any]]:
+        op, a = n.op, n.attrs
+        ins = list(n.inputs)
+        data = [t for t in ins if t.name]
+        if (n.domain or "") not in ("", "ai.onnx"):
+            return "unknown", data, {"reason": f"op {n.domain}.{op} from a custom domain"}
+        if any(t.name in self.meta for t in data) and all(
+                t.name in self.meta or isinstance(t, gs.Constant) for t in data) or op in _META_SOURCES:
+            return "meta", data, {}
+        if op == "Conv":
+            if isinstance(ins[1], gs.Constant):
+                return "conv", [ins[0], ins[1], ins[2] if len(ins) > 2 else None], {"groups": a.get("group", 1)}
+            return "unknown", data, {"reason": "Conv with a run-time weight"}
+        if op == "Gemm":
+            b = ins[1]
+            c = ins[2] if len(ins) > 2 and ins[2].name else None
+            if a.get("transA", 0) or not isinstance(b, gs.Constant):
+                return "unknown", data, {"reason": "Gemm with transA or a run-time weight"}
+            if c is not None and (not isinstance(c, gs.Constant) or len(c.shape) != 1):
+                return "unknown", data, {"reason": "Gemm with a non-vector bias"}
+            return "linear", [ins[0], b, c], {"layout": "oi" if a.get("transB", 0) else "io"}
+        if op == "MatMul":
+            if isinstance(ins[1], gs.Constant) and len(ins[1].shape) == 2:
+                return "linear", [ins[0], ins[1], None], {"layout": "io"}
+            return "matmul", ins[:2], {}
+        if op in _ELEMENTWISE:
+            return "elementwise", data, {}
+        if op in _UNARY:
+            if op == "Dropout" and len([t for t in n.outputs if t.name]) > 1:
+                return "unknown", data, {"reason": "Dropout with a mask output"}
+            return "unary", [ins[0]], {}
+        if op == "BatchNormalization":
+            if len([t for t in n.outputs if t.name]) > 1:
+                return "unknown", data, {"reason": "BatchNormalization in training mode"}
+            return "batchnorm", ins[:5], {}
+        if op == "InstanceNormalization":
+            return "instancenorm", ins[:3], {}
+        if op == "LayerNormalization":
+            return "layernorm", [ins[0], ins[1], ins[2] if len(ins) > 2 and ins[2].name else None], {
+                "axis": a.get("axis", -1)}
+        if op == "SimplifiedLayerNormalization" or op == "RMSNormalization":
+            return "layernorm", [ins[0], ins[1]], {"axis": a.get("axis", -1)}
+        if op == "GroupNormalization":
+            c = ins[0].shape[1] if ins[0].shape is not None and len(ins[0].shape) > 1 else None
+            if isinstance(c, int) and len(ins) > 1 and ins[1].shape is not None and ins[1].shape[0] == c:
+                return "groupnorm", ins[:3], {"groups": a["num_groups"]}
+            return "unknown", data, {"reason": "GroupNormalization with per-group scale (opset 18)"}
+        if op in _POOL:
+            return "pool", [ins[0]], {}
+        if op in _REDUCE:
+            axes = a.get("axes")
+            if axes is None and len(ins) > 1 and ins[1].name:
+                v = _const(ins[1])
+                if v is None:
+                    return "unknown", data, {"reason": f"{op} with run-time axes"}
+                axes = [int(x) for x in v.ravel()]
+            if axes is None and a.get("noop_with_empty_axes", 0):
+                return "unary", [ins[0]], {}
+            return "reduce", [ins[0]], {"axes": axes, "keepdims": bool(a.get("keepdims", 1))}
+        if op in ("Softmax", "LogSoftmax"):
+            if self.opset < 13:
+                return "unknown", data, {"reason": f"{op} before opset 13 flattens its input"}
+            return "softmax", [ins[0]], {"axis": a.get("axis", -1)}
+        if op == "Concat":
+            return "concat", data, {"axis": a["axis"]}
+        if op == "Split":
+            return "split", [ins[0]], {"axis": a.get("axis", 0)}
+        if op == "Slice":
+            return self._slice(n)
+        if op == "Reshape":
+            v = _const(ins[1])
+            target = None if v is None else [int(x) for x in v.ravel()]
+            return "reshape", [ins[0]], {"target": target}
+        if op in ("Flatten", "Squeeze", "Unsqueeze"):
+            return "reshape", [ins[0]], {"target": "auto"}
+        if op == "Transpose":
+            r = len(ins[0].shape) if ins[0].shape is not None else None
+            perm = a.get("perm") or (list(range(r))[::-1] if r is not None else None)
+            if perm is None:
+                return "unknown", data, {"reason": "Transpose of unknown rank"}
+            return "transpose", [ins[0]], {"perm": [int(p) for p in perm]}
+        if op == "Expand":
+            return "expand", [ins[0]], {}
+        return "unknown", data, {}
+
+    def _slice(self, n: gs.Node):
+        ins = n.inputs
+        data = [t for t in ins if t.name]
+        vals = [_const(t) if t.name else None for t in ins[1:]] + [None] * 4
+        starts, ends, axes, steps = vals[:4]
+        x = ins[0]
+        if starts is None or ends is None or x.shape is None or (len(ins) > 3 and ins[3].name and axes is None) \
+                or (len(ins) > 4 and ins[4].name and steps is None):
+            return "unknown", data, {"reason": "Slice with run-time bounds"}
+        r = len(x.shape)
+        axes = list(range(len(starts))) if axes is None else [int(v) % r for v in axes.ravel()]
+        steps = [1] * len(axes) if steps is None else [int(v) for v in steps.ravel()]
+        mp: list = [(ax, 0, x.shape[ax], 1) for ax in range(r)]
+        for ax, s0, e0, st in zip(axes, starts.ravel(), ends.ravel(), steps):
+            size = x.shape[ax]
+            if not isinstance(size, int):
+                return "unknown", data, {"reason": "Slice on an axis of unknown size"}
+            start, stop, step = slice(int(s0), int(e0), st).indices(size)
+            mp[ax] = (ax, start, max(stop, start), step)
+        return "index", [x], {"map": mp, "slice_axes": axes}
+
+
+def to_ir(model: onnx.ModelProto) -> Graph:
+    """Build the IR of a normalised model (see :func:`normalize`)."""
+    return _Builder(model).build()

@@ -1,0 +1,614 @@
+"""The op-rule table: what every canonical op means for channels, cost and rewriting.
+
+This is the ONE place that knows op semantics. Both frontends translate backend ops into the
+canonical ops defined here; coupling analysis, cost counting and the rewrite planner read only
+this table. Each entry gives:
+
+* ``couple(node, rel)``: how the axes of the op's operands relate. ``rel.same`` says two axes are
+  the same channel space (index i on one is index i on the other); ``rel.link`` ties individual
+  indices (concat offsets, flatten blocks, grouped convs); ``rel.freeze`` forbids removing any
+  index of an axis, with a reason. Every axis of every operand an op touches must be described;
+  axes a rule leaves out are frozen automatically ("not described by the rule"), so a missing
+  rule can only make us prune less, never break a model.
+* ``cost(node, shape)``: FLOPs of the op, counted in multiply-accumulates (1 MAC = 1 FLOP) for
+  conv/linear/matmul and one operation per output element for elementwise, norm and pool ops.
+* ``rewrite(node, old, new)``: the canonical attributes that must change when tensor sizes
+  change (``groups``, split sizes, slice bounds, reshape targets). Weight slicing needs no
+  rewrite entry: it follows from the channel spaces of the parameter tensors themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .graph import ACTIVATION, META, Graph, Node
+
+ShapeFn = Callable[[str], tuple]
+
+
+@dataclass(frozen=True)
+class Space:
+    """One axis of one tensor: the unit of channel bookkeeping."""
+
+    tensor: str
+    axis: int
+
+
+class Relations:
+    """Collector the rules write into (used by :mod:`idapgraph.passes.coupling`)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.same_pairs: list[tuple[Space, Space]] = []
+        self.links: list[tuple[Space, np.ndarray, Space, np.ndarray]] = []
+        self.frozen: dict[Space, str] = {}
+        self.described: set[Space] = set()
+
+    def rank(self, t: str | None) -> int:
+        if t is None:
+            return 0
+        shape = self.graph.tensors[t].shape
+        return 0 if shape is None else len(shape)
+
+    def size(self, t: str, axis: int):
+        return self.graph.tensors[t].shape[axis]
+
+    def same(self, a: str | None, ax: int, b: str | None, bx: int) -> None:
+        if a is None or b is None:
+            return
+        sa, sb = Space(a, ax % self.rank(a)), Space(b, bx % self.rank(b))
+        self.described.update((sa, sb))
+        self.same_pairs.append((sa, sb))
+
+    def link(self, a: str, ax: int, ia, b: str, bx: int, ib) -> None:
+        sa, sb = Space(a, ax % self.rank(a)), Space(b, bx % self.rank(b))
+        self.described.update((sa, sb))
+        self.links.append((sa, np.asarray(ia, dtype=np.int64), sb, np.asarray(ib, dtype=np.int64)))
+
+    def freeze(self, t: str | None, axis: int, reason: str) -> None:
+        if t is None or self.rank(t) == 0:
+            return
+        s = Space(t, axis % self.rank(t))
+        self.described.add(s)
+        self.frozen.setdefault(s, reason)
+
+    def freeze_all(self, t: str | None, reason: str) -> None:
+        for ax in range(self.rank(t)):
+            self.freeze(t, ax, reason)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    summary: str  # one line for the README's supported-ops table
+    couple: Callable[[Node, Relations], None]
+    cost: Callable[[Node, ShapeFn], int] = lambda n, s: 0
+    rewrite: Callable[[Node, ShapeFn, ShapeFn, Callable], dict[str, Any]] | None = None
+    weighted: bool = False  # has a learned weight whose first axes are channel spaces
+    operands: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _numel(shape) -> int:
+    if shape is None or any(d is None for d in shape):
+        return 0
+    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+
+
+def _out_elems(node: Node, shape: ShapeFn) -> int:
+    return sum(_numel(shape(t)) for t in node.outputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# coupling rules
+# ---------------------------------------------------------------------------------------------
+
+
+def _couple_unary(node: Node, rel: Relations) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    for ax in range(rel.rank(y)):
+        rel.same(x, ax, y, ax)
+
+
+def _couple_broadcast(node: Node, rel: Relations) -> None:
+    """Elementwise ops with numpy broadcasting: aligned axes of equal size are the same space."""
+    y = node.outputs[0]
+    ry = rel.rank(y)
+    yshape = rel.graph.shape(y)
+    matched: set[int] = set()
+    for x in node.present_inputs():
+        if rel.graph.tensors[x].kind == META:
+            continue
+        rx = rel.rank(x)
+        xshape = rel.graph.shape(x)
+        for ax in range(rx):
+            oy = ax + (ry - rx)
+            if oy >= 0 and xshape[ax] == yshape[oy] and xshape[ax] != 1:
+                rel.same(x, ax, y, oy)
+                matched.add(oy)
+            else:
+                rel.freeze(x, ax, "broadcast axis")
+    for ax in range(ry):
+        if ax not in matched:
+            rel.freeze(y, ax, "axis created by broadcasting")
+
+
+def _couple_conv(node: Node, rel: Relations) -> None:
+    x, w, b = (node.inputs + [None, None])[:3]
+    y = node.outputs[0]
+    g = int(node.attrs.get("groups", 1))
+    rel.same(x, 0, y, 0)
+    for ax in range(2, rel.rank(y)):
+        rel.freeze(x, ax, "spatial axis")
+        rel.freeze(y, ax, "spatial axis")
+    for ax in range(2, rel.rank(w)):
+        rel.freeze(w, ax, "kernel axis")
+    rel.same(w, 0, y, 1)
+    rel.same(b, 0, y, 1)
+    if g == 1:
+        rel.same(x, 1, w, 1)
+        return
+    cin, cout = rel.size(x, 1), rel.size(y, 1)
+    if cin is None or cout is None or cin % g or cout % g:
+        rel.freeze(x, 1, "grouped conv with unknown channel count")
+        rel.freeze(y, 1, "grouped conv with unknown channel count")
+        return
+    gi, go = cin // g, cout // g
+    # A grouped conv can only lose whole groups: tie every input and output channel of group k
+    # to the group's first output channel.
+    rel.link(x, 1, np.arange(cin), y, 1, (np.arange(cin) // gi) * go)
+    rel.link(y, 1, np.arange(cout), y, 1, (np.arange(cout) // go) * go)
+    rel.freeze(w, 1, "channels inside a conv group")
+
+
+def _couple_linear(node: Node, rel: Relations) -> None:
+    x, w, b = (node.inputs + [None, None])[:3]
+    y = node.outputs[0]
+    w_out, w_in = (0, 1) if node.attrs.get("layout", "oi") == "oi" else (1, 0)
+    ry = rel.rank(y)
+    for ax in range(ry - 1):
+        rel.same(x, ax, y, ax)
+    rel.same(x, -1, w, w_in)
+    rel.same(w, w_out, y, -1)
+    rel.same(b, 0, y, -1)
+
+
+def _couple_matmul(node: Node, rel: Relations) -> None:
+    a, b = node.inputs[:2]
+    y = node.outputs[0]
+    ra, rb, ry = rel.rank(a), rel.rank(b), rel.rank(y)
+    if ra < 2 or rb < 2:
+        for t in (a, b, y):
+            rel.freeze_all(t, "matmul with a 1-D operand")
+        return
+    rel.same(a, -1, b, -2)  # contracted axis: zeroed entries add nothing
+    rel.same(a, -2, y, -2)
+    rel.same(b, -1, y, -1)
+    yshape = rel.graph.shape(y)
+    for t, rt in ((a, ra), (b, rb)):
+        tshape = rel.graph.shape(t)
+        for ax in range(rt - 2):
+            oy = ax + (ry - rt)
+            if tshape[ax] == yshape[oy] and tshape[ax] != 1:
+                rel.same(t, ax, y, oy)
+            else:
+                rel.freeze(t, ax, "broadcast batch axis of matmul")
+    for ax in range(ry - 2):
+        if Space(y, ax) not in rel.described:
+            rel.freeze(y, ax, "broadcast batch axis of matmul")
+
+
+def _couple_batchnorm(node: Node, rel: Relations) -> None:
+    x = node.inputs[0]
+    y = node.outputs[0]
+    _couple_unary(node, rel)
+    for p in node.inputs[1:]:
+        rel.same(p, 0, y, 1)
+
+
+def _couple_instancenorm(node: Node, rel: Relations) -> None:
+    _couple_batchnorm(node, rel)
+
+
+def _couple_layernorm(node: Node, rel: Relations) -> None:
+    x = node.inputs[0]
+    y = node.outputs[0]
+    r = rel.rank(y)
+    first = node.attrs.get("axis", -1) % r
+    for ax in range(first):
+        rel.same(x, ax, y, ax)
+    reason = "normalised over by a LayerNorm/RMSNorm: removing channels changes its statistics"
+    for ax in range(first, r):
+        rel.freeze(x, ax, reason)
+        rel.freeze(y, ax, reason)
+    for p in node.inputs[1:]:
+        rel.freeze_all(p, reason)
+
+
+def _couple_groupnorm(node: Node, rel: Relations) -> None:
+    x = node.inputs[0]
+    y = node.outputs[0]
+    _couple_batchnorm(node, rel)
+    g = int(node.attrs["groups"])
+    c = rel.size(y, 1)
+    if c is None or c % g:
+        rel.freeze(y, 1, "GroupNorm with unknown channel count")
+        return
+    per = c // g
+    # statistics are per group: only whole groups can go
+    rel.link(y, 1, np.arange(c), y, 1, (np.arange(c) // per) * per)
+
+
+def _couple_pool(node: Node, rel: Relations) -> None:
+    """Pooling/resizing: batch and channel axes pass through, spatial axes are fixed."""
+    x, y = node.inputs[0], node.outputs[0]
+    rel.same(x, 0, y, 0)
+    rel.same(x, 1, y, 1)
+    for ax in range(2, rel.rank(y)):
+        rel.freeze(x, ax, "spatial axis")
+        rel.freeze(y, ax, "spatial axis")
+    for t in node.inputs[1:]:
+        rel.freeze_all(t, "pooling parameter")
+
+
+def _couple_reduce(node: Node, rel: Relations) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    rx = rel.rank(x)
+    axes = {a % rx for a in node.attrs["axes"]} if node.attrs.get("axes") is not None else set(range(rx))
+    keep = node.attrs.get("keepdims", True)
+    oy = 0
+    for ax in range(rx):
+        if ax in axes:
+            rel.freeze(x, ax, "reduced over")
+            if keep:
+                rel.freeze(y, oy, "reduced over")
+                oy += 1
+        else:
+            rel.same(x, ax, y, oy)
+            oy += 1
+
+
+def _couple_softmax(node: Node, rel: Relations) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    r = rel.rank(y)
+    axis = node.attrs.get("axis", -1) % r
+    for ax in range(r):
+        if ax == axis:
+            rel.freeze(x, ax, "softmax axis: removing entries renormalises the rest")
+            rel.freeze(y, ax, "softmax axis: removing entries renormalises the rest")
+        else:
+            rel.same(x, ax, y, ax)
+
+
+def _couple_concat(node: Node, rel: Relations) -> None:
+    y = node.outputs[0]
+    r = rel.rank(y)
+    axis = node.attrs["axis"] % r
+    off = 0
+    for x in node.present_inputs():
+        for ax in range(r):
+            if ax != axis:
+                rel.same(x, ax, y, ax)
+        n = rel.size(x, axis)
+        if n is None or off is None:
+            rel.freeze(x, axis, "concat of unknown size")
+            rel.freeze(y, axis, "concat of unknown size")
+            off = None
+            continue
+        rel.link(x, axis, np.arange(n), y, axis, off + np.arange(n))
+        off += n
+
+
+def _couple_split(node: Node, rel: Relations) -> None:
+    x = node.inputs[0]
+    r = rel.rank(x)
+    axis = node.attrs["axis"] % r
+    off = 0
+    for y in node.outputs:
+        for ax in range(r):
+            if ax != axis:
+                rel.same(x, ax, y, ax)
+        n = rel.size(y, axis)
+        if n is None or off is None:
+            rel.freeze(x, axis, "split of unknown size")
+            rel.freeze(y, axis, "split of unknown size")
+            off = None
+            continue
+        rel.link(x, axis, off + np.arange(n), y, axis, np.arange(n))
+        off += n
+
+
+def _couple_index(node: Node, rel: Relations) -> None:
+    """Basic indexing: ``attrs['map']`` lists, per output axis, ``(in_axis, start, stop, step)`` or
+    ``None`` for a new axis; input axes not listed were indexed by an integer (dropped)."""
+    x, y = node.inputs[0], node.outputs[0]
+    used = set()
+    for oy, entry in enumerate(node.attrs["map"]):
+        if entry is None:
+            rel.freeze(y, oy, "new axis")
+            continue
+        ax, start, stop, step = entry
+        used.add(ax)
+        n_in, n_out = rel.size(x, ax), rel.size(y, oy)
+        if n_in is not None and n_out == n_in and start == 0 and step == 1:
+            rel.same(x, ax, y, oy)
+        elif n_out is not None and step == 1 and start is not None:
+            rel.link(y, oy, np.arange(n_out), x, ax, start + np.arange(n_out))
+        else:
+            rel.freeze(x, ax, "strided or unknown slice")
+            rel.freeze(y, oy, "strided or unknown slice")
+    for ax in range(rel.rank(x)):
+        if ax not in used:
+            rel.freeze(x, ax, "indexed by an integer")
+
+
+def _reshape_groups(a: tuple, b: tuple) -> list[tuple[list[int], list[int]]] | None:
+    """Split two shapes of equal element count into minimal runs of axes with equal products."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        if i < len(a) and a[i] == 1:
+            groups.append(([i], []))
+            i += 1
+            continue
+        if j < len(b) and b[j] == 1:
+            groups.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(a) or j >= len(b):
+            return None
+        if a[i] is None or b[j] is None:
+            if a[i] is None and b[j] is None:
+                groups.append(([i], [j]))
+                i += 1
+                j += 1
+                continue
+            return None
+        gi, gj, pi, pj = [i], [j], a[i], b[j]
+        i += 1
+        j += 1
+        while pi != pj:
+            if pi < pj:
+                if i >= len(a) or a[i] is None:
+                    return None
+                pi *= a[i]
+                gi.append(i)
+                i += 1
+            else:
+                if j >= len(b) or b[j] is None:
+                    return None
+                pj *= b[j]
+                gj.append(j)
+                j += 1
+        groups.append((gi, gj))
+    return groups
+
+
+def _carrier(axes: list[int], shape: tuple) -> int:
+    """The axis of a merged/split run that carries channel removals: the largest, innermost on ties."""
+    return max(axes, key=lambda ax: (shape[ax], ax))
+
+
+def _couple_reshape(node: Node, rel: Relations) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = rel.graph.shape(x), rel.graph.shape(y)
+    target = node.attrs.get("target")
+    groups = _reshape_groups(tuple(xs), tuple(ys)) if xs is not None and ys is not None else None
+    if groups is None:
+        rel.freeze_all(x, "reshape between shapes that do not factor")
+        rel.freeze_all(y, "reshape between shapes that do not factor")
+        return
+    for gi, gj in groups:
+        if not gi or not gj:
+            for ax in gi:
+                rel.freeze(x, ax, "size-1 axis")
+            for ax in gj:
+                rel.freeze(y, ax, "size-1 axis")
+            continue
+        if xs[gi[0]] is None:  # symbolic dimension passing through (batch)
+            rel.same(x, gi[0], y, gj[0])
+            continue
+        ci, cj = _carrier(gi, xs), _carrier(gj, ys)
+        one_to_one = len(gi) == 1 and len(gj) == 1
+        rewritable = target == "auto" or (
+                      target is not None
+                      and all(target[a] is not None for a in gj)
+                      and sum(1 for a in gj if target[a] == -1) <= 1
+                      and all(target[a] != 0 or (one_to_one and gi[0] == a) for a in gj))
+        if not rewritable:
+            for ax in gi:
+                rel.freeze(x, ax, "reshape target computed at run time")
+            for ax in gj:
+                rel.freeze(y, ax, "reshape target computed at run time")
+            continue
+        if one_to_one:
+            rel.same(x, gi[0], y, gj[0])
+            continue
+        n = int(np.prod([xs[a] for a in gi]))
+        flat = np.arange(n)
+
+        def index_on(axes, shape, carrier):
+            stride = int(np.prod([shape[a] for a in axes if a > carrier], dtype=np.int64))
+            return (flat // stride) % shape[carrier]
+
+        pairs = np.unique(np.stack([index_on(gi, xs, ci), index_on(gj, ys, cj)], axis=1), axis=0)
+        rel.link(x, ci, pairs[:, 0], y, cj, pairs[:, 1])
+        for ax in gi:
+            if ax != ci:
+                rel.freeze(x, ax, "axis folded into another by a reshape")
+        for ax in gj:
+            if ax != cj:
+                rel.freeze(y, ax, "axis folded into another by a reshape")
+
+
+def _couple_transpose(node: Node, rel: Relations) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    for oy, ax in enumerate(node.attrs["perm"]):
+        rel.same(x, ax, y, oy)
+
+
+def _couple_expand(node: Node, rel: Relations) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = rel.graph.shape(x), rel.graph.shape(y)
+    off = len(ys) - len(xs)
+    for ax in range(len(xs)):
+        if xs[ax] == ys[ax + off] and xs[ax] != 1:
+            rel.same(x, ax, y, ax + off)
+        else:
+            rel.freeze(x, ax, "expanded axis")
+            rel.freeze(y, ax + off, "expanded axis")
+    for ax in range(off):
+        rel.freeze(y, ax, "expanded axis")
+
+
+def _couple_meta(node: Node, rel: Relations) -> None:
+    """Shape arithmetic: reads sizes at run time, carries no channels. Activation operands are
+    only measured, so their axes are left alone (marked described)."""
+    for t in node.present_inputs():
+        if rel.graph.tensors[t].kind == ACTIVATION:
+            for ax in range(rel.rank(t)):
+                rel.described.add(Space(t, ax))
+
+
+def _couple_unknown(node: Node, rel: Relations) -> None:
+    reason = node.attrs.get("reason") or f"no channel rule for op {node.source or node.op!r}"
+    for t in node.present_inputs() + node.outputs:
+        rel.freeze_all(t, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# cost rules
+# ---------------------------------------------------------------------------------------------
+
+
+def _cost_conv(node: Node, shape: ShapeFn) -> int:
+    w = shape(node.inputs[1])
+    macs = _numel(shape(node.outputs[0])) * _numel(w[1:])
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        macs += _numel(shape(node.outputs[0]))
+    return macs
+
+
+def _cost_linear(node: Node, shape: ShapeFn) -> int:
+    x = shape(node.inputs[0])
+    macs = _numel(shape(node.outputs[0])) * (x[-1] or 0)
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        macs += _numel(shape(node.outputs[0]))
+    return macs
+
+
+def _cost_matmul(node: Node, shape: ShapeFn) -> int:
+    a = shape(node.inputs[0])
+    return _numel(shape(node.outputs[0])) * (a[-1] or 0) if a else 0
+
+
+def _cost_norm(node: Node, shape: ShapeFn) -> int:
+    return 2 * _out_elems(node, shape)
+
+
+def _cost_pool(node: Node, shape: ShapeFn) -> int:
+    return _numel(shape(node.inputs[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# rewrite rules
+# ---------------------------------------------------------------------------------------------
+
+
+def _rewrite_conv(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    g = int(node.attrs.get("groups", 1))
+    if g == 1:
+        return {}
+    cin_old, cin_new = old(node.inputs[0])[1], new(node.inputs[0])[1]
+    ng = g * cin_new // cin_old
+    return {"groups": ng} if ng != g else {}
+
+
+def _rewrite_groupnorm(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    g = int(node.attrs["groups"])
+    c_old, c_new = old(node.inputs[0])[1], new(node.inputs[0])[1]
+    ng = g * c_new // c_old
+    return {"groups": ng} if ng != g else {}
+
+
+def _rewrite_split(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    axis = node.attrs["axis"]
+    sizes = [new(y)[axis] for y in node.outputs]
+    return {"sizes": sizes} if sizes != [old(y)[axis] for y in node.outputs] else {}
+
+
+def _rewrite_index(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    x, y = node.inputs[0], node.outputs[0]
+    changed = False
+    new_map = []
+    for oy, entry in enumerate(node.attrs["map"]):
+        if entry is None:
+            new_map.append(None)
+            continue
+        ax, start, stop, step = entry
+        k = kept(x, ax)
+        if k is None:
+            new_map.append(entry)
+            continue
+        ns = int(np.sum(k < start))
+        ne = ns + new(y)[oy]
+        changed = changed or (ns, ne) != (start, stop)
+        new_map.append((ax, ns, ne, step))
+    return {"map": new_map} if changed else {}
+
+
+def _rewrite_reshape(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    target = node.attrs.get("target")
+    if target is None or target == "auto":
+        return {}
+    os_, ns_ = old(node.outputs[0]), new(node.outputs[0])
+    out = []
+    for i, t in enumerate(target):
+        if t in (-1, 0) or t is None or os_[i] == ns_[i]:
+            out.append(t)
+        else:
+            out.append(int(ns_[i]))
+    return {"target": out} if out != list(target) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------
+
+OPS: dict[str, OpDef] = {
+    d.name: d
+    for d in [
+        OpDef("conv", "convolution; grouped/depthwise convs lose whole groups (`groups` rewritten)",
+              _couple_conv, _cost_conv, _rewrite_conv, weighted=True, operands=("x", "weight", "bias")),
+        OpDef("linear", "fully connected layer (Linear, Gemm, MatMul by a stored weight)",
+              _couple_linear, _cost_linear, weighted=True, operands=("x", "weight", "bias")),
+        OpDef("matmul", "product of two activations (attention scores); contracted axes coupled",
+              _couple_matmul, _cost_matmul, operands=("a", "b")),
+        OpDef("elementwise", "add/sub/mul/div/… with broadcasting (residual adds, SE gates)",
+              _couple_broadcast, lambda n, s: _out_elems(n, s)),
+        OpDef("unary", "activations, dropout, casts, identity", _couple_unary,
+              lambda n, s: _out_elems(n, s)),
+        OpDef("batchnorm", "BatchNorm; statistics and affine follow the channel",
+              _couple_batchnorm, _cost_norm, operands=("x", "scale", "bias", "mean", "var")),
+        OpDef("instancenorm", "InstanceNorm; per-channel, affine follows",
+              _couple_instancenorm, _cost_norm, operands=("x", "scale", "bias")),
+        OpDef("groupnorm", "GroupNorm; whole groups only (`num_groups` rewritten)",
+              _couple_groupnorm, _cost_norm, _rewrite_groupnorm, operands=("x", "scale", "bias")),
+        OpDef("layernorm", "LayerNorm/RMSNorm; normalised axes are frozen (exactness)",
+              _couple_layernorm, _cost_norm, operands=("x", "scale", "bias")),
+        OpDef("pool", "max/avg/global/adaptive pooling, resize", _couple_pool, _cost_pool),
+        OpDef("reduce", "mean/sum/max over axes; reduced axes frozen", _couple_reduce, _cost_pool),
+        OpDef("softmax", "softmax; its axis is frozen", _couple_softmax, lambda n, s: _out_elems(n, s)),
+        OpDef("concat", "concatenation; channels keep their offsets", _couple_concat),
+        OpDef("split", "split/chunk; sizes rewritten", _couple_split, rewrite=_rewrite_split),
+        OpDef("index", "slicing with unit step; bounds rewritten", _couple_index, rewrite=_rewrite_index),
+        OpDef("reshape", "reshape/view/flatten/squeeze; channels follow where axes factor cleanly",
+              _couple_reshape, rewrite=_rewrite_reshape),
+        OpDef("transpose", "transpose/permute; channel axes follow", _couple_transpose),
+        OpDef("expand", "broadcast to a shape", _couple_expand),
+        OpDef("meta", "shape arithmetic (sizes read at run time)", _couple_meta),
+        OpDef("unknown", "anything else: every axis it touches is frozen", _couple_unknown),
+    ]
+}

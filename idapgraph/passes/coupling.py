@@ -1,0 +1,239 @@
+"""Coupled-channel analysis.
+
+Runs every node's rule from the op table, unions identical axes (space level), then ties
+individual indices across concat offsets, flatten blocks and conv groups (element level, with
+scipy's connected components). A connected set of channel indices is one removable *unit*; units
+with the same shape across the same axes form a :class:`ChannelGroup`. A unit touching any frozen
+axis (model inputs/outputs, ops without a rule, LayerNorm axes, run-time reshapes …) is frozen.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ..ir.annotations import ChannelGroup, Coupling, FrozenSpot, Member
+from ..ir.graph import META, PARAM, Graph
+from ..ir.ops import OPS, Relations, Space
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[Space, Space] = {}
+
+    def find(self, x: Space) -> Space:
+        parent = self.parent
+        parent.setdefault(x, x)
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: Space, b: Space) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def collect_relations(graph: Graph) -> Relations:
+    """Apply the op table to every node; undescribed axes and model boundaries are frozen."""
+    rel = Relations(graph)
+    for node in graph:
+        rel.described = set()
+        n_frozen = len(rel.frozen)
+        OPS[node.op].couple(node, rel)
+        where = f" (at {node.source or node.op} {node.name})"
+        for t in node.present_inputs() + node.outputs:
+            if graph.tensors[t].kind == META:
+                continue
+            for ax in range(rel.rank(t)):
+                s = Space(t, ax)
+                if s not in rel.described:
+                    rel.frozen.setdefault(s, f"axis not described by the {node.op} rule")
+        # attach the location to the reasons this node added
+        for s in list(rel.frozen)[n_frozen:]:
+            if " (at " not in rel.frozen[s]:
+                rel.frozen[s] += where
+    for t in graph.inputs:
+        rel.freeze_all(t, "model input")
+    for t in graph.outputs:
+        rel.freeze_all(t, "model output")
+    return rel
+
+
+def _weight_axes(graph: Graph) -> dict[Space, tuple[int, str, str]]:
+    """(weight tensor, axis) -> (ordinal among weighted ops, 'out'|'in', node name)."""
+    roles: dict[Space, tuple[int, str, str]] = {}
+    for i, node in enumerate(graph.weighted_nodes()):
+        w = node.inputs[1]
+        if w is None or graph.tensors[w].rank is None or graph.tensors[w].rank < 2:
+            continue
+        out_ax, in_ax = (0, 1)
+        if node.op == "linear" and node.attrs.get("layout", "oi") == "io":
+            out_ax, in_ax = 1, 0
+        roles.setdefault(Space(w, out_ax), (i, "out", node.name))
+        roles.setdefault(Space(w, in_ax), (i, "in", node.name))
+    return roles
+
+
+def analyze(graph: Graph) -> Coupling:
+    """Compute channel groups and frozen spots for ``graph``."""
+    rel = collect_relations(graph)
+
+    # -- space level: identical axes ---------------------------------------------------------
+    uf = _UnionFind()
+    all_spaces = []
+    for name, t in graph.tensors.items():
+        if t.kind == META or t.shape is None:
+            continue
+        for ax in range(len(t.shape)):
+            s = Space(name, ax)
+            uf.find(s)
+            all_spaces.append(s)
+    for a, b in rel.same_pairs:
+        uf.union(a, b)
+    roots: dict[Space, int] = {}
+    space_class: dict[Space, int] = {}
+    class_spaces: list[list[Space]] = []
+    for s in all_spaces:
+        r = uf.find(s)
+        if r not in roots:
+            roots[r] = len(class_spaces)
+            class_spaces.append([])
+        space_class[s] = roots[r]
+        class_spaces[roots[r]].append(s)
+    n_cls = len(class_spaces)
+    class_size: list[int | None] = [None] * n_cls
+    frozen_reason: dict[int, str] = {}
+    for c, spaces in enumerate(class_spaces):
+        sizes = {graph.tensors[s.tensor].shape[s.axis] for s in spaces}
+        if len(sizes) != 1 or None in sizes:
+            frozen_reason[c] = "unknown or inconsistent size"
+        else:
+            class_size[c] = sizes.pop()
+    for s, why in rel.frozen.items():
+        if s in space_class:
+            frozen_reason.setdefault(space_class[s], why)
+
+    # -- element level: index ties -----------------------------------------------------------
+    base = np.zeros(n_cls + 1, dtype=np.int64)
+    base[1:] = np.cumsum([0 if n is None else n for n in class_size])
+    total = int(base[-1])
+    rows, cols = [], []
+    for sa, ia, sb, ib in rel.links:
+        ca, cb = space_class.get(sa), space_class.get(sb)
+        if ca is None or cb is None or class_size[ca] is None or class_size[cb] is None:
+            if ca is not None:
+                frozen_reason.setdefault(ca, "tied to an axis of unknown size")
+            if cb is not None:
+                frozen_reason.setdefault(cb, "tied to an axis of unknown size")
+            continue
+        if (ia >= class_size[ca]).any() or (ib >= class_size[cb]).any():
+            frozen_reason.setdefault(ca, "index tie out of range")
+            frozen_reason.setdefault(cb, "index tie out of range")
+            continue
+        rows.append(base[ca] + ia)
+        cols.append(base[cb] + ib)
+    if rows:
+        r = np.concatenate(rows)
+        c = np.concatenate(cols)
+    else:
+        r = c = np.zeros(0, dtype=np.int64)
+    adj = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
+    n_comp, label = connected_components(adj, directed=False)
+
+    elem_cls = np.repeat(np.arange(n_cls), [0 if n is None else n for n in class_size])
+    elem_idx = np.arange(total) - base[elem_cls]
+    frozen_cls = np.zeros(n_cls, dtype=bool)
+    frozen_cls[list(frozen_reason)] = True
+    comp_frozen = np.zeros(n_comp, dtype=bool)
+    np.logical_or.at(comp_frozen, label, frozen_cls[elem_cls])
+    has_param_cls = np.array(
+        [any(graph.tensors[s.tensor].kind == PARAM for s in sp) for sp in class_spaces], dtype=bool)
+    comp_param = np.zeros(n_comp, dtype=bool)
+    np.logical_or.at(comp_param, label, has_param_cls[elem_cls])
+
+    # -- units and groups --------------------------------------------------------------------
+    roles = _weight_axes(graph)
+    order = np.lexsort((elem_idx, elem_cls, label))
+    lab_sorted = label[order]
+    bounds = np.flatnonzero(np.diff(lab_sorted)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(order)]])
+    by_signature: dict[tuple, list[dict[int, np.ndarray]]] = defaultdict(list)
+    frozen_by_sig: dict[tuple, int] = defaultdict(int)
+    frozen_sig_reason: dict[tuple, str] = {}
+    for s0, e0 in zip(starts, ends):
+        comp = lab_sorted[s0]
+        if not comp_param[comp]:
+            continue
+        elems = order[s0:e0]
+        cls = elem_cls[elems]
+        idx = elem_idx[elems]
+        cut = np.flatnonzero(np.diff(cls)) + 1
+        parts = np.split(idx, cut)
+        cls_ids = [int(x) for x in cls[np.concatenate([[0], cut])]] if len(cls) else []
+        sig = tuple((cid, len(p)) for cid, p in zip(cls_ids, parts))
+        if comp_frozen[comp]:
+            frozen_by_sig[sig] += 1
+            if sig not in frozen_sig_reason:
+                frozen_sig_reason[sig] = next(
+                    (frozen_reason[cid] for cid, _ in sig if cid in frozen_reason), "frozen")
+            continue
+        by_signature[sig].append(dict(zip(cls_ids, parts)))
+
+    groups: list[tuple[tuple, ChannelGroup]] = []
+    for sig, units in by_signature.items():
+        anchor_cls, sort_key = _anchor(sig, class_spaces, roles)
+        anchor_space = sort_key[1]
+        units.sort(key=lambda u: int(u[anchor_cls][0]))
+        members = [Member(spaces=class_spaces[cid], index=np.stack([u[cid] for u in units]))
+                   for cid, _ in sig]
+        first = int(units[0][anchor_cls][0])
+        groups.append(((sort_key[0], first), ChannelGroup(key=sort_key[2], members=members,
+                                                          anchor=anchor_space)))
+    groups.sort(key=lambda kg: kg[0])
+    seen: dict[str, int] = defaultdict(int)
+    out_groups = []
+    for _, g in groups:
+        seen[g.key] += 1
+        if seen[g.key] > 1:
+            g.key = f"{g.key}#{seen[g.key]}"
+        out_groups.append(g)
+
+    frozen: list[FrozenSpot] = []
+    for sig, n in frozen_by_sig.items():
+        for cid, _ in sig:
+            for s in class_spaces[cid]:
+                if s in roles:
+                    ordinal, role, node_name = roles[s]
+                    frozen.append(FrozenSpot(layer=node_name, source=graph.nodes[node_name].source,
+                                             role=role, channels=n, reason=frozen_sig_reason[sig]))
+    position = {name: i for i, name in enumerate(graph.nodes)}
+    frozen.sort(key=lambda f: (position[f.layer], f.role))
+    return Coupling(groups=out_groups, frozen=frozen, space_class=space_class,
+                    class_size=class_size, class_spaces=class_spaces)
+
+
+def _anchor(sig, class_spaces, roles):
+    """Pick the axis that names and orders a group: the earliest weighted op's output channels,
+    else its input channels, else the first parameter axis."""
+    best = None
+    for cid, _ in sig:
+        for s in class_spaces[cid]:
+            if s in roles:
+                ordinal, role, _ = roles[s]
+                key = (ordinal, 0 if role == "out" else 1)
+                if best is None or key < best[0]:
+                    best = (key, cid, s, f"w{ordinal}.{role}")
+    if best is None:
+        cid = sig[0][0]
+        s = class_spaces[cid][0]
+        return cid, ((10**9, 0), s, f"p.{s.tensor}.{s.axis}")
+    key, cid, s, name = best
+    return cid, (key, s, name)
