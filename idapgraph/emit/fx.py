@@ -69,7 +69,7 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
                 m.out_channels = m.weight.shape[0]
                 m.in_channels = m.weight.shape[1] * m.groups
             elif "groups" in upd:
-                _set_arg(fxn, 6, "groups", upd["groups"])
+                _set_arg(fxn, node.attrs.get("groups_arg", 6), "groups", upd["groups"])
         elif node.op == "linear" and isinstance(m, nn.Linear):
             m.out_features, m.in_features = m.weight.shape
         elif node.op in ("batchnorm", "instancenorm") and m is not None:
@@ -83,10 +83,17 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
             m.num_channels = rewrite.new_shapes[node.inputs[0]][1]
         elif node.op == "reshape" and "target" in upd:
             _rewrite_view(fxn, upd["target"])
+        elif node.op == "split" and "sizes" in upd and node.attrs.get("aten"):
+            fxn.target = torch.ops.aten.split_with_sizes.default
+            fxn.args, fxn.kwargs = (fxn.args[0], list(upd["sizes"]), node.attrs["axis"]), {}
         elif node.op == "split" and "sizes" in upd:
             fxn.op, fxn.target = "call_function", torch.split
             fxn.args, fxn.kwargs = (fxn.args[0], list(upd["sizes"]), node.attrs["axis"]), {}
-        elif node.op == "index" and "map" in upd:
+        elif node.op == "index" and "map" in upd and "aten_slice" in node.attrs:
+            d = node.attrs["aten_slice"]
+            _, start, stop, step = upd["map"][d]
+            fxn.args, fxn.kwargs = (fxn.args[0], d, start, stop, step), {}
+        elif node.op == "index" and "map" in upd and "spec" in node.attrs:
             mp = upd["map"]
             idx = []
             for e in node.attrs["spec"]:

@@ -205,6 +205,8 @@ class _Builder:
         f = node.target
         if f is operator.getitem:
             return self.getitem(node)
+        if isinstance(f, torch._ops.OpOverload):
+            return self.aten(node, f.overloadpacket.__name__)
         self._common(node, f, node.args[0] if node.args else None, is_method=False)
 
     def call_method(self, node: fx.Node) -> None:
@@ -219,7 +221,7 @@ class _Builder:
         name = f if is_method else None
         if (f in _ELEMENTWISE_FUNCS) or (name in _ELEMENTWISE_METHODS):
             return self.add(node, "elementwise", self.tensor_inputs(node))
-        if f in _UNARY_FUNCS or name in _UNARY_METHODS:
+        if f in _UNARY_FUNCS or name in _UNARY_METHODS or _is_stochastic_depth(f):
             return self.add(node, "unary", [x])
         if f in (torch.cat, torch.concat):
             xs = [self.ref(a) for a in _arg(node, 0, "tensors")]
@@ -273,6 +275,15 @@ class _Builder:
             groups = _arg(node, 6, "groups", 1)
             if w is not None and self.g.tensors[w].kind == PARAM and isinstance(groups, int):
                 return self.add(node, "conv", [x, w, b], {"groups": groups})
+        if f is F.batch_norm:
+            ps = [self.ref(_arg(node, i, n)) for i, n in
+                  ((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var"))]
+            return self.add(node, "batchnorm", [x, *ps])
+        if f is F.group_norm:
+            ng = _arg(node, 1, "num_groups")
+            w, b = self.ref(_arg(node, 2, "weight")), self.ref(_arg(node, 3, "bias"))
+            if isinstance(ng, int):
+                return self.add(node, "groupnorm", [x, w, b], {"groups": ng})
         if f is F.layer_norm:
             w, b = self.ref(_arg(node, 2, "weight")), self.ref(_arg(node, 3, "bias"))
             ns = _arg(node, 1, "normalized_shape")
@@ -283,6 +294,93 @@ class _Builder:
                 return self.add(node, "split", [x], {"axis": dim % len(meta[0].shape)})
         if name in ("expand", "expand_as"):
             return self.add(node, "expand", [x])
+        self.add(node, "unknown", self.tensor_inputs(node))
+
+    def aten(self, node: fx.Node, name: str) -> None:
+        """ATen-level graphs (from ``torch.export``, used when symbolic tracing fails)."""
+        meta = node.meta.get("tensor_meta")
+        x = self.ref(node.args[0]) if node.args else None
+        if not isinstance(meta, (TensorMetadata, tuple, list)) or (
+                isinstance(meta, (tuple, list)) and not meta):
+            return self.add(node, "meta", self.tensor_inputs(node))
+        if name in _ATEN_ELEMENTWISE:
+            return self.add(node, "elementwise", self.tensor_inputs(node))
+        if name in _ATEN_UNARY:
+            return self.add(node, "unary", [x])
+        if name == "linear":
+            w, b = self.ref(_arg(node, 1, "weight")), self.ref(_arg(node, 2, "bias"))
+            if w is not None and self.g.tensors[w].kind == PARAM:
+                return self.add(node, "linear", [x, w, b], {"layout": "oi"})
+        if name == "addmm":  # bias + x @ w (GPT-2's Conv1D)
+            b, xx, w = (self.ref(a) for a in node.args[:3])
+            beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+            if w is not None and self.g.tensors[w].kind == PARAM and beta == 1 and alpha == 1 \
+                    and b is not None and self.g.tensors[b].rank == 1:
+                return self.add(node, "linear", [xx, w, b], {"layout": "io"})
+        if name in ("conv2d", "conv1d", "conv3d", "convolution"):
+            w, b = self.ref(node.args[1]), self.ref(_arg(node, 2, "bias"))
+            gpos = 8 if name == "convolution" else 6
+            groups = _arg(node, gpos, "groups", 1)
+            if w is not None and self.g.tensors[w].kind == PARAM and isinstance(groups, int) and (
+                    name != "convolution" or not node.args[6]):
+                return self.add(node, "conv", [x, w, b], {"groups": groups, "groups_arg": gpos})
+        if name in ("view", "reshape", "_unsafe_view"):
+            target = [a if isinstance(a, int) else None for a in node.args[1]]
+            return self.add(node, "reshape", [x], {"target": target if len(target) == len(meta.shape) else None})
+        if name in ("unsqueeze", "squeeze", "flatten"):
+            return self.add(node, "reshape", [x], {"target": "auto"})
+        if name == "permute":
+            r = len(meta.shape)
+            return self.add(node, "transpose", [x], {"perm": [p % r for p in node.args[1]]})
+        if name == "transpose":
+            r = len(meta.shape)
+            perm = list(range(r))
+            d0, d1 = node.args[1] % r, node.args[2] % r
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+            return self.add(node, "transpose", [x], {"perm": perm})
+        if name == "layer_norm":
+            return self.add(node, "layernorm", [x, self.ref(_arg(node, 2, "weight")),
+                                                self.ref(_arg(node, 3, "bias"))],
+                            {"axis": -len(node.args[1])})
+        if name in ("softmax", "_softmax", "log_softmax"):
+            return self.add(node, "softmax", [x], {"axis": node.args[1]})
+        if name in ("matmul", "bmm"):
+            return self.add(node, "matmul", [x, self.ref(node.args[1])])
+        if name == "cat":
+            return self.add(node, "concat", [self.ref(a) for a in node.args[0]],
+                            {"axis": _arg(node, 1, "dim", 0)})
+        if name in ("split", "split_with_sizes") and isinstance(meta, (tuple, list)):
+            dim = _arg(node, 2, "dim", 0)
+            return self.add(node, "split", [x], {"axis": dim % len(meta[0].shape), "aten": True})
+        if name in ("mean", "sum", "amax"):
+            dim = _arg(node, 1, "dim")
+            return self.add(node, "reduce", [x], {"axes": dim, "keepdims": bool(_arg(node, 2, "keepdim", False))})
+        if name == "select":
+            r = len(self.g.tensors[x].shape)
+            d = node.args[1] % r
+            return self.add(node, "index", [x], {"map": [(ax, 0, self.g.tensors[x].shape[ax], 1)
+                                                         for ax in range(r) if ax != d]})
+        if name == "slice":
+            shape = self.g.tensors[x].shape
+            d = _arg(node, 1, "dim", 0) % len(shape)
+            start, stop, step = (_arg(node, 2, "start", None), _arg(node, 3, "end", None),
+                                 _arg(node, 4, "step", 1))
+            if all(v is None or isinstance(v, int) for v in (start, stop, step)):
+                start, stop, step = slice(start, stop, step).indices(shape[d])
+                mp = [(ax, 0, shape[ax], 1) for ax in range(len(shape))]
+                mp[d] = (d, start, max(start, stop), step)
+                return self.add(node, "index", [x], {"map": mp, "aten_slice": d})
+        if name in ("adaptive_avg_pool2d", "max_pool2d", "avg_pool2d", "mean_dim", "upsample_nearest2d"):
+            return self.add(node, "pool", [x])
+        if name == "batch_norm" or name == "_native_batch_norm_legit_no_training":
+            return self.add(node, "batchnorm", [x] + [self.ref(node.args[i]) for i in (1, 2, 3, 4)])
+        if name == "expand":
+            return self.add(node, "expand", [x])
+        if name == "scaled_dot_product_attention":
+            q, k, v = (self.ref(a) for a in node.args[:3])
+            mask = self.ref(_arg(node, 3, "attn_mask"))
+            return self.add(node, "attention", [q, k, v, mask],
+                            {"scale": node.kwargs.get("scale", _arg(node, 6, "scale"))})
         self.add(node, "unknown", self.tensor_inputs(node))
 
     def getitem(self, node: fx.Node) -> None:
@@ -304,6 +402,20 @@ class _Builder:
         if mp is None:
             return self.add(node, "unknown", [src_name])
         self.add(node, "index", [src_name], {"map": mp, "spec": sp})
+
+
+_ATEN_ELEMENTWISE = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "__and__",
+                     "__or__", "ge", "le", "gt", "lt", "eq", "ne", "rsub"}
+_ATEN_UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
+               "dropout", "to", "_to_copy", "clone", "contiguous", "alias", "detach", "neg", "exp",
+               "sqrt", "rsqrt", "abs", "clamp", "hardtanh", "leaky_relu", "erf", "type_as",
+               "relu6", "mish", "elu", "softplus", "lift_fresh_copy"}
+
+
+def _is_stochastic_depth(f: Any) -> bool:
+    """torchvision.ops.stochastic_depth: identity in eval mode, a per-sample mask in training."""
+    return getattr(f, "__name__", "") == "stochastic_depth" and getattr(
+        f, "__module__", "").startswith("torchvision.ops")
 
 
 def _index_map(spec: tuple, shape: tuple):
@@ -347,8 +459,14 @@ def trace(module: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     try:
         gm = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
     except Exception as e:  # noqa: BLE001 - tracing errors come in every type
-        raise InputError(f"cannot trace the module with torch.fx: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        # Models with data-dependent Python (transformers) do not trace symbolically; torch.export
+        # gives an ATen-level fx graph of the same module instead.
+        try:
+            gm = torch.export.export(module, tuple(example_inputs), strict=False).module()
+        except Exception as e2:  # noqa: BLE001
+            raise InputError(f"cannot trace the module with torch.fx ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}) nor torch.export "
+                             f"({type(e2).__name__})") from e2
     with torch.no_grad():
         try:
             ShapeProp(gm).propagate(*example_inputs)

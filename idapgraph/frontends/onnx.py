@@ -38,7 +38,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         if model.functions:
             model = onnx.inliner.inline_local_functions(model)
-        graph = gs.import_onnx(model)
+        graph = gs.import_onnx(_infer(model))
     except Exception as e:  # noqa: BLE001 - protobuf/graphsurgeon raise many kinds
         raise InputError(f"cannot read the ONNX graph: {e}") from e
     for node in graph.nodes:
@@ -53,17 +53,47 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             out = node.outputs[0]
             node.outputs.clear()
             out.to_constant(value)
+    _untie_small_constants(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
+    # Shape arithmetic on static dimensions (Shape -> Gather -> Concat -> Reshape, chunk bounds)
+    # becomes constants, so reshape targets and slice bounds can be rewritten. Runs onnxruntime on
+    # constant subgraphs only; large constants are not folded.
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+        graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=1 << 16)
+        graph.cleanup(remove_unused_graph_inputs=False)
+    except Exception:  # noqa: BLE001 - folding is an optimisation; the unfolded graph is valid
+        pass
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = model.ir_version
     out.producer_name, out.producer_version = model.producer_name, model.producer_version
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
+    return _infer(out)
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        out = onnx.shape_inference.infer_shapes(out, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:  # noqa: BLE001
         raise InputError(f"ONNX shape inference failed: {str(e).splitlines()[0]}") from e
-    return out
+
+
+def _untie_small_constants(graph: gs.Graph) -> None:
+    """Exporters deduplicate equal initializers (the zero biases of BN-folded convs, LayerNorm
+    ones/zeros), which would falsely tie unrelated channels together. Vectors and scalars shared
+    by several nodes get one copy per consumer; real weight tying (matrices) stays tied."""
+    seen: dict[str, int] = {}
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if not isinstance(t, gs.Constant) or len(t.shape) > 1:
+                continue
+            k = seen.get(t.name, 0)
+            seen[t.name] = k + 1
+            if k:
+                node.inputs[i] = gs.Constant(f"{t.name}__idapgraph_copy{k}", np.array(t.values))
 
 
 def _constant_value(node: gs.Node) -> np.ndarray | None:
@@ -225,6 +255,12 @@ class _Builder:
             return "transpose", [ins[0]], {"perm": [int(p) for p in perm]}
         if op == "Expand":
             return "expand", [ins[0]], {}
+        if op == "Gather" and ins[0].shape is not None and isinstance(ins[1], gs.Constant) \
+                and ins[1].values.ndim == 0:
+            r = len(ins[0].shape)
+            axis = a.get("axis", 0) % r
+            mp = [(ax, 0, ins[0].shape[ax], 1) for ax in range(r) if ax != axis]
+            return "index", [ins[0]], {"map": mp}
         return "unknown", data, {}
 
     def _slice(self, n: gs.Node):

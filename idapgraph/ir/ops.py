@@ -10,8 +10,11 @@ this table. Each entry gives:
   index of an axis, with a reason. Every axis of every operand an op touches must be described;
   axes a rule leaves out are frozen automatically ("not described by the rule"), so a missing
   rule can only make us prune less, never break a model.
-* ``cost(node, shape)``: FLOPs of the op, counted in multiply-accumulates (1 MAC = 1 FLOP) for
-  conv/linear/matmul and one operation per output element for elementwise, norm and pool ops.
+* ``cost(node, shape)``: FLOPs of the op: multiply-accumulates (1 MAC = 1 FLOP) for
+  conv/linear/matmul/attention; 2 per element for a bias add and for norms (so a conv followed by
+  BatchNorm counts the same before and after an exporter folds the BN into the conv's bias);
+  1 per input element for pooling and reductions; 0 for activations and other elementwise ops
+  (exporters decompose them differently, e.g. SiLU -> Sigmoid+Mul, GELU -> 5 ops).
 * ``rewrite(node, old, new)``: the canonical attributes that must change when tensor sizes
   change (``groups``, split sizes, slice bounds, reshape targets). Weight slicing needs no
   rewrite entry: it follows from the channel spaces of the parameter tensors themselves.
@@ -53,17 +56,28 @@ class Relations:
         shape = self.graph.tensors[t].shape
         return 0 if shape is None else len(shape)
 
+    def _ok(self, a: str | None, b: str | None) -> bool:
+        if a is None or b is None:
+            return False
+        if self.rank(a) == 0 or self.rank(b) == 0:  # scalars and unknown ranks carry no channels
+            for t in (a, b):
+                self.freeze_all(t, "tied to a scalar or a tensor of unknown rank")
+            return False
+        return True
+
     def size(self, t: str, axis: int):
         return self.graph.tensors[t].shape[axis]
 
     def same(self, a: str | None, ax: int, b: str | None, bx: int) -> None:
-        if a is None or b is None:
+        if not self._ok(a, b):
             return
         sa, sb = Space(a, ax % self.rank(a)), Space(b, bx % self.rank(b))
         self.described.update((sa, sb))
         self.same_pairs.append((sa, sb))
 
     def link(self, a: str, ax: int, ia, b: str, bx: int, ib) -> None:
+        if not self._ok(a, b):
+            return
         sa, sb = Space(a, ax % self.rank(a)), Space(b, bx % self.rank(b))
         self.described.update((sa, sb))
         self.links.append((sa, np.asarray(ia, dtype=np.int64), sb, np.asarray(ib, dtype=np.int64)))
@@ -386,9 +400,31 @@ def _reshape_groups(a: tuple, b: tuple) -> list[tuple[list[int], list[int]]] | N
     return groups
 
 
-def _carrier(axes: list[int], shape: tuple) -> int:
-    """The axis of a merged/split run that carries channel removals: the largest, innermost on ties."""
-    return max(axes, key=lambda ax: (shape[ax], ax))
+def _carrier_pair(gi: list[int], xs: tuple, gj: list[int], ys: tuple):
+    """Pick the input and output axes of a merged/split run that carry channel removals.
+
+    Every flat element of the run has one index on each axis; tying the chosen input axis to the
+    chosen output axis through those indices must not mix channels, so we take the pair with the
+    fewest distinct (input index, output index) ties — a plain function such as channel -> group
+    (GroupNorm as Reshape+InstanceNorm) or channel -> flattened block — preferring larger axes
+    (head size over head count, channels over spatial) on ties. The other axes keep their size.
+    """
+    n = int(np.prod([xs[a] for a in gi]))
+    flat = np.arange(n)
+
+    def index_on(axes, shape, carrier):
+        stride = int(np.prod([shape[a] for a in axes if a > carrier], dtype=np.int64))
+        return (flat // stride) % shape[carrier]
+
+    best = None
+    for ci in gi:
+        ii = index_on(gi, xs, ci)
+        for cj in gj:
+            pairs = np.unique(np.stack([ii, index_on(gj, ys, cj)], axis=1), axis=0)
+            key = (len(pairs), -(xs[ci] * ys[cj]), -ci, -cj)
+            if best is None or key < best[0]:
+                best = (key, ci, cj, pairs)
+    return best[1], best[2], best[3]
 
 
 def _couple_reshape(node: Node, rel: Relations) -> None:
@@ -410,7 +446,6 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
         if xs[gi[0]] is None:  # symbolic dimension passing through (batch)
             rel.same(x, gi[0], y, gj[0])
             continue
-        ci, cj = _carrier(gi, xs), _carrier(gj, ys)
         one_to_one = len(gi) == 1 and len(gj) == 1
         rewritable = target == "auto" or (
                       target is not None
@@ -426,14 +461,7 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
         if one_to_one:
             rel.same(x, gi[0], y, gj[0])
             continue
-        n = int(np.prod([xs[a] for a in gi]))
-        flat = np.arange(n)
-
-        def index_on(axes, shape, carrier):
-            stride = int(np.prod([shape[a] for a in axes if a > carrier], dtype=np.int64))
-            return (flat // stride) % shape[carrier]
-
-        pairs = np.unique(np.stack([index_on(gi, xs, ci), index_on(gj, ys, cj)], axis=1), axis=0)
+        ci, cj, pairs = _carrier_pair(gi, xs, gj, ys)
         rel.link(x, ci, pairs[:, 0], y, cj, pairs[:, 1])
         for ax in gi:
             if ax != ci:
@@ -472,6 +500,41 @@ def _couple_meta(node: Node, rel: Relations) -> None:
                 rel.described.add(Space(t, ax))
 
 
+def _couple_attention(node: Node, rel: Relations) -> None:
+    """Fused scaled-dot-product attention: q [..., T, D], k [..., S, D], v [..., S, Dv]."""
+    q, k, v, mask = (node.inputs + [None])[:4]
+    y = node.outputs[0]
+    r = rel.rank(y)
+    yshape = rel.graph.shape(y)
+    for t in (q, k, v):
+        tshape = rel.graph.shape(t)
+        for ax in range(r - 2):
+            if tshape[ax] == yshape[ax] and tshape[ax] != 1:
+                rel.same(t, ax, y, ax)
+            else:
+                rel.freeze(t, ax, "broadcast batch axis of attention")
+    for ax in range(r - 2):
+        if Space(y, ax) not in rel.described:
+            rel.freeze(y, ax, "broadcast batch axis of attention")
+    rel.same(q, -2, y, -2)
+    rel.same(k, -2, v, -2)
+    rel.freeze(k, -2, "attention key axis (softmax)")
+    rel.same(v, -1, y, -1)
+    if node.attrs.get("scale") is not None:
+        rel.same(q, -1, k, -1)
+    else:
+        why = "attention's default scale 1/sqrt(head size) depends on this axis"
+        rel.freeze(q, -1, why)
+        rel.freeze(k, -1, why)
+    rel.freeze_all(mask, "attention mask")
+
+
+def _cost_attention(node: Node, shape: ShapeFn) -> int:
+    q, v, y = shape(node.inputs[0]), shape(node.inputs[2]), shape(node.outputs[0])
+    s = v[-2] or 0
+    return _numel(y[:-1]) * s * ((q[-1] or 0) + (v[-1] or 0))
+
+
 def _couple_unknown(node: Node, rel: Relations) -> None:
     reason = node.attrs.get("reason") or f"no channel rule for op {node.source or node.op!r}"
     for t in node.present_inputs() + node.outputs:
@@ -487,7 +550,7 @@ def _cost_conv(node: Node, shape: ShapeFn) -> int:
     w = shape(node.inputs[1])
     macs = _numel(shape(node.outputs[0])) * _numel(w[1:])
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        macs += _numel(shape(node.outputs[0]))
+        macs += 2 * _numel(shape(node.outputs[0]))
     return macs
 
 
@@ -495,7 +558,7 @@ def _cost_linear(node: Node, shape: ShapeFn) -> int:
     x = shape(node.inputs[0])
     macs = _numel(shape(node.outputs[0])) * (x[-1] or 0)
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        macs += _numel(shape(node.outputs[0]))
+        macs += 2 * _numel(shape(node.outputs[0]))
     return macs
 
 
@@ -587,9 +650,8 @@ OPS: dict[str, OpDef] = {
         OpDef("matmul", "product of two activations (attention scores); contracted axes coupled",
               _couple_matmul, _cost_matmul, operands=("a", "b")),
         OpDef("elementwise", "add/sub/mul/div/… with broadcasting (residual adds, SE gates)",
-              _couple_broadcast, lambda n, s: _out_elems(n, s)),
-        OpDef("unary", "activations, dropout, casts, identity", _couple_unary,
-              lambda n, s: _out_elems(n, s)),
+              _couple_broadcast),
+        OpDef("unary", "activations, dropout, casts, identity", _couple_unary),
         OpDef("batchnorm", "BatchNorm; statistics and affine follow the channel",
               _couple_batchnorm, _cost_norm, operands=("x", "scale", "bias", "mean", "var")),
         OpDef("instancenorm", "InstanceNorm; per-channel, affine follows",
@@ -600,7 +662,10 @@ OPS: dict[str, OpDef] = {
               _couple_layernorm, _cost_norm, operands=("x", "scale", "bias")),
         OpDef("pool", "max/avg/global/adaptive pooling, resize", _couple_pool, _cost_pool),
         OpDef("reduce", "mean/sum/max over axes; reduced axes frozen", _couple_reduce, _cost_pool),
-        OpDef("softmax", "softmax; its axis is frozen", _couple_softmax, lambda n, s: _out_elems(n, s)),
+        OpDef("softmax", "softmax; its axis is frozen", _couple_softmax),
+        OpDef("attention", "fused scaled-dot-product attention; value/head axes follow, query/key "
+              "head size only with an explicit scale", _couple_attention, _cost_attention,
+              operands=("q", "k", "v", "mask")),
         OpDef("concat", "concatenation; channels keep their offsets", _couple_concat),
         OpDef("split", "split/chunk; sizes rewritten", _couple_split, rewrite=_rewrite_split),
         OpDef("index", "slicing with unit step; bounds rewritten", _couple_index, rewrite=_rewrite_index),

@@ -16,7 +16,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..ir.annotations import ChannelGroup, Coupling, FrozenSpot, Member
-from ..ir.graph import META, PARAM, Graph
+from ..ir.graph import META, PARAM, Graph, Node
 from ..ir.ops import OPS, Relations, Space
 
 
@@ -46,7 +46,18 @@ def collect_relations(graph: Graph) -> Relations:
     for node in graph:
         rel.described = set()
         n_frozen = len(rel.frozen)
-        OPS[node.op].couple(node, rel)
+        tensors = [graph.tensors[t] for t in node.present_inputs() + node.outputs]
+        if node.op != "meta" and any(t.kind != META and t.shape is None for t in tensors):
+            OPS["unknown"].couple(Node(node.name, "unknown", node.inputs, node.outputs,
+                                       {"reason": "a tensor of unknown rank"}, node.source), rel)
+        else:
+            try:
+                OPS[node.op].couple(node, rel)
+            except Exception as e:  # noqa: BLE001 - a failing rule freezes, never breaks
+                rel.described = set()
+                OPS["unknown"].couple(Node(node.name, "unknown", node.inputs, node.outputs, {
+                    "reason": f"internal: {node.op} rule failed ({type(e).__name__}: {e})"},
+                    node.source), rel)
         where = f" (at {node.source or node.op} {node.name})"
         for t in node.present_inputs() + node.outputs:
             if graph.tensors[t].kind == META:
@@ -77,7 +88,8 @@ def _weight_axes(graph: Graph) -> dict[Space, tuple[int, str, str]]:
         if node.op == "linear" and node.attrs.get("layout", "oi") == "io":
             out_ax, in_ax = 1, 0
         roles.setdefault(Space(w, out_ax), (i, "out", node.name))
-        roles.setdefault(Space(w, in_ax), (i, "in", node.name))
+        if int(node.attrs.get("groups", 1)) == 1:  # a grouped conv's weight has no input-channel axis
+            roles.setdefault(Space(w, in_ax), (i, "in", node.name))
     return roles
 
 
