@@ -1,0 +1,91 @@
+"""Frontend details: opsets, counting parity between frontends, the documented pass API."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import torchvision
+from onnx import version_converter
+
+import idapgraph
+from helpers import export_onnx, onnx_out, rel_err, example_feeds
+from zoo import build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("opset", [13, 15, 17, 19, 21])
+def test_opsets(opset):
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small().eval()
+    x = torch.randn(1, 3, 96, 96)
+    if opset <= 17:
+        proto = export_onnx(model, (x,), opset=opset)
+    else:
+        proto = version_converter.convert_version(export_onnx(model, (x,), opset=17), opset)
+    assert proto.opset_import[0].version == opset
+    r = idapgraph.compress(proto, flops=0.5, method="random")
+    assert r.report.params_after < r.report.params_before
+    assert r.model.opset_import[0].version == opset
+    zero = idapgraph.apply_plan(proto, r.plan, mode="zero")
+    feeds = example_feeds(proto)
+    assert rel_err(onnx_out(zero, feeds)[0], onnx_out(r.model, feeds)[0]) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["tv_resnet18", "tv_mobilenet_v2", "tv_efficientnet_b0",
+                                  "tv_densenet121", "timm_resnet18"])
+def test_cost_equal_across_frontends(name):
+    model, args = build(name)
+    fx_cost = idapgraph.analyze(model, args).cost
+    onnx_cost = idapgraph.analyze(export_onnx(model, args)).cost
+    assert abs(onnx_cost.flops / fx_cost.flops - 1) < 0.01
+    assert abs(onnx_cost.params / fx_cost.params - 1) < 0.01
+
+
+def test_symbolic_batch_preserved():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 64, 64)
+    proto = export_onnx(model, (x,), input_names=["x"], output_names=["y"],
+                        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    r = idapgraph.compress(proto, flops=0.5)
+    dim = r.model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "batch"
+    feeds = {"x": torch.randn(3, 3, 64, 64).numpy()}
+    assert onnx_out(r.model, feeds)[0].shape == (3, 1000)
+
+
+def test_readme_ops_table_in_sync():
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "ops_table.py")], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- ops-table:begin -->\n(.*?)\n<!-- ops-table:end -->", readme, re.S)
+    assert block and block.group(1).strip() == out, "run: python tools/ops_table.py --write"
+
+
+def test_readme_pass_api_example(tmp_path):
+    """The README's pass-API snippet runs as written (on a real file)."""
+    torch.manual_seed(0)
+    proto = export_onnx(torchvision.models.resnet18().eval(), (torch.randn(1, 3, 64, 64),))
+    onnx.save(proto, tmp_path / "model.onnx")
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"### Pass API.*?```python\n(.*?)```", readme, re.S).group(1)
+    ns: dict = {}
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(code, "README-pass-api", "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    small = ns["small"]
+    onnx.checker.check_model(small, full_check=True)
+    feeds = example_feeds(proto)
+    assert onnx_out(small, feeds)[0].shape == (1, 1000)
