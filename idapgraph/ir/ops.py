@@ -189,6 +189,24 @@ def _couple_linear(node: Node, rel: Relations) -> None:
     rel.same(b, 0, y, -1)
 
 
+def _couple_batch_axes(rel: Relations, operands, y: str, what: str) -> None:
+    """Leading (batch) axes of matrix-shaped operands broadcast like elementwise ops."""
+    ry = rel.rank(y)
+    yshape = rel.graph.shape(y)
+    for t in operands:
+        rt = rel.rank(t)
+        tshape = rel.graph.shape(t)
+        for ax in range(rt - 2):
+            oy = ax + (ry - rt)
+            if oy >= 0 and tshape[ax] == yshape[oy] and tshape[ax] != 1:
+                rel.same(t, ax, y, oy)
+            else:
+                rel.freeze(t, ax, f"broadcast batch axis of {what}")
+    for ax in range(ry - 2):
+        if Space(y, ax) not in rel.described:
+            rel.freeze(y, ax, f"broadcast batch axis of {what}")
+
+
 def _couple_matmul(node: Node, rel: Relations) -> None:
     a, b = node.inputs[:2]
     y = node.outputs[0]
@@ -200,18 +218,7 @@ def _couple_matmul(node: Node, rel: Relations) -> None:
     rel.same(a, -1, b, -2)  # contracted axis: zeroed entries add nothing
     rel.same(a, -2, y, -2)
     rel.same(b, -1, y, -1)
-    yshape = rel.graph.shape(y)
-    for t, rt in ((a, ra), (b, rb)):
-        tshape = rel.graph.shape(t)
-        for ax in range(rt - 2):
-            oy = ax + (ry - rt)
-            if tshape[ax] == yshape[oy] and tshape[ax] != 1:
-                rel.same(t, ax, y, oy)
-            else:
-                rel.freeze(t, ax, "broadcast batch axis of matmul")
-    for ax in range(ry - 2):
-        if Space(y, ax) not in rel.described:
-            rel.freeze(y, ax, "broadcast batch axis of matmul")
+    _couple_batch_axes(rel, (a, b), y, "matmul")
 
 
 def _couple_batchnorm(node: Node, rel: Relations) -> None:
@@ -504,18 +511,7 @@ def _couple_attention(node: Node, rel: Relations) -> None:
     """Fused scaled-dot-product attention: q [..., T, D], k [..., S, D], v [..., S, Dv]."""
     q, k, v, mask = (node.inputs + [None])[:4]
     y = node.outputs[0]
-    r = rel.rank(y)
-    yshape = rel.graph.shape(y)
-    for t in (q, k, v):
-        tshape = rel.graph.shape(t)
-        for ax in range(r - 2):
-            if tshape[ax] == yshape[ax] and tshape[ax] != 1:
-                rel.same(t, ax, y, ax)
-            else:
-                rel.freeze(t, ax, "broadcast batch axis of attention")
-    for ax in range(r - 2):
-        if Space(y, ax) not in rel.described:
-            rel.freeze(y, ax, "broadcast batch axis of attention")
+    _couple_batch_axes(rel, (q, k, v), y, "attention")
     rel.same(q, -2, y, -2)
     rel.same(k, -2, v, -2)
     rel.freeze(k, -2, "attention key axis (softmax)")
