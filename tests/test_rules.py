@@ -96,7 +96,8 @@ def test_rule_equivalence(case, backend):
     torch.manual_seed(0)
     model, args = cls().eval(), mk()
     src = model if backend == "fx" else export_onnx(model, args)
-    r = idapgraph.compress(src, args if backend == "fx" else None, flops=0.5, method="random")
+    r = idapgraph.compress(src, args if backend == "fx" else None, flops=0.5, method="random",
+                           heal="none")
     assert r.plan.n_removed > 0 and r.report.params_after < r.report.params_before
     zero = idapgraph.apply_plan(src, r.plan, args if backend == "fx" else None, mode="zero")
     if backend == "fx":
@@ -149,7 +150,7 @@ def test_runtime_reshape_is_frozen():
 def test_plan_roundtrip_and_mismatch():
     torch.manual_seed(0)
     model, args = FlattenHead().eval(), (torch.randn(1, 3, 8, 8),)
-    r = idapgraph.compress(model, args, flops=0.5)
+    r = idapgraph.compress(model, args, flops=0.5, heal="none")
     plan = idapgraph.Plan.from_json(r.plan.to_json())
     out = idapgraph.apply_plan(model, plan, args)
     assert rel_err(torch_out(out, args)[0], torch_out(r.model, args)[0]) < 1e-6

@@ -128,3 +128,31 @@ def _rewrite_view(fxn: fx.Node, target: list) -> None:
     old = list(rest[0]) if packed else list(rest)
     new = [o if isinstance(o, fx.Node) else t for o, t in zip(old, target)]
     fxn.args = head + ((tuple(new),) if packed else tuple(new))
+
+
+def get_param(gm: fx.GraphModule, name: str):
+    mod, attr = _owner(gm, name)
+    return getattr(mod, attr).detach().cpu().numpy()
+
+
+def can_add_bias(gm: fx.GraphModule, node_name: str) -> bool:
+    fxn = next((n for n in gm.graph.nodes if n.name == node_name), None)
+    if fxn is None or fxn.op != "call_module":
+        return False
+    m = gm.get_submodule(fxn.target)
+    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and m.bias is None
+
+
+def set_params(gm: fx.GraphModule, updates: dict, new_bias: dict) -> fx.GraphModule:
+    """A copy of ``gm`` with parameters replaced and biases added to bias-less conv/linear modules."""
+    new = copy.deepcopy(gm)
+    with torch.no_grad():
+        for name, value in updates.items():
+            mod, attr = _owner(new, name)
+            old = getattr(mod, attr)
+            _set(new, name, torch.as_tensor(value, dtype=old.dtype, device=old.device))
+        nodes = {n.name: n for n in new.graph.nodes}
+        for node_name, value in new_bias.items():
+            m = new.get_submodule(nodes[node_name].target)
+            m.bias = nn.Parameter(torch.as_tensor(value, dtype=m.weight.dtype, device=m.weight.device))
+    return new

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
 from ..errors import EmitError
@@ -77,4 +78,39 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
             out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True, data_prop=True)
         except Exception as e:  # noqa: BLE001
             raise EmitError(f"rewritten model fails ONNX shape inference: {str(e).splitlines()[0]}") from e
+    return out
+
+
+def get_param(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for t in model.graph.initializer:
+        if t.name == name:
+            return onnx.numpy_helper.to_array(t)
+    raise KeyError(name)
+
+
+def can_add_bias(graph: Graph, node_name: str) -> bool:
+    node = graph.nodes[node_name]
+    return node.source in ("Conv", "Gemm") and (len(node.inputs) < 3 or node.inputs[2] is None)
+
+
+def set_params(model: onnx.ModelProto, graph: Graph, updates: dict, new_bias: dict) -> onnx.ModelProto:
+    """A new model with initializers replaced and biases added to bias-less Conv/Gemm nodes."""
+    g = gs.import_onnx(model)
+    tensors = g.tensors()
+    for name, value in updates.items():
+        tensors[name].values = np.ascontiguousarray(value)
+    by_name = {n.name: n for n in g.nodes}
+    for node_name, value in new_bias.items():
+        gn = by_name.get(node_name)
+        if gn is None or len(gn.inputs) < 2:
+            continue
+        const = gs.Constant(f"{node_name}__idapgraph_bias", np.ascontiguousarray(value))
+        if len(gn.inputs) == 2:
+            gn.inputs.append(const)
+        else:
+            gn.inputs[2] = const
+    out = gs.export_onnx(g, do_type_check=False)
+    out.ir_version = model.ir_version
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    out.metadata_props.extend(model.metadata_props)
     return out

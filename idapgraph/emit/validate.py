@@ -29,11 +29,13 @@ def example_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict
     return feeds
 
 
-def session(model: onnx.ModelProto, threads: int = 0):
+def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

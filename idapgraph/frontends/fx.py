@@ -172,7 +172,7 @@ class _Builder:
                      {"layout": "oi"})
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             ps = [self.module_param(t, a) for a in ("weight", "bias", "running_mean", "running_var")]
-            self.add(node, "batchnorm", [x, *ps])
+            self.add(node, "batchnorm", [x, *ps], {"eps": m.eps})
         elif isinstance(m, nn.modules.instancenorm._InstanceNorm):
             ps = [self.module_param(t, a) for a in ("weight", "bias", "running_mean", "running_var")]
             self.add(node, "instancenorm", [x, *ps])
@@ -278,7 +278,7 @@ class _Builder:
         if f is F.batch_norm:
             ps = [self.ref(_arg(node, i, n)) for i, n in
                   ((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var"))]
-            return self.add(node, "batchnorm", [x, *ps])
+            return self.add(node, "batchnorm", [x, *ps], {"eps": _arg(node, 7, "eps", 1e-5)})
         if f is F.group_norm:
             ng = _arg(node, 1, "num_groups")
             w, b = self.ref(_arg(node, 2, "weight")), self.ref(_arg(node, 3, "bias"))
@@ -373,7 +373,9 @@ class _Builder:
         if name in ("adaptive_avg_pool2d", "max_pool2d", "avg_pool2d", "mean_dim", "upsample_nearest2d"):
             return self.add(node, "pool", [x])
         if name == "batch_norm" or name == "_native_batch_norm_legit_no_training":
-            return self.add(node, "batchnorm", [x] + [self.ref(node.args[i]) for i in (1, 2, 3, 4)])
+            eps = node.args[-1] if isinstance(node.args[-1], float) else 1e-5
+            return self.add(node, "batchnorm", [x] + [self.ref(node.args[i]) for i in (1, 2, 3, 4)],
+                            {"eps": eps})
         if name == "expand":
             return self.add(node, "expand", [x])
         if name == "scaled_dot_product_attention":

@@ -66,6 +66,14 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         graph.cleanup(remove_unused_graph_inputs=False)
     except Exception:  # noqa: BLE001 - folding is an optimisation; the unfolded graph is valid
         pass
+    used: set[str] = set()
+    for i, node in enumerate(graph.nodes):  # unique, stable node names for plans and healing
+        if not node.name or node.name in used:
+            base = node.name or node.op
+            node.name = f"{base}_{i}"
+            while node.name in used:
+                node.name += "_"
+        used.add(node.name)
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = model.ir_version
     out.producer_name, out.producer_version = model.producer_name, model.producer_version
@@ -206,7 +214,7 @@ class _Builder:
         if op == "BatchNormalization":
             if len([t for t in n.outputs if t.name]) > 1:
                 return "unknown", data, {"reason": "BatchNormalization in training mode"}
-            return "batchnorm", ins[:5], {}
+            return "batchnorm", ins[:5], {"eps": float(a.get("epsilon", 1e-5))}
         if op == "InstanceNormalization":
             return "instancenorm", ins[:3], {}
         if op == "LayerNormalization":

@@ -2,11 +2,11 @@
 
 * ``coupling.analyze(graph) -> Coupling``
 * ``cost.count(graph, shape=None) -> Cost``
-* ``scoring.score(method, graph, coupling, seed) -> list[np.ndarray]``
+* ``scoring.magnitude|taylor|random(...)``, ``divergence.requests|scores(...)`` -> per-group unit scores
 * ``select.select(graph, coupling, scores, flops=, params=) -> Selection``
 * ``prune.resolve(graph, coupling, plan) -> Rewrite``
 """
 
-from . import coupling, cost, prune, scoring, select
+from . import coupling, cost, divergence, prune, scoring, select
 
-__all__ = ["coupling", "cost", "prune", "scoring", "select"]
+__all__ = ["coupling", "cost", "divergence", "prune", "scoring", "select"]

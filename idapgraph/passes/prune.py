@@ -95,3 +95,20 @@ def resolve(graph: Graph, coupling: Coupling, plan: Plan) -> Rewrite:
             attrs[node.name] = upd
     new_shapes = {name: new(name) for name in graph.tensors}
     return Rewrite(keep=dict(keep), removed=dict(gone), attrs=attrs, new_shapes=new_shapes)
+
+
+def masked_values(graph: Graph, rewrite: Rewrite):
+    """Parameter getter of the model with the rewrite's channels zeroed (not removed)."""
+    cache: dict[str, np.ndarray] = {}
+
+    def value(name: str) -> np.ndarray:
+        if name not in cache:
+            v = np.array(graph.tensors[name].value())
+            for ax, idx in rewrite.removed.get(name, {}).items():
+                sl = [slice(None)] * v.ndim
+                sl[ax] = idx
+                v[tuple(sl)] = 0
+            cache[name] = v
+        return cache[name]
+
+    return value

@@ -1,0 +1,166 @@
+"""IDAP++ information-flow divergence of channels (DESIGN.md §1).
+
+For a conv/linear layer with weight ``W`` and output ``Y``, output channel ``c`` scores
+``δ_c = rms over calibration samples of ‖A[:, c]‖₂ · ‖W[c]‖₂ / fan_in``, where ``A`` is ``Y``
+after the BatchNorm/activation chain that follows it (``|Y|`` when there is none) and
+``fan_in = C_in/groups · k_h · k_w`` (``in_features`` for linear). A BatchNorm right after the
+layer is folded into ``W`` first (its per-channel scale), so a torch module and its ONNX export
+(where the exporter folded the BN) score the same. Symmetrically, a layer that
+*consumes* channel ``c`` scores ``‖X[:, c]‖₂ · ‖W[:, c]‖₂ / fan_out``: the signal that flows
+through the channel into it. A coupled group's unit score is the mean over its member layers of
+these scores, each divided by that layer's mean (see :func:`idapgraph.passes.scoring.combine`).
+
+The pass never runs a model: a runner feeds :class:`ChannelNorms` with activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.annotations import Coupling
+from ..ir.graph import Graph
+from ..ir.ops import Space
+from .scoring import combine
+
+_CHAIN = {"batchnorm", "instancenorm", "unary"}
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where a layer's channel activity is measured: ``tensor`` along ``axis``."""
+
+    node: str
+    role: str  # "out" (produces the channel) or "in" (consumes it)
+    tensor: str
+    axis: int
+    fan: int  # weight entries per channel on the other side
+    bn: str | None = None  # a BatchNorm right after the layer: its scale is part of the weight
+
+
+def _follow_chain(graph: Graph, t: str) -> str:
+    while True:
+        cons = graph.tensors[t].consumers
+        if t in graph.outputs or len(cons) != 1:
+            return t
+        n = graph.nodes[cons[0]]
+        if n.op not in _CHAIN or n.inputs[0] != t or len(n.outputs) != 1:
+            return t
+        t = n.outputs[0]
+
+
+def _bn_after(graph: Graph, y: str) -> str | None:
+    cons = graph.tensors[y].consumers
+    if len(cons) == 1 and graph.nodes[cons[0]].op == "batchnorm" and y not in graph.outputs:
+        return cons[0]
+    return None
+
+
+def taps(graph: Graph) -> dict[Space, Tap]:
+    """For every weighted layer's output- and input-channel weight axis, where to measure it."""
+    out: dict[Space, Tap] = {}
+    for node in graph.weighted_nodes():
+        w = node.inputs[1]
+        wt = graph.tensors[w] if w is not None else None
+        if wt is None or wt.shape is None or len(wt.shape) < 2 or None in wt.shape:
+            continue
+        conv = node.op == "conv"
+        out_ax, in_ax = (1, 0) if node.op == "linear" and node.attrs.get("layout") == "io" else (0, 1)
+        y, x = node.outputs[0], node.inputs[0]
+        ry, rx = graph.tensors[y].rank, graph.tensors[x].rank
+        if not ry or not rx:
+            continue
+        numel = int(np.prod(wt.shape))
+        bn = _bn_after(graph, y)
+        out[Space(w, out_ax)] = Tap(node.name, "out", _follow_chain(graph, y), 1 if conv else ry - 1,
+                                    numel // wt.shape[out_ax], bn)
+        if int(node.attrs.get("groups", 1)) == 1:
+            out[Space(w, in_ax)] = Tap(node.name, "in", x, 1 if conv else rx - 1,
+                                       numel // wt.shape[in_ax], bn)
+    return out
+
+
+class ChannelNorms:
+    """Reducer: per (tensor, axis), each channel's L2 norm over the calibration set divided by
+    sqrt(number of samples) — the per-sample RMS norm, independent of how data is batched."""
+
+    def __init__(self, requests: set[tuple[str, int]]) -> None:
+        self.requests = requests
+        self.sq: dict[tuple[str, int], np.ndarray] = {}
+        self.samples: dict[tuple[str, int], int] = {}
+
+    @property
+    def tensors(self) -> list[str]:
+        return sorted({t for t, _ in self.requests})
+
+    def __call__(self, values: dict[str, np.ndarray]) -> None:
+        for t, ax in self.requests:
+            v = values.get(t)
+            if v is None:
+                continue
+            v = np.asarray(v, dtype=np.float64)
+            other = tuple(a for a in range(v.ndim) if a != ax % v.ndim)
+            key = (t, ax)
+            self.sq[key] = self.sq.get(key, 0) + np.sum(v * v, axis=other)
+            self.samples[key] = self.samples.get(key, 0) + (v.shape[0] if v.ndim > 1 else 1)
+
+    def mean(self, t: str, ax: int) -> np.ndarray | None:
+        key = (t, ax)
+        return np.sqrt(self.sq[key] / self.samples[key]) if key in self.sq else None
+
+
+def requests(graph: Graph, coupling: Coupling) -> tuple[dict[Space, Tap], ChannelNorms]:
+    """The taps of every weight axis in a prunable group, and a reducer collecting them."""
+    all_taps = taps(graph)
+    needed = {s for g in coupling.groups for m in g.members for s in m.spaces if s in all_taps}
+    used = {s: all_taps[s] for s in needed}
+    return used, ChannelNorms({(tp.tensor, tp.axis) for tp in used.values()})
+
+
+def channel_scores(graph: Graph, tap: Tap, weight: Space, norms: ChannelNorms,
+                   value=None) -> np.ndarray | None:
+    """δ per index of ``weight``'s axis (see module doc); None when the activity was not measured.
+    ``value(name)`` reads parameters (default: the graph's own)."""
+    act = norms.mean(tap.tensor, tap.axis)
+    if act is None:
+        return None
+    read = value if value is not None else (lambda n: graph.tensors[n].value())
+    w = np.asarray(read(weight.tensor), dtype=np.float64)
+    if tap.bn is not None:  # BN after the layer rescales its output channels: fold it in, so the
+        # score is the same as on an export where the exporter folded the BN into the weights
+        out_ax = 1 - weight.axis if tap.role == "in" else weight.axis
+        bn = graph.nodes[tap.bn]
+        _, scale, _, _, var = (bn.inputs + [None] * 5)[:5]
+        if var is not None:
+            v = np.asarray(read(var), dtype=np.float64)
+            g = np.abs(np.asarray(read(scale), dtype=np.float64)) if scale is not None else 1.0
+            factor = g / np.sqrt(v + float(bn.attrs.get("eps", 1e-5)))
+            shape = [1] * w.ndim
+            shape[out_ax] = -1
+            if w.shape[out_ax] == np.size(factor):
+                w = w * np.reshape(factor, shape)
+    other = tuple(a for a in range(w.ndim) if a != weight.axis)
+    wn = np.sqrt(np.sum(w * w, axis=other))
+    if act.shape != wn.shape:
+        return None
+    return act * wn / max(tap.fan, 1)
+
+
+def scores(graph: Graph, coupling: Coupling, used: dict[Space, Tap], norms: ChannelNorms,
+           value=None) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Per-group unit scores, and per-layer output-channel δ (the annotation ``analyze`` shows).
+    ``value(name)`` reads parameters, e.g. those of a model with some channels zeroed."""
+    cache: dict[Space, np.ndarray | None] = {}
+
+    def delta(s: Space):
+        if s not in cache:
+            cache[s] = channel_scores(graph, used[s], s, norms, value) if s in used else None
+        return cache[s]
+
+    def term(g, m, s):
+        d = delta(s)
+        return None if d is None else d[m.index].sum(axis=1)
+
+    per_node = {tp.node: delta(s) for s, tp in used.items() if tp.role == "out" and delta(s) is not None}
+    return combine(coupling, term), per_node

@@ -1,0 +1,176 @@
+"""Training-free healing by per-channel statistics matching (DESIGN.md §1, stage 3).
+
+After pruning, every kept output channel ``c`` of a conv/linear layer gets an affine correction
+``y'_c = a_c · y_c + b_c`` with ``a_c = σ_orig / σ_pruned`` and ``b_c = μ_orig − a_c · μ_pruned``
+(calibration statistics of the original and the pruned model), folded into the layer's weight
+row and bias. For a layer followed by BatchNorm this is BatchNorm re-estimation; for ONNX
+exports, where the exporter folded BatchNorm into the conv, it is the same healer. Corrections
+are applied in topological order, a chunk of layers per calibration pass. Channels whose
+variance is near zero in either model are left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir.graph import Graph
+from ..ir.plan import Rewrite
+
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Site:
+    """A layer output to correct."""
+
+    node: str
+    tensor: str
+    axis: int  # channel axis of ``tensor``
+    weight: str
+    out_axis: int
+    bias: str | None
+    kept: np.ndarray | None  # original indices of the kept channels (None: all)
+
+
+class ChannelStats:
+    """Reducer: per (tensor, axis), running sum and sum of squares per channel."""
+
+    def __init__(self, requests: set[tuple[str, int]]) -> None:
+        self.requests = requests
+        self.s1: dict[tuple[str, int], np.ndarray] = {}
+        self.s2: dict[tuple[str, int], np.ndarray] = {}
+        self.n: dict[tuple[str, int], int] = {}
+
+    @property
+    def tensors(self) -> list[str]:
+        return sorted({t for t, _ in self.requests})
+
+    def __call__(self, values: dict[str, np.ndarray]) -> None:
+        for t, ax in self.requests:
+            v = values.get(t)
+            if v is None:
+                continue
+            v = np.moveaxis(np.asarray(v, dtype=np.float64), ax % v.ndim, 0).reshape(v.shape[ax], -1)
+            key = (t, ax)
+            self.s1[key] = self.s1.get(key, 0) + v.sum(axis=1)
+            self.s2[key] = self.s2.get(key, 0) + (v * v).sum(axis=1)
+            self.n[key] = self.n.get(key, 0) + v.shape[1]
+
+    def mean_std(self, t: str, ax: int) -> tuple[np.ndarray, np.ndarray] | None:
+        key = (t, ax)
+        if key not in self.n or self.n[key] == 0:
+            return None
+        m = self.s1[key] / self.n[key]
+        var = np.maximum(self.s2[key] / self.n[key] - m * m, 0.0)
+        return m, np.sqrt(var)
+
+
+def sites(graph: Graph, rewrite: Rewrite | None) -> list[Site]:
+    """Conv/linear outputs in topological order (model outputs excluded: they stay exact)."""
+    out = []
+    for node in graph.weighted_nodes():
+        y, w = node.outputs[0], node.inputs[1]
+        if y in graph.outputs or w is None or graph.tensors[w].rank is None:
+            continue
+        ry = graph.tensors[y].rank
+        if not ry or graph.tensors[w].rank < 2:
+            continue
+        axis = 1 if node.op == "conv" else ry - 1
+        out_axis = 1 if node.op == "linear" and node.attrs.get("layout") == "io" else 0
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        kept = rewrite.kept(y, axis) if rewrite is not None else None
+        out.append(Site(node.name, y, axis, w, out_axis, bias, kept))
+    return out
+
+
+@dataclass
+class Correction:
+    """Per-channel scale/shift of one site, and what applying it means for its parameters."""
+
+    site: Site
+    scale: np.ndarray
+    shift: np.ndarray
+
+
+def corrections(chunk: list[Site], ref: ChannelStats, cur: ChannelStats) -> list[Correction]:
+    """Scale/shift per kept channel so the current statistics match the reference's."""
+    out = []
+    for s in chunk:
+        a, b = ref.mean_std(s.tensor, s.axis), cur.mean_std(s.tensor, s.axis)
+        if a is None or b is None:
+            continue
+        (m0, s0), (m1, s1) = a, b
+        if s.kept is not None:
+            m0, s0 = m0[s.kept], s0[s.kept]
+        if m0.shape != m1.shape:
+            continue
+        ok = (s0 > EPS * (1 + np.abs(m0))) & (s1 > EPS * (1 + np.abs(m1)))
+        scale = np.where(ok, s0 / np.where(ok, s1, 1), 1.0)
+        shift = np.where(ok, m0 - scale * m1, 0.0)
+        out.append(Correction(s, scale, shift))
+    return out
+
+
+@dataclass
+class HealReport:
+    method: str = "none"
+    layers: int = 0
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    error_before: float | None = None  # relative MSE of outputs vs the original, calibration data
+    error_after: float | None = None
+    kept: bool = False  # whether the healed model was kept (it must not be worse)
+    notes: list[str] = field(default_factory=list)
+
+
+class OutputError:
+    """Reducer-free accumulator of relative squared error between two lists of outputs."""
+
+    def __init__(self) -> None:
+        self.num = 0.0
+        self.den = 0.0
+
+    def add(self, ref: list[np.ndarray], got: list[np.ndarray]) -> None:
+        for r, g in zip(ref, got):
+            r = np.asarray(r, dtype=np.float64)
+            g = np.asarray(g, dtype=np.float64)
+            self.num += float(np.sum((r - g) ** 2))
+            self.den += float(np.sum(r * r))
+
+    @property
+    def value(self) -> float:
+        return self.num / self.den if self.den > 0 else 0.0
+
+
+def chunks(items: list[Site], n: int) -> list[list[Site]]:
+    """Split sites (topological order) into at most ``n`` consecutive chunks."""
+    if not items:
+        return []
+    size = -(-len(items) // max(1, n))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def affine_updates(corr: list[Correction], value, can_add_bias) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fold corrections into parameters: ``W[c] *= a_c``; ``bias[c] = a_c·bias[c] + b_c``.
+
+    ``value(name)`` reads the current parameters; ``can_add_bias(node)`` says whether a layer
+    without a bias can get one. Returns (updated parameters, new biases per node name)."""
+    updates: dict[str, np.ndarray] = {}
+    new_bias: dict[str, np.ndarray] = {}
+    for c in corr:
+        s = c.site
+        w = np.array(value(s.weight), dtype=np.float64)
+        shape = [1] * w.ndim
+        shape[s.out_axis] = -1
+        if w.shape[s.out_axis] != len(c.scale):
+            continue
+        dtype = np.asarray(value(s.weight)).dtype
+        updates[s.weight] = (w * c.scale.reshape(shape)).astype(dtype)
+        if s.bias is not None:
+            b = np.array(value(s.bias), dtype=np.float64)
+            updates[s.bias] = (c.scale * b + c.shift).astype(dtype)
+        elif np.any(np.abs(c.shift) > 0) and can_add_bias(s.node):
+            new_bias[s.node] = c.shift.astype(dtype)
+    return updates, new_bias

@@ -1,0 +1,92 @@
+"""Run an fx GraphModule on calibration batches, handing requested IR tensors to a reducer."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .data import Batches
+
+Reducer = Callable[[dict[str, np.ndarray]], None]
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
+        super().__init__(gm)
+        self.wanted = wanted
+        self.values: dict[str, np.ndarray] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            if n.name in self.wanted:
+                self.values[n.name] = out.detach().float().cpu().numpy()
+        elif isinstance(out, (tuple, list)):
+            for i, o in enumerate(out):
+                key = f"{n.name}.{i}"
+                if key in self.wanted and isinstance(o, torch.Tensor):
+                    self.values[key] = o.detach().float().cpu().numpy()
+        return out
+
+
+def _flatten(out) -> list:
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        res = []
+        for o in out:
+            res.extend(_flatten(o))
+        return res
+    return [out]
+
+
+def run(gm: fx.GraphModule, names: list[str], batches: Batches, reduce: Reducer | None,
+        outputs: bool = False) -> list[list[np.ndarray]]:
+    """Run every batch; ``reduce`` gets ``{name: array}``; returns model outputs if asked."""
+    wanted = set(names)
+    outs = []
+    gm.eval()
+    with torch.no_grad():
+        for batch in batches:
+            args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
+            rec = _Recorder(gm, wanted)
+            out = rec.run(*args)
+            if reduce is not None:
+                reduce(rec.values)
+            if outputs:
+                outs.append([o.detach().float().cpu().numpy() for o in _flatten(out)])
+    return outs
+
+
+def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
+                      loss: Callable | None = None) -> dict[str, np.ndarray]:
+    """|w · dL/dw| per parameter entry, summed over calibration batches. ``loss(outputs, batch)``
+    defaults to the mean squared output (a label-free proxy)."""
+    named = dict(gm.named_parameters())  # buffers (BN statistics) have no gradient
+    tensors = {p: named[p] for p in params if p in named}
+    saved = {p: t.requires_grad for p, t in tensors.items()}
+    acc = {p: torch.zeros_like(t, dtype=torch.float32) for p, t in tensors.items()}
+    gm.eval()
+    try:
+        for p, t in tensors.items():
+            if t.dtype.is_floating_point:
+                t.requires_grad_(True)
+        for batch in batches:
+            args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
+            out = gm(*args)
+            if loss is not None:
+                value = loss(out, args)
+            else:
+                value = sum((o.float() ** 2).mean() for o in _flatten(out) if isinstance(o, torch.Tensor))
+            grads = torch.autograd.grad(value, [t for t in tensors.values() if t.requires_grad],
+                                        allow_unused=True)
+            for (p, t), g in zip([(p, t) for p, t in tensors.items() if t.requires_grad], grads):
+                if g is not None:
+                    acc[p] += (t.detach() * g).abs().float()
+    finally:
+        for p, t in tensors.items():
+            t.requires_grad_(saved[p])
+    return {p: a.numpy() for p, a in acc.items()}
