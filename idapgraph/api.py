@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import os
-
-import numpy as np
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .errors import InputError
 from .ir.annotations import Coupling
