@@ -20,6 +20,7 @@ from .ir.plan import Plan, Rewrite
 from .passes import coupling as coupling_pass
 from .passes import cost as cost_pass
 from .passes import prune as prune_pass
+from .passes import blocks as blocks_pass
 from .passes import divergence, scoring
 from .passes import heal as heal_pass, select as select_pass
 
@@ -65,6 +66,9 @@ class Model:
     def set_params(self, model: Any, updates: dict, new_bias: dict) -> Any:
         raise NotImplementedError
 
+    def bypass(self, model: Any, blocks: list[tuple[str, str, Any]]) -> Any:
+        raise NotImplementedError
+
 
 class TorchModel(Model):
     backend = "fx"
@@ -94,9 +98,13 @@ class TorchModel(Model):
         try:
             args = tuple(torch.cat([a] * 2) if isinstance(a, torch.Tensor) and a.ndim else a
                          for a in self.example_inputs)
-            with torch.no_grad():
-                from .emit.validate import flatten_outputs
+            import contextlib
+            import io
 
+            from .emit.validate import flatten_outputs
+
+            # fx prints the failing generated code to stderr itself; a failed probe is expected
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 outs = flatten_outputs(self.source(*args))
             if all(o.shape[0] == 2 * own for o in outs) and own == 1:
                 return big
@@ -123,6 +131,11 @@ class TorchModel(Model):
         from .emit.fx import set_params
 
         return set_params(model, updates, new_bias)
+
+    def bypass(self, model, blocks):
+        from .emit.fx import bypass
+
+        return bypass(model, blocks)
 
     def taylor(self, model, params: list[str], batches, loss=None):
         from .runners import torch_runner
@@ -178,6 +191,11 @@ class OnnxModel(Model):
         from .emit.onnx import set_params
 
         return set_params(model, self.graph, updates, new_bias)
+
+    def bypass(self, model, blocks):
+        from .emit.onnx import bypass
+
+        return bypass(model, blocks)
 
     def emit(self, rewrite: Rewrite, mode: str = "remove"):
         from .emit import onnx as onnx_emit
@@ -239,6 +257,8 @@ class Report:
     calibration: str = "none"  # "data", "random" (no data given) or "none" (not needed)
     steps: list[dict[str, Any]] = field(default_factory=list)  # per pruning step
     heal: dict[str, Any] = field(default_factory=dict)  # healing summary (HealReport)
+    blocks_bypassed: list[str] = field(default_factory=list)  # stage 2, in removal order
+    block_scores: dict[str, float] = field(default_factory=dict)  # score of each when removed
 
     @property
     def flops_ratio(self) -> float:
@@ -391,10 +411,51 @@ def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8
     return (current if rep.kept else pruned), rep
 
 
+def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: float | None,
+              score: str, mean_substitution: bool, plan_bypass: list[str] | None = None):
+    """Stage 2: bypass the blocks with the smallest score one at a time, re-measuring after each,
+    while the calibration output error stays within ``max_error`` or until ``n_blocks`` are gone.
+    With ``plan_bypass`` the given blocks are bypassed (no data needed, no mean substitution)."""
+    g, m = a.graph, a.model
+    blist = blocks_pass.find(g)
+    by_key = {b.key: b for b in blist}
+    if plan_bypass is not None:
+        missing = [k for k in plan_bypass if k not in by_key]
+        if missing:
+            raise InputError(f"plan bypasses block(s) {missing}, which this model does not have")
+        chosen = [by_key[k] for k in plan_bypass]
+        out = m.bypass(current, [(b.add, b.skip, None) for b in chosen]) if chosen else current
+        return out, list(plan_bypass), {n for b in chosen for n in b.nodes}, {}
+    ref_out = m.run(m.source, [], batches, None, outputs=True)
+
+    def error(model) -> float:
+        e = heal_pass.OutputError()
+        for r, o in zip(ref_out, m.run(model, [], batches, None, outputs=True)):
+            e.add(r, o)
+        return e.value
+
+    removed, nodes, scores = [], set(), {}
+    while blist and (n_blocks is None or len(removed) < n_blocks):
+        norms = blocks_pass.BlockNorms(blist)
+        m.run(current, norms.tensors, batches, norms)
+        b = min(blist, key=lambda x: norms.score(x.key, score))
+        const = norms.mean(b.key) if mean_substitution else None
+        candidate = m.bypass(current, [(b.add, b.skip, const)])
+        if max_error is not None and error(candidate) > max_error:
+            break
+        scores[b.key] = norms.score(b.key, score)
+        current = candidate
+        removed.append(b.key)
+        nodes |= set(b.nodes)
+        blist = [x for x in blist if x.key != b.key and x.add not in b.nodes]
+    return current, removed, nodes, scores
+
+
 def compress(model, example_inputs=None, *, flops: float | None = None, params: float | None = None,
              method: str = "idap", calib=None, seed: int = 0, plan: Plan | None = None,
              min_keep: float = 0.1, steps: int = 10, alpha: float = 1.5, base: float = 1.0,
-             loss=None, heal: str = "stats") -> Result:
+             loss=None, heal: str = "stats", blocks: int | None = 0,
+             max_error: float | None = None, block_score: str = "relative") -> Result:
     """Compress ``model`` to ``flops``/``params`` (fractions of the original to keep).
 
     Returns a :class:`Result` whose ``model`` is of the same kind as the input (an fx
@@ -406,13 +467,23 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     seeded standard-normal inputs (with a warning). ``plan`` applies a given plan instead.
     ``heal``: ``stats`` (default: per-channel statistics matching on calibration data, kept only
     if it lowers the calibration output error) or ``none``.
+    Stage 2 (layer truncation) bypasses residual blocks with the smallest relative change
+    ``‖F(x)‖/‖x‖`` (``block_score="influence"``: ShortGPT's 1 − cos) one at a time: ``blocks=N``
+    of them, or (``blocks=None``) as many as keep the calibration output error
+    ``‖N₀−N‖²/‖N₀‖²`` within ``max_error``; healing substitutes each branch's mean output.
     """
     _check_ratio("flops", flops)
     _check_ratio("params", params)
     if method not in scoring.METHODS:
         raise InputError(f"unknown method {method!r} (choose from {', '.join(scoring.METHODS)})")
-    if plan is None and flops is None and params is None:
-        raise InputError("give a target: flops=R and/or params=R")
+    if plan is None and flops is None and params is None and not blocks and max_error is None:
+        raise InputError("give a target: flops=R and/or params=R, or blocks=N / max_error=E")
+    if block_score not in ("relative", "influence"):
+        raise InputError(f"unknown block score {block_score!r} (choose from relative, influence)")
+    if blocks is not None and (not isinstance(blocks, int) or blocks < 0):
+        raise InputError(f"blocks must be a count >= 0, got {blocks!r}")
+    if max_error is not None and not max_error >= 0:
+        raise InputError(f"max_error must be >= 0, got {max_error!r}")
     if heal not in ("none", "stats"):
         raise InputError(f"unknown heal mode {heal!r} (choose from none, stats)")
     if not (steps >= 1 and alpha >= 0 and 0 < base <= 1 and 0 <= min_keep < 1):
@@ -451,7 +522,21 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         out, heal_rep = _heal(a, out, rewrite, batches)
         if heal_rep.kept:
             a.model.validate(out)
-    after = cost_pass.count(g, lambda t: rewrite.new_shapes[t])
+    bypassed, gone, block_scores = [], set(), {}
+    if plan.bypass or (blocks or 0) > 0 or (blocks is None and max_error is not None):
+        stage2_batches = None
+        if not plan.bypass:
+            stage2_batches, real = a.model.calibration(calib, seed)
+        out, bypassed, gone, block_scores = _truncate(
+            a, out, stage2_batches, n_blocks=blocks, max_error=max_error, score=block_score,
+            mean_substitution=heal != "none", plan_bypass=plan.bypass or None)
+        plan.bypass = list(bypassed)
+        if blocks and len(bypassed) < blocks:
+            msg = f"bypassed {len(bypassed)} of the {blocks} blocks asked for (no more found or error bound hit)"
+            warn.append(msg)
+            warnings.warn(msg, stacklevel=2)
+        a.model.validate(out)
+    after = cost_pass.count(g, lambda t: rewrite.new_shapes[t], removed=gone)
     report = Report(
         backend=g.backend, flops_before=a.cost.flops, flops_after=after.flops,
         params_before=a.cost.params, params_after=after.params,
@@ -459,7 +544,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         groups=len(coupling.groups), groups_pruned=sum(1 for v in plan.remove.values() if v),
         units_removed=plan.n_removed,
         frozen=[asdict(f) for f in coupling.frozen], warnings=warn, calibration=kind, steps=log,
-        heal=asdict(heal_rep))
+        heal=asdict(heal_rep), blocks_bypassed=bypassed, block_scores=block_scores)
     return Result(model=out, plan=plan, report=report)
 
 
@@ -473,5 +558,8 @@ def apply_plan(model, plan: Plan, example_inputs=None, mode: str = "remove"):
         raise InputError(str(e)) from None
     out = a.model.emit(rewrite, mode)
     if mode == "remove":
+        if plan.bypass:
+            out = _truncate(a, out, None, n_blocks=None, max_error=None, score="relative",
+                            mean_substitution=False, plan_bypass=plan.bypass)[0]
         a.model.validate(out)
     return out

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="idap first-step fraction; 1.0 = one shot (default), e.g. 0.1 = iterative")
     c.add_argument("--min-keep", type=float, default=0.1,
                    help="fraction of every channel group always kept (default 0.1)")
+    c.add_argument("--blocks", type=int, default=0,
+                   help="stage 2: bypass N residual blocks (default 0: off)")
+    c.add_argument("--max-error", type=float, default=None,
+                   help="stage 2: bypass blocks while the calibration output error "
+                        "|N0-N|^2/|N0|^2 stays within E (with --blocks: at most N)")
+    c.add_argument("--block-score", default="relative", choices=["relative", "influence"],
+                   help="block ranking: relative change |F(x)|/|x| (default) or ShortGPT 1-cos")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--plan-out", help="also write the plan (JSON) here")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -80,8 +87,10 @@ def cmd_compress(args) -> int:
     from . import api
     from .emit.save import check_output_path, save_onnx
 
-    if args.flops is None and args.params is None:
-        raise _UserError("give a target: --flops R and/or --params R")
+    if args.flops is None and args.params is None and not args.blocks and args.max_error is None:
+        raise _UserError("give a target: --flops R and/or --params R, or --blocks N / --max-error E")
+    if args.blocks < 0:
+        raise _UserError(f"--blocks must be >= 0, got {args.blocks}")
     out = check_output_path(args.output, args.input)
     if args.plan_out:
         check_output_path(args.plan_out, args.input)
@@ -89,7 +98,10 @@ def cmd_compress(args) -> int:
         warnings.simplefilter("ignore")
         res = api.compress(args.input, flops=args.flops, params=args.params, method=args.method,
                            seed=args.seed, calib=args.calib, heal=args.heal, steps=args.steps,
-                           alpha=args.alpha, base=args.base, min_keep=args.min_keep)
+                           alpha=args.alpha, base=args.base, min_keep=args.min_keep,
+                           blocks=(None if args.max_error is not None and not args.blocks
+                                   else args.blocks),
+                           max_error=args.max_error, block_score=args.block_score)
     save_onnx(res.model, out)
     if args.plan_out:
         from .emit.save import write_bytes_atomic
@@ -108,6 +120,12 @@ def cmd_compress(args) -> int:
         print(f"{label:12}{_fmt(b):>12}{_fmt(a):>12}{a / b if b else 1:>8.3f}")
     print(f"groups pruned: {rep['groups_pruned']} of {rep['groups']}, units removed: "
           f"{rep['units_removed']}, frozen spots: {len(rep['frozen'])}")
+    if rep["blocks_bypassed"]:
+        print(f"blocks bypassed: {', '.join(rep['blocks_bypassed'])}")
+    h = rep["heal"]
+    if h.get("method") == "stats":
+        print(f"healing: {h['layers']} layers, calibration error {h['error_before']:.4g} -> "
+              f"{h['error_after']:.4g} ({'kept' if h['kept'] else 'not kept: no better'})")
     for w in rep["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {out}")

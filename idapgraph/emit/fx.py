@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -155,4 +156,30 @@ def set_params(gm: fx.GraphModule, updates: dict, new_bias: dict) -> fx.GraphMod
         for node_name, value in new_bias.items():
             m = new.get_submodule(nodes[node_name].target)
             m.bias = nn.Parameter(torch.as_tensor(value, dtype=m.weight.dtype, device=m.weight.device))
+    return new
+
+
+def bypass(gm: fx.GraphModule, blocks: list[tuple[str, str, object]]) -> fx.GraphModule:
+    """A copy of ``gm`` where each ``(add node, skip tensor, constant or None)`` add becomes its
+    skip input (plus the constant: mean substitution); the dead branch is removed."""
+    import operator
+
+    new = copy.deepcopy(gm)
+    nodes = {n.name: n for n in new.graph.nodes}
+    for i, (add, skip, const) in enumerate(blocks):
+        a = nodes[add]
+        s = nodes[skip]
+        if const is None:
+            a.replace_all_uses_with(s)
+            new.graph.erase_node(a)
+        else:
+            name = f"_idapgraph_mean_{add}"
+            new.register_buffer(name, torch.as_tensor(np.asarray(const), dtype=torch.float32))
+            with new.graph.inserting_before(a):
+                c = new.graph.get_attr(name)
+            a.op, a.target, a.args, a.kwargs = "call_function", operator.add, (s, c), {}
+    new.graph.eliminate_dead_code()
+    new.delete_all_unused_submodules()
+    new.graph.lint()
+    new.recompile()
     return new

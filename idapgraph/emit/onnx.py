@@ -114,3 +114,31 @@ def set_params(model: onnx.ModelProto, graph: Graph, updates: dict, new_bias: di
     out.producer_name, out.producer_version = model.producer_name, model.producer_version
     out.metadata_props.extend(model.metadata_props)
     return out
+
+
+def bypass(model: onnx.ModelProto, blocks: list[tuple[str, str, object]]) -> onnx.ModelProto:
+    """A new model where each ``(add node, skip tensor, constant or None)`` Add becomes its skip
+    input (plus the constant: mean substitution); the dead branch is removed."""
+    g = gs.import_onnx(model)
+    tensors = g.tensors()
+    by_name = {n.name: n for n in g.nodes}
+    for add, skip, const in blocks:
+        node = by_name[add]
+        sk = tensors[skip]
+        if const is not None:
+            node.inputs = [sk, gs.Constant(f"{add}__idapgraph_mean",
+                                           np.ascontiguousarray(const, dtype=np.float32))]
+            continue
+        out = node.outputs[0]
+        if out in g.outputs:
+            node.op, node.inputs, node.attrs = "Identity", [sk], {}
+            continue
+        for consumer in list(out.outputs):
+            consumer.inputs = [sk if t is out else t for t in consumer.inputs]
+        node.outputs.clear()
+    g.cleanup(remove_unused_graph_inputs=False)
+    out = gs.export_onnx(g, do_type_check=False)
+    out.ir_version = model.ir_version
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    out.metadata_props.extend(model.metadata_props)
+    return onnx.shape_inference.infer_shapes(out, data_prop=True)

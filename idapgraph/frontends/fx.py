@@ -220,7 +220,9 @@ class _Builder:
             return self.add(node, "meta", self.tensor_inputs(node))
         name = f if is_method else None
         if (f in _ELEMENTWISE_FUNCS) or (name in _ELEMENTWISE_METHODS):
-            return self.add(node, "elementwise", self.tensor_inputs(node))
+            is_add = f in (operator.add, torch.add) or name in ("add", "add_")
+            return self.add(node, "elementwise", self.tensor_inputs(node),
+                            {"fn": "add"} if is_add and "alpha" not in node.kwargs else {})
         if f in _UNARY_FUNCS or name in _UNARY_METHODS or _is_stochastic_depth(f):
             return self.add(node, "unary", [x])
         if f in (torch.cat, torch.concat):
@@ -304,7 +306,8 @@ class _Builder:
                 isinstance(meta, (tuple, list)) and not meta):
             return self.add(node, "meta", self.tensor_inputs(node))
         if name in _ATEN_ELEMENTWISE:
-            return self.add(node, "elementwise", self.tensor_inputs(node))
+            is_add = name == "add" and "alpha" not in node.kwargs
+            return self.add(node, "elementwise", self.tensor_inputs(node), {"fn": "add"} if is_add else {})
         if name in _ATEN_UNARY:
             return self.add(node, "unary", [x])
         if name == "linear":

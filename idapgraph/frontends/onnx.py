@@ -206,7 +206,7 @@ class _Builder:
                 return "linear", [ins[0], ins[1], None], {"layout": "io"}
             return "matmul", ins[:2], {}
         if op in _ELEMENTWISE:
-            return "elementwise", data, {}
+            return "elementwise", data, {"fn": "add"} if op == "Add" else {}
         if op in _UNARY:
             if op == "Dropout" and len([t for t in n.outputs if t.name]) > 1:
                 return "unknown", data, {"reason": "Dropout with a mask output"}

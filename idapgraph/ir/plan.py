@@ -23,11 +23,12 @@ class Plan:
     remove: dict[str, list[int]] = field(default_factory=dict)  # group key -> unit indices
     units: dict[str, int] = field(default_factory=dict)  # group key -> unit count (fingerprint)
     meta: dict[str, Any] = field(default_factory=dict)
+    bypass: list[str] = field(default_factory=list)  # block keys ("b3") whose branch is removed
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": PLAN_VERSION, "remove": {k: sorted(int(i) for i in v)
                                                     for k, v in self.remove.items()},
-                "units": dict(self.units), "meta": dict(self.meta)}
+                "units": dict(self.units), "meta": dict(self.meta), "bypass": list(self.bypass)}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -38,7 +39,7 @@ class Plan:
             raise ValueError(f"not an idapgraph plan (version {PLAN_VERSION})")
         return cls(remove={str(k): [int(i) for i in v] for k, v in d.get("remove", {}).items()},
                    units={str(k): int(v) for k, v in d.get("units", {}).items()},
-                   meta=dict(d.get("meta", {})))
+                   meta=dict(d.get("meta", {})), bypass=[str(b) for b in d.get("bypass", [])])
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

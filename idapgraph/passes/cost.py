@@ -23,13 +23,15 @@ class Cost:
     per_node: dict[str, int] = field(default_factory=dict)
 
 
-def count(graph: Graph, shape: Callable[[str], tuple] | None = None) -> Cost:
-    """Count FLOPs and trainable parameters, optionally under changed tensor ``shape``\\ s."""
+def count(graph: Graph, shape: Callable[[str], tuple] | None = None,
+          removed: set[str] | frozenset = frozenset()) -> Cost:
+    """Count FLOPs and trainable parameters, optionally under changed tensor ``shape``\\ s and
+    without the ``removed`` nodes (bypassed blocks)."""
     shape = shape or graph.shape
-    per_node = {n.name: int(OPS[n.op].cost(n, shape)) for n in graph}
+    per_node = {n.name: int(OPS[n.op].cost(n, shape)) for n in graph if n.name not in removed}
     params = 0
     for t in graph.tensors.values():
-        if t.kind == PARAM and t.trainable and t.consumers:
+        if t.kind == PARAM and t.trainable and any(c not in removed for c in t.consumers):
             s = shape(t.name)
             if s is not None and all(d is not None for d in s):
                 params += int(np.prod(s, dtype=np.int64)) if s else 1

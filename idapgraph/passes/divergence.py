@@ -10,7 +10,7 @@ layer is folded into ``W`` first (its per-channel scale), so a torch module and 
 through the channel into it. A coupled group's unit score is the mean over its member layers of
 these scores, each divided by that layer's mean (see :func:`idapgraph.passes.scoring.combine`).
 
-The pass never runs a model: a runner feeds :class:`ChannelNorms` with activations.
+The pass never runs a model: a runner feeds a :class:`~idapgraph.passes.stats.ChannelStats`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..ir.annotations import Coupling
 from ..ir.graph import Graph
 from ..ir.ops import Space
 from .scoring import combine
+from .stats import ChannelStats
 
 _CHAIN = {"batchnorm", "instancenorm", "unary"}
 
@@ -81,48 +82,19 @@ def taps(graph: Graph) -> dict[Space, Tap]:
     return out
 
 
-class ChannelNorms:
-    """Reducer: per (tensor, axis), each channel's L2 norm over the calibration set divided by
-    sqrt(number of samples) — the per-sample RMS norm, independent of how data is batched."""
-
-    def __init__(self, requests: set[tuple[str, int]]) -> None:
-        self.requests = requests
-        self.sq: dict[tuple[str, int], np.ndarray] = {}
-        self.samples: dict[tuple[str, int], int] = {}
-
-    @property
-    def tensors(self) -> list[str]:
-        return sorted({t for t, _ in self.requests})
-
-    def __call__(self, values: dict[str, np.ndarray]) -> None:
-        for t, ax in self.requests:
-            v = values.get(t)
-            if v is None:
-                continue
-            v = np.asarray(v, dtype=np.float64)
-            other = tuple(a for a in range(v.ndim) if a != ax % v.ndim)
-            key = (t, ax)
-            self.sq[key] = self.sq.get(key, 0) + np.sum(v * v, axis=other)
-            self.samples[key] = self.samples.get(key, 0) + (v.shape[0] if v.ndim > 1 else 1)
-
-    def mean(self, t: str, ax: int) -> np.ndarray | None:
-        key = (t, ax)
-        return np.sqrt(self.sq[key] / self.samples[key]) if key in self.sq else None
-
-
-def requests(graph: Graph, coupling: Coupling) -> tuple[dict[Space, Tap], ChannelNorms]:
+def requests(graph: Graph, coupling: Coupling) -> tuple[dict[Space, Tap], ChannelStats]:
     """The taps of every weight axis in a prunable group, and a reducer collecting them."""
     all_taps = taps(graph)
     needed = {s for g in coupling.groups for m in g.members for s in m.spaces if s in all_taps}
     used = {s: all_taps[s] for s in needed}
-    return used, ChannelNorms({(tp.tensor, tp.axis) for tp in used.values()})
+    return used, ChannelStats({(tp.tensor, tp.axis) for tp in used.values()})
 
 
-def channel_scores(graph: Graph, tap: Tap, weight: Space, norms: ChannelNorms,
+def channel_scores(graph: Graph, tap: Tap, weight: Space, norms: ChannelStats,
                    value=None) -> np.ndarray | None:
     """δ per index of ``weight``'s axis (see module doc); None when the activity was not measured.
     ``value(name)`` reads parameters (default: the graph's own)."""
-    act = norms.mean(tap.tensor, tap.axis)
+    act = norms.rms_norm(tap.tensor, tap.axis)
     if act is None:
         return None
     read = value if value is not None else (lambda n: graph.tensors[n].value())
@@ -147,7 +119,7 @@ def channel_scores(graph: Graph, tap: Tap, weight: Space, norms: ChannelNorms,
     return act * wn / max(tap.fan, 1)
 
 
-def scores(graph: Graph, coupling: Coupling, used: dict[Space, Tap], norms: ChannelNorms,
+def scores(graph: Graph, coupling: Coupling, used: dict[Space, Tap], norms: ChannelStats,
            value=None) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Per-group unit scores, and per-layer output-channel δ (the annotation ``analyze`` shows).
     ``value(name)`` reads parameters, e.g. those of a model with some channels zeroed."""

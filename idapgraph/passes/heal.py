@@ -17,6 +17,7 @@ import numpy as np
 
 from ..ir.graph import Graph
 from ..ir.plan import Rewrite
+from .stats import ChannelStats
 
 EPS = 1e-6
 
@@ -32,39 +33,6 @@ class Site:
     out_axis: int
     bias: str | None
     kept: np.ndarray | None  # original indices of the kept channels (None: all)
-
-
-class ChannelStats:
-    """Reducer: per (tensor, axis), running sum and sum of squares per channel."""
-
-    def __init__(self, requests: set[tuple[str, int]]) -> None:
-        self.requests = requests
-        self.s1: dict[tuple[str, int], np.ndarray] = {}
-        self.s2: dict[tuple[str, int], np.ndarray] = {}
-        self.n: dict[tuple[str, int], int] = {}
-
-    @property
-    def tensors(self) -> list[str]:
-        return sorted({t for t, _ in self.requests})
-
-    def __call__(self, values: dict[str, np.ndarray]) -> None:
-        for t, ax in self.requests:
-            v = values.get(t)
-            if v is None:
-                continue
-            v = np.moveaxis(np.asarray(v, dtype=np.float64), ax % v.ndim, 0).reshape(v.shape[ax], -1)
-            key = (t, ax)
-            self.s1[key] = self.s1.get(key, 0) + v.sum(axis=1)
-            self.s2[key] = self.s2.get(key, 0) + (v * v).sum(axis=1)
-            self.n[key] = self.n.get(key, 0) + v.shape[1]
-
-    def mean_std(self, t: str, ax: int) -> tuple[np.ndarray, np.ndarray] | None:
-        key = (t, ax)
-        if key not in self.n or self.n[key] == 0:
-            return None
-        m = self.s1[key] / self.n[key]
-        var = np.maximum(self.s2[key] / self.n[key] - m * m, 0.0)
-        return m, np.sqrt(var)
 
 
 def sites(graph: Graph, rewrite: Rewrite | None) -> list[Site]:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ..emit.validate import flatten_outputs
 from .data import Batches
 
 Reducer = Callable[[dict[str, np.ndarray]], None]
@@ -32,17 +33,6 @@ class _Recorder(fx.Interpreter):
         return out
 
 
-def _flatten(out) -> list:
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        res = []
-        for o in out:
-            res.extend(_flatten(o))
-        return res
-    return [out]
-
-
 def run(gm: fx.GraphModule, names: list[str], batches: Batches, reduce: Reducer | None,
         outputs: bool = False) -> list[list[np.ndarray]]:
     """Run every batch; ``reduce`` gets ``{name: array}``; returns model outputs if asked."""
@@ -57,7 +47,7 @@ def run(gm: fx.GraphModule, names: list[str], batches: Batches, reduce: Reducer 
             if reduce is not None:
                 reduce(rec.values)
             if outputs:
-                outs.append([o.detach().float().cpu().numpy() for o in _flatten(out)])
+                outs.append([o.detach().float().cpu().numpy() for o in flatten_outputs(out)])
     return outs
 
 
@@ -80,7 +70,7 @@ def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
             if loss is not None:
                 value = loss(out, args)
             else:
-                value = sum((o.float() ** 2).mean() for o in _flatten(out) if isinstance(o, torch.Tensor))
+                value = sum((o.float() ** 2).mean() for o in flatten_outputs(out) if isinstance(o, torch.Tensor))
             grads = torch.autograd.grad(value, [t for t in tensors.values() if t.requires_grad],
                                         allow_unused=True)
             for (p, t), g in zip([(p, t) for p, t in tensors.items() if t.requires_grad], grads):
