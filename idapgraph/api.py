@@ -33,6 +33,7 @@ class Model:
     source: Any  # fx GraphModule or normalised ModelProto
 
     batch_size: int = 1
+    exact_batch: bool = True  # the model only takes batches of exactly ``batch_size``
 
     def emit(self, rewrite: Rewrite, mode: str = "remove") -> Any:
         raise NotImplementedError
@@ -51,7 +52,7 @@ class Model:
 
         batches, real = calibration_batches(calib, self.input_specs(), n_inputs=len(self.graph.inputs),
                                             seed=seed, batch_size=self.batch_size)
-        return rebatch(batches, self.batch_size), real
+        return rebatch(batches, self.batch_size, self.exact_batch), real
 
     def run(self, model: Any, names: list[str], batches, reduce, outputs: bool = False):
         """Run ``model`` (this one, or an emitted variant of it) on ``batches``."""
@@ -107,6 +108,7 @@ class TorchModel(Model):
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 outs = flatten_outputs(self.source(*args))
             if all(o.shape[0] == 2 * own for o in outs) and own == 1:
+                self.exact_batch = False
                 return big
         except Exception:  # noqa: BLE001 - a module that cannot batch keeps its own size
             pass
@@ -170,7 +172,9 @@ class OnnxModel(Model):
         self.graph = onnx_frontend.to_ir(self.source)
         self.output_shapes = None
         dims = {self.graph.shape(t)[0] for t in self.graph.inputs if self.graph.shape(t)}
-        self.batch_size = dims.pop() if len(dims) == 1 and None not in dims else 8
+        static = len(dims) == 1 and None not in dims
+        self.batch_size = dims.pop() if static else 8
+        self.exact_batch = static
 
     def run(self, model, names, batches, reduce, outputs=False):
         from .runners import onnx_runner
@@ -375,14 +379,18 @@ def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_ke
     return sel, kind
 
 
-def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8):
-    """Statistics matching (see :mod:`idapgraph.passes.heal`); keeps the better of healed and
-    unhealed by output error on the calibration data. ``rewrite=None``: ``pruned`` is a masked
-    (zeroed, same-shape) model."""
+def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
+          mode: str = "stats"):
+    """``mode="stats"``: statistics matching; ``mode="bias"``: bias compensation (see
+    :mod:`idapgraph.passes.heal`). Keeps the better of healed and unhealed by output error on the
+    calibration data. ``rewrite=None``: ``pruned`` is a masked (zeroed, same-shape) model."""
     g, m = a.graph, a.model
-    rep = heal_pass.HealReport(method="stats")
-    sites = heal_pass.sites(g, rewrite)
-    ref = heal_pass.ChannelStats({(s.tensor, s.axis) for s in sites})
+    rep = heal_pass.HealReport(method=mode)
+    sites = heal_pass.sites(g, rewrite) if mode == "stats" else []
+    # measured on the MNIST CNN at 0.5 FLOPs: matching alone 92.6 %, compensation then matching
+    # 63.7 %, compensation alone 15.8 % -- so the modes do not stack
+    comp = heal_pass.compensation_sites(g, rewrite) if rewrite is not None and mode == "bias" else []
+    ref = heal_pass.ChannelStats({(s.tensor, s.axis) for s in sites} | {(c.x, c.axis) for c in comp})
     ref_out = m.run(m.source, ref.tensors, batches, ref, outputs=True)
 
     def error(model) -> float:
@@ -393,6 +401,13 @@ def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8
 
     rep.error_before = error(pruned)
     current = pruned
+    if comp:
+        updates, new_bias = heal_pass.bias_compensation(
+            comp, ref, lambda n: g.tensors[n].value(), lambda n, c=current: m.get_param(c, n),
+            lambda n, c=current: m.can_add_bias(c, n))
+        if updates or new_bias:
+            current = m.set_params(current, updates, new_bias)
+        rep.notes.append(f"bias compensation on {len(comp)} layers")
     scales = []
     for chunk in heal_pass.chunks(sites, chunks):
         cur = heal_pass.ChannelStats({(s.tensor, s.axis) for s in chunk})
@@ -465,8 +480,9 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     inputs)`` or the mean squared output) or ``random``. ``calib``: tensors, a DataLoader or any
     iterable of input batches, a dict of input name -> array, or an ``.npz`` path; without it,
     seeded standard-normal inputs (with a warning). ``plan`` applies a given plan instead.
-    ``heal``: ``stats`` (default: per-channel statistics matching on calibration data, kept only
-    if it lowers the calibration output error) or ``none``.
+    ``heal``: ``stats`` (default: per-channel statistics matching on calibration data), ``bias``
+    (bias compensation: removed channels' mean contribution moves into the next layer's bias) or
+    ``none``; a healed model is kept only if it lowers the calibration output error.
     Stage 2 (layer truncation) bypasses residual blocks with the smallest relative change
     ``‖F(x)‖/‖x‖`` (``block_score="influence"``: ShortGPT's 1 − cos) one at a time: ``blocks=N``
     of them, or (``blocks=None``) as many as keep the calibration output error
@@ -484,8 +500,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         raise InputError(f"blocks must be a count >= 0, got {blocks!r}")
     if max_error is not None and not max_error >= 0:
         raise InputError(f"max_error must be >= 0, got {max_error!r}")
-    if heal not in ("none", "stats"):
-        raise InputError(f"unknown heal mode {heal!r} (choose from none, stats)")
+    if heal not in ("none", "bias", "stats"):
+        raise InputError(f"unknown heal mode {heal!r} (choose from none, bias, stats)")
     if not (steps >= 1 and alpha >= 0 and 0 < base <= 1 and 0 <= min_keep < 1):
         raise InputError("need steps >= 1, alpha >= 0, 0 < base <= 1 and 0 <= min_keep < 1")
     a = analyze(model, example_inputs)
@@ -513,13 +529,13 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     out = a.model.emit(rewrite, "remove")
     a.model.validate(out)
     heal_rep = heal_pass.HealReport()
-    if heal == "stats" and plan.remove:
+    if heal != "none" and plan.remove:
         batches, real = a.model.calibration(calib, seed)
         if not real and kind == "none":
             msg = "no calibration data: healing statistics come from seeded standard-normal inputs"
             warn.append(msg)
             warnings.warn(msg, stacklevel=2)
-        out, heal_rep = _heal(a, out, rewrite, batches)
+        out, heal_rep = _heal(a, out, rewrite, batches, mode=heal)
         if heal_rep.kept:
             a.model.validate(out)
     bypassed, gone, block_scores = [], set(), {}

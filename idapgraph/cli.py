@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="idap (default: information-flow divergence) | magnitude | random")
     c.add_argument("--calib", help="calibration data: .npz with arrays named by model input "
                                    "(batch first); without it, seeded random inputs")
-    c.add_argument("--heal", default="stats", choices=["stats", "none"],
-                   help="training-free healing by statistics matching (default stats)")
+    c.add_argument("--heal", default="stats", choices=["stats", "bias", "none"],
+                   help="training-free healing: stats = statistics matching (default), "
+                        "bias = bias compensation, none")
     c.add_argument("--steps", type=int, default=10, help="idap schedule length T (default 10)")
     c.add_argument("--alpha", type=float, default=1.5, help="idap schedule exponent (default 1.5)")
     c.add_argument("--base", type=float, default=1.0,
@@ -123,7 +124,7 @@ def cmd_compress(args) -> int:
     if rep["blocks_bypassed"]:
         print(f"blocks bypassed: {', '.join(rep['blocks_bypassed'])}")
     h = rep["heal"]
-    if h.get("method") == "stats":
+    if h.get("method") in ("stats", "bias"):
         print(f"healing: {h['layers']} layers, calibration error {h['error_before']:.4g} -> "
               f"{h['error_after']:.4g} ({'kept' if h['kept'] else 'not kept: no better'})")
     for w in rep["warnings"]:

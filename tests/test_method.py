@@ -151,3 +151,42 @@ def test_cli_calibration_file(net, tmp_path):
                         str(tmp_path / "cal.npz"), "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["divergence"]
+
+
+class _ConstChannel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 1)
+        self.b = torch.nn.Conv2d(8, 6, 1)
+        self.fc = torch.nn.Linear(6 * 4 * 4, 5)
+        with torch.no_grad():  # channel 5 of a's output is the constant relu(2.0) = 2
+            self.a.weight[5] = 0
+            self.a.bias[5] = 2.0
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.b(torch.relu(self.a(x)))), 1))
+
+
+@pytest.mark.parametrize("backend", ["fx", "onnx"])
+def test_constant_channel_removed_with_zero_change(backend):
+    """Bias compensation is exact when the removed channel is constant on the calibration data."""
+    from helpers import onnx_out, rel_err, torch_out
+
+    torch.manual_seed(0)
+    model = _ConstChannel().eval()
+    x = (torch.randn(1, 3, 4, 4),)
+    cal = torch.randn(16, 3, 4, 4)
+    src, ex = (model, x) if backend == "fx" else (export_onnx(model, x), None)
+    key = "w0.out"  # conv a's output channels; unit index = channel index
+    plan = idapgraph.Plan(remove={key: [5]})
+    exact = idapgraph.compress(src, ex, plan=plan, calib=cal, heal="bias")
+    plain = idapgraph.compress(src, ex, plan=plan, calib=cal, heal="none")
+    probe = (torch.randn(1, 3, 4, 4),)
+    if backend == "fx":
+        ref, got, raw = (torch_out(m, probe)[0] for m in (model, exact.model, plain.model))
+    else:
+        feeds = {src.graph.input[0].name: probe[0].numpy()}
+        ref, got, raw = (onnx_out(m, feeds)[0] for m in (src, exact.model, plain.model))
+    assert rel_err(ref, raw) > 1e-3  # removing the channel does change the output
+    assert rel_err(ref, got) < 1e-5  # … unless its constant contribution moves into the bias
+    assert exact.report.heal["kept"]

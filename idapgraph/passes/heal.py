@@ -142,3 +142,68 @@ def affine_updates(corr: list[Correction], value, can_add_bias) -> tuple[dict[st
         elif np.any(np.abs(c.shift) > 0) and can_add_bias(s.node):
             new_bias[s.node] = c.shift.astype(dtype)
     return updates, new_bias
+
+
+@dataclass(frozen=True)
+class CompSite:
+    """A layer that lost input channels: their mean contribution moves into its bias."""
+
+    node: str
+    x: str  # input tensor (original indexing)
+    axis: int  # channel axis of ``x``
+    weight: str
+    in_axis: int
+    out_axis: int
+    bias: str | None
+    removed: np.ndarray  # removed input channels (original indices)
+    out_kept: np.ndarray | None  # kept output channels (original indices; None: all)
+
+
+def compensation_sites(graph: Graph, rewrite: Rewrite) -> list[CompSite]:
+    out = []
+    for node in graph.weighted_nodes():
+        x, w = node.inputs[0], node.inputs[1]
+        if int(node.attrs.get("groups", 1)) != 1 or w is None or graph.tensors[w].rank is None:
+            continue
+        rx = graph.tensors[x].rank
+        if not rx or graph.tensors[w].rank < 2:
+            continue
+        axis = 1 if node.op == "conv" else rx - 1
+        removed = rewrite.removed.get(x, {}).get(axis)
+        if removed is None or not len(removed):
+            continue
+        in_axis, out_axis = (0, 1) if node.op == "linear" and node.attrs.get("layout") == "io" else (1, 0)
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        out.append(CompSite(node.name, x, axis, w, in_axis, out_axis, bias, np.asarray(removed),
+                            rewrite.kept(w, out_axis)))
+    return out
+
+
+def bias_compensation(sites: list[CompSite], ref: ChannelStats, original, current,
+                      can_add_bias) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """FLAP-style: ``bias += W[:, removed] · mean(x[removed])`` (summed over kernel taps), so a
+    removed channel that is constant on the calibration data changes nothing (exactly so for
+    linear layers and 1×1 convs; padding makes k×k convs exact only away from borders).
+    ``original(name)``: parameters before pruning; ``current(name)``: after."""
+    updates: dict[str, np.ndarray] = {}
+    new_bias: dict[str, np.ndarray] = {}
+    for s in sites:
+        ms = ref.mean_std(s.x, s.axis)
+        if ms is None:
+            continue
+        mean = ms[0][s.removed]
+        w = np.asarray(original(s.weight), dtype=np.float64)
+        w_rm = np.take(w, s.removed, axis=s.in_axis)
+        shape = [1] * w.ndim
+        shape[s.in_axis] = -1
+        contrib = w_rm * mean.reshape(shape)
+        other = tuple(a for a in range(w.ndim) if a != s.out_axis)
+        comp = contrib.sum(axis=other)
+        if s.out_kept is not None:
+            comp = comp[s.out_kept]
+        dtype = np.asarray(original(s.weight)).dtype
+        if s.bias is not None:
+            updates[s.bias] = (np.asarray(current(s.bias), dtype=np.float64) + comp).astype(dtype)
+        elif np.any(comp != 0) and can_add_bias(s.node):
+            new_bias[s.node] = comp.astype(dtype)
+    return updates, new_bias

@@ -113,11 +113,16 @@ def _load_npz(path: str, inputs) -> dict[str, np.ndarray]:
     return data
 
 
-def rebatch(batches: Batches, size: int) -> Batches:
-    """Re-split batches into chunks of ``size`` along the first axis (static-batch models)."""
+def rebatch(batches: Batches, size: int, exact: bool) -> Batches:
+    """Re-split batches into chunks of ``size`` along the first axis; ``exact`` (static-batch
+    models) drops a shorter remainder, otherwise it is kept."""
     out: Batches = []
     for b in batches:
         n = len(b[0])
-        for i in range(0, n - size + 1, size):
+        for i in range(0, n, size):
+            if exact and i + size > n:
+                break
             out.append(tuple(a[i:i + size] for a in b))
+    if not out:
+        raise InputError(f"calibration data has fewer samples than the model's batch size {size}")
     return out
