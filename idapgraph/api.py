@@ -47,12 +47,47 @@ class Model:
                 for t in self.graph.inputs]
 
     def calibration(self, calib, seed: int = 0):
-        """Calibration batches in this model's batch size, and whether they are real data."""
+        """Calibration batches in this model's batch size, and whether they are real data.
+        Built once per (calib, seed): a one-shot iterable is read only once."""
         from .runners.data import calibration_batches, rebatch
 
-        batches, real = calibration_batches(calib, self.input_specs(), n_inputs=len(self.graph.inputs),
-                                            seed=seed, batch_size=self.batch_size)
-        return rebatch(batches, self.batch_size, self.exact_batch), real
+        cache = self.__dict__.setdefault("_calibration", {})
+        key = (id(calib), seed)
+        if key not in cache:
+            batches, real = calibration_batches(calib, self.input_specs(),
+                                                n_inputs=len(self.graph.inputs), seed=seed,
+                                                batch_size=self.batch_size)
+            cache[key] = (calib, rebatch(batches, self.batch_size, self.exact_batch), real)
+        return cache[key][1:]
+
+    def reference(self, batches, requests: set[tuple[str, int]]):
+        """Channel statistics of ``requests`` and the outputs of the original model on
+        ``batches``, each computed once."""
+        from .passes.stats import ChannelStats
+
+        stats = self.__dict__.setdefault("_ref_stats", {})
+        outs = self.__dict__.setdefault("_ref_outputs", {})
+        skey, okey = (id(batches), frozenset(requests)), id(batches)
+        if skey not in stats or okey not in outs:
+            red = ChannelStats(set(requests))
+            got = self.run(self.source, red.tensors, batches, red, outputs=okey not in outs)
+            stats[skey] = red
+            outs.setdefault(okey, got)
+        return stats[skey], outs[okey]
+
+    def output_error(self, batches):
+        """``error(model)``: ‖N₀ − N‖² / ‖N₀‖² of a variant of this model on ``batches``."""
+        from .passes.heal import OutputError
+
+        _, ref_out = self.reference(batches, set())
+
+        def error(model) -> float:
+            e = OutputError()
+            for r, o in zip(ref_out, self.run(model, [], batches, None, outputs=True)):
+                e.add(r, o)
+            return e.value
+
+        return error
 
     def run(self, model: Any, names: list[str], batches, reduce, outputs: bool = False):
         """Run ``model`` (this one, or an emitted variant of it) on ``batches``."""
@@ -357,12 +392,13 @@ def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_ke
     else:  # idap: p_t = base·(1 + t/T)^alpha of what remains, re-scored after every step
         sel = None
         plan = Plan(meta={"backend": g.backend})
+        used, _ = divergence.requests(g, coupling)
         for t in range(10_000):
             rewrite = prune_pass.resolve(g, coupling, plan)
             current = a.model.source
             if plan.remove:  # re-score on the masked model, healed so activations are realistic
                 current, _ = _heal(a, a.model.emit(rewrite, "zero"), None, batches)
-            used, norms = divergence.requests(g, coupling)
+            norms = heal_pass.ChannelStats({(tp.tensor, tp.axis) for tp in used.values()})
             a.model.run(current, norms.tensors, batches, norms)
             scores, _ = divergence.scores(g, coupling, used, norms,
                                           lambda n, c=current: a.model.get_param(c, n))
@@ -390,15 +426,8 @@ def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8
     # measured on the MNIST CNN at 0.5 FLOPs: matching alone 92.6 %, compensation then matching
     # 63.7 %, compensation alone 15.8 % -- so the modes do not stack
     comp = heal_pass.compensation_sites(g, rewrite) if rewrite is not None and mode == "bias" else []
-    ref = heal_pass.ChannelStats({(s.tensor, s.axis) for s in sites} | {(c.x, c.axis) for c in comp})
-    ref_out = m.run(m.source, ref.tensors, batches, ref, outputs=True)
-
-    def error(model) -> float:
-        e = heal_pass.OutputError()
-        for r, o in zip(ref_out, m.run(model, [], batches, None, outputs=True)):
-            e.add(r, o)
-        return e.value
-
+    ref, _ = m.reference(batches, {(s.tensor, s.axis) for s in sites} | {(c.x, c.axis) for c in comp})
+    error = m.output_error(batches)
     rep.error_before = error(pruned)
     current = pruned
     if comp:
@@ -441,14 +470,7 @@ def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error:
         chosen = [by_key[k] for k in plan_bypass]
         out = m.bypass(current, [(b.add, b.skip, None) for b in chosen]) if chosen else current
         return out, list(plan_bypass), {n for b in chosen for n in b.nodes}, {}
-    ref_out = m.run(m.source, [], batches, None, outputs=True)
-
-    def error(model) -> float:
-        e = heal_pass.OutputError()
-        for r, o in zip(ref_out, m.run(model, [], batches, None, outputs=True)):
-            e.add(r, o)
-        return e.value
-
+    error = m.output_error(batches)
     removed, nodes, scores = [], set(), {}
     while blist and (n_blocks is None or len(removed) < n_blocks):
         norms = blocks_pass.BlockNorms(blist)

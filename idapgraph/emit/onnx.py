@@ -8,6 +8,7 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
 from ..errors import EmitError
+from ..frontends.onnx import export_like
 from ..ir.graph import PARAM, Graph
 from ..ir.plan import Rewrite
 
@@ -69,10 +70,7 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
             if isinstance(t, gs.Variable) and t.name not in keep_io:
                 t.shape = None
         g.cleanup(remove_unused_graph_inputs=False)
-    out = gs.export_onnx(g, do_type_check=False)
-    out.ir_version = model.ir_version
-    out.producer_name, out.producer_version = model.producer_name, model.producer_version
-    out.metadata_props.extend(model.metadata_props)
+    out = export_like(g, model)
     if mode == "remove":
         try:
             out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True, data_prop=True)
@@ -109,10 +107,7 @@ def set_params(model: onnx.ModelProto, graph: Graph, updates: dict, new_bias: di
             gn.inputs.append(const)
         else:
             gn.inputs[2] = const
-    out = gs.export_onnx(g, do_type_check=False)
-    out.ir_version = model.ir_version
-    out.producer_name, out.producer_version = model.producer_name, model.producer_version
-    out.metadata_props.extend(model.metadata_props)
+    out = export_like(g, model)
     return out
 
 
@@ -137,8 +132,5 @@ def bypass(model: onnx.ModelProto, blocks: list[tuple[str, str, object]]) -> onn
             consumer.inputs = [sk if t is out else t for t in consumer.inputs]
         node.outputs.clear()
     g.cleanup(remove_unused_graph_inputs=False)
-    out = gs.export_onnx(g, do_type_check=False)
-    out.ir_version = model.ir_version
-    out.producer_name, out.producer_version = model.producer_name, model.producer_version
-    out.metadata_props.extend(model.metadata_props)
+    out = export_like(g, model)
     return onnx.shape_inference.infer_shapes(out, data_prop=True)

@@ -74,12 +74,17 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             while node.name in used:
                 node.name += "_"
         used.add(node.name)
+    return _infer(export_like(graph, model))
+
+
+def export_like(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` keeping ``like``'s IR version, producer and metadata."""
     out = gs.export_onnx(graph, do_type_check=False)
-    out.ir_version = model.ir_version
-    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    out.ir_version = like.ir_version
+    out.producer_name, out.producer_version = like.producer_name, like.producer_version
     del out.metadata_props[:]
-    out.metadata_props.extend(model.metadata_props)
-    return _infer(out)
+    out.metadata_props.extend(like.metadata_props)
+    return out
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:

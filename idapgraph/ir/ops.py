@@ -177,10 +177,20 @@ def _couple_conv(node: Node, rel: Relations) -> None:
     rel.freeze(w, 1, "channels inside a conv group")
 
 
+def weight_axes(node: Node) -> tuple[int, int]:
+    """(output-channel axis, input-channel axis) of a weighted op's weight."""
+    return (1, 0) if node.op == "linear" and node.attrs.get("layout", "oi") == "io" else (0, 1)
+
+
+def channel_axis(node: Node, rank: int) -> int:
+    """The channel axis of a weighted op's input or output activation of rank ``rank``."""
+    return 1 if node.op == "conv" else rank - 1
+
+
 def _couple_linear(node: Node, rel: Relations) -> None:
     x, w, b = (node.inputs + [None, None])[:3]
     y = node.outputs[0]
-    w_out, w_in = (0, 1) if node.attrs.get("layout", "oi") == "oi" else (1, 0)
+    w_out, w_in = weight_axes(node)
     ry = rel.rank(y)
     for ax in range(ry - 1):
         rel.same(x, ax, y, ax)

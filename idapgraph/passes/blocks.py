@@ -40,6 +40,7 @@ def find(graph: Graph) -> list[Block]:
         return []
     idom = nx.immediate_dominators(g, _ROOT)
     outputs = set(graph.outputs)
+    order = {n: i for i, n in enumerate(graph.nodes)}
     blocks: list[Block] = []
     for node in graph:
         if node.op != "elementwise" or node.attrs.get("fn") != "add":
@@ -77,7 +78,6 @@ def find(graph: Graph) -> list[Block]:
             if best is None or len(nodes) > len(best[2]):
                 best = (sk, br, nodes)
         if best is not None:
-            order = {n: i for i, n in enumerate(graph.nodes)}
             blocks.append(Block(f"b{len(blocks)}", node.name, best[0], best[1],
                                 sorted(best[2], key=order.__getitem__)))
     return blocks

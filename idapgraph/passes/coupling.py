@@ -17,7 +17,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..ir.annotations import ChannelGroup, Coupling, FrozenSpot, Member
 from ..ir.graph import META, PARAM, Graph, Node
-from ..ir.ops import OPS, Relations, Space
+from ..ir.ops import OPS, Relations, Space, weight_axes
 
 
 class _UnionFind:
@@ -84,9 +84,7 @@ def _weight_axes(graph: Graph) -> dict[Space, tuple[int, str, str]]:
         w = node.inputs[1]
         if w is None or graph.tensors[w].rank is None or graph.tensors[w].rank < 2:
             continue
-        out_ax, in_ax = (0, 1)
-        if node.op == "linear" and node.attrs.get("layout", "oi") == "io":
-            out_ax, in_ax = 1, 0
+        out_ax, in_ax = weight_axes(node)
         roles.setdefault(Space(w, out_ax), (i, "out", node.name))
         if int(node.attrs.get("groups", 1)) == 1:  # a grouped conv's weight has no input-channel axis
             roles.setdefault(Space(w, in_ax), (i, "in", node.name))

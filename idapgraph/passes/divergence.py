@@ -21,7 +21,7 @@ import numpy as np
 
 from ..ir.annotations import Coupling
 from ..ir.graph import Graph
-from ..ir.ops import Space
+from ..ir.ops import Space, channel_axis, weight_axes
 from .scoring import combine
 from .stats import ChannelStats
 
@@ -66,18 +66,17 @@ def taps(graph: Graph) -> dict[Space, Tap]:
         wt = graph.tensors[w] if w is not None else None
         if wt is None or wt.shape is None or len(wt.shape) < 2 or None in wt.shape:
             continue
-        conv = node.op == "conv"
-        out_ax, in_ax = (1, 0) if node.op == "linear" and node.attrs.get("layout") == "io" else (0, 1)
+        out_ax, in_ax = weight_axes(node)
         y, x = node.outputs[0], node.inputs[0]
         ry, rx = graph.tensors[y].rank, graph.tensors[x].rank
         if not ry or not rx:
             continue
         numel = int(np.prod(wt.shape))
         bn = _bn_after(graph, y)
-        out[Space(w, out_ax)] = Tap(node.name, "out", _follow_chain(graph, y), 1 if conv else ry - 1,
+        out[Space(w, out_ax)] = Tap(node.name, "out", _follow_chain(graph, y), channel_axis(node, ry),
                                     numel // wt.shape[out_ax], bn)
         if int(node.attrs.get("groups", 1)) == 1:
-            out[Space(w, in_ax)] = Tap(node.name, "in", x, 1 if conv else rx - 1,
+            out[Space(w, in_ax)] = Tap(node.name, "in", x, channel_axis(node, rx),
                                        numel // wt.shape[in_ax], bn)
     return out
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.graph import Graph
+from ..ir.ops import channel_axis, weight_axes
 from ..ir.plan import Rewrite
 from .stats import ChannelStats
 
@@ -45,8 +46,8 @@ def sites(graph: Graph, rewrite: Rewrite | None) -> list[Site]:
         ry = graph.tensors[y].rank
         if not ry or graph.tensors[w].rank < 2:
             continue
-        axis = 1 if node.op == "conv" else ry - 1
-        out_axis = 1 if node.op == "linear" and node.attrs.get("layout") == "io" else 0
+        axis = channel_axis(node, ry)
+        out_axis = weight_axes(node)[0]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         kept = rewrite.kept(y, axis) if rewrite is not None else None
         out.append(Site(node.name, y, axis, w, out_axis, bias, kept))
@@ -168,11 +169,11 @@ def compensation_sites(graph: Graph, rewrite: Rewrite) -> list[CompSite]:
         rx = graph.tensors[x].rank
         if not rx or graph.tensors[w].rank < 2:
             continue
-        axis = 1 if node.op == "conv" else rx - 1
+        axis = channel_axis(node, rx)
         removed = rewrite.removed.get(x, {}).get(axis)
         if removed is None or not len(removed):
             continue
-        in_axis, out_axis = (0, 1) if node.op == "linear" and node.attrs.get("layout") == "io" else (1, 0)
+        out_axis, in_axis = weight_axes(node)
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         out.append(CompSite(node.name, x, axis, w, in_axis, out_axis, bias, np.asarray(removed),
                             rewrite.kept(w, out_axis)))
