@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "|N0-N|^2/|N0|^2 stays within E (with --blocks: at most N)")
     c.add_argument("--block-score", default="relative", choices=["relative", "influence"],
                    help="block ranking: relative change |F(x)|/|x| (default) or ShortGPT 1-cos")
+    c.add_argument("--block-kind", action="append", dest="block_kinds",
+                   choices=["residual", "attention", "mlp", "layer"],
+                   help="stage 2 candidates (repeatable; default all): residual (conv branches), "
+                        "attention / mlp (transformer sub-blocks), layer (whole transformer layers)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--plan-out", help="also write the plan (JSON) here")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -102,7 +106,8 @@ def cmd_compress(args) -> int:
                            alpha=args.alpha, base=args.base, min_keep=args.min_keep,
                            blocks=(None if args.max_error is not None and not args.blocks
                                    else args.blocks),
-                           max_error=args.max_error, block_score=args.block_score)
+                           max_error=args.max_error, block_score=args.block_score,
+                           block_kinds=args.block_kinds)
     save_onnx(res.model, out)
     if args.plan_out:
         from .emit.save import write_bytes_atomic

@@ -33,12 +33,21 @@ class _Recorder(fx.Interpreter):
         return out
 
 
+def _eval(gm: fx.GraphModule) -> None:
+    """Inference mode; modules unflattened from ``torch.export`` refuse ``eval()`` but were
+    traced in eval mode already."""
+    try:
+        gm.eval()
+    except NotImplementedError:
+        pass
+
+
 def run(gm: fx.GraphModule, names: list[str], batches: Batches, reduce: Reducer | None,
         outputs: bool = False) -> list[list[np.ndarray]]:
     """Run every batch; ``reduce`` gets ``{name: array}``; returns model outputs if asked."""
     wanted = set(names)
     outs = []
-    gm.eval()
+    _eval(gm)
     with torch.no_grad():
         for batch in batches:
             args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
@@ -59,7 +68,7 @@ def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
     tensors = {p: named[p] for p in params if p in named}
     saved = {p: t.requires_grad for p, t in tensors.items()}
     acc = {p: torch.zeros_like(t, dtype=torch.float32) for p, t in tensors.items()}
-    gm.eval()
+    _eval(gm)
     try:
         for p, t in tensors.items():
             if t.dtype.is_floating_point:
