@@ -53,14 +53,17 @@ def build_report(folder: Path) -> Path:
     return html
 
 
-def browser(chromium: str, driver: str):
+def browser(chromium: str, driver: str, allow: str = ""):
+    """Headless Chromium with every host name resolving to nothing (``allow``: one host to keep,
+    e.g. 127.0.0.1 for a local server)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--window-size=1200,1600", "--host-resolver-rules=MAP * ~NOTFOUND"):
+              "--window-size=1200,1600",
+              "--host-resolver-rules=MAP * ~NOTFOUND" + (f", EXCLUDE {allow}" if allow else "")):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
