@@ -341,3 +341,13 @@ def test_bad_input(models, tmp_path, name, capsys):
     assert all(not p.exists() for p in absent)
     assert models["a"].read_bytes() == before
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_readme_documents_the_schema(models, capsys):
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    section = readme.split("### JSON schema (`--json`), version 1", 1)[1].split("\n## ", 1)[0]
+    j = diff(models["a"], models["bypass"][0]).to_dict()
+    keys = set(j) | set(j["a"]) | set(j["totals"]) | set(j["totals"]["nodes"]) | set(j["match"])
+    keys |= set(j["blocks_bypassed"][0]) | set(j["nodes"][0])
+    missing = sorted(k for k in keys if f'"{k}"' not in section)
+    assert not missing, f"README's diff schema lacks {missing}"
