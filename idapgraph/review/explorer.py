@@ -51,8 +51,11 @@ def node_ids(model: onnx.ModelProto) -> list[str]:
         from onnx_ir.passes.common import NameFixPass
     except ImportError:  # the same rule for the main graph, without onnx-ir
         return _fix_names([n.name for n in model.graph.node])
-    m = ir.serde.deserialize_model(model)
-    NameFixPass()(m)
+    try:
+        m = ir.serde.deserialize_model(model)
+        NameFixPass()(m)
+    except Exception:  # noqa: BLE001 - onnx-ir refuses some files the adapter would too
+        return _fix_names([n.name for n in model.graph.node])
     return [n.name for n in m.graph]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from .diff import Diff, NodeDiff
-from .text import fmt, most_changed, summary_rows
+from .text import fmt, summary_rows
 
 COLORS = {"channels": "#3b6fb6", "flops": "#e08a1e", "removed": "#d73027", "grid": "#d0d0d0"}
 _ROW = 22
@@ -99,7 +99,8 @@ def _shapes(shapes) -> str:
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
 h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:24px 0 8px}
-table{border-collapse:collapse;font-size:13px} td,th{padding:3px 8px;border-bottom:1px solid #e4e4e4;white-space:nowrap}
+table{border-collapse:collapse;font-size:13px}
+td,th{padding:3px 8px;border-bottom:1px solid #e4e4e4;white-space:nowrap}
 th{text-align:left;background:#f4f4f4} td.n{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:12px} .paths{color:#555}
 tr.removed td,tr.bypassed td{color:#b2182b} tr.added td{color:#2c5fa8}
@@ -148,13 +149,12 @@ def report(d: Diff) -> str:
                  "<th>node (B)</th><th>op</th><th>status</th><th>match</th><th>channels</th>"
                  "<th>output A</th><th>output B</th><th>FLOPs A</th><th>FLOPs B</th>"
                  "<th>params A</th><th>params B</th></tr>")
-    changed_order = {id(r): i for i, r in enumerate(most_changed(d))}
     for i, r in enumerate(d.nodes):
         ch = "-" if r.channels_a is None and r.channels_b is None else \
             f"{r.channels_a if r.channels_a is not None else '-'} → " \
             f"{r.channels_b if r.channels_b is not None else '-'}"
         parts.append(
-            f'<tr class="{r.status}" data-rank="{changed_order.get(id(r), "")}"><td class="n">{i}</td>'
+            f'<tr class="{r.status}"><td class="n">{i}</td>'
             f"<td><code>{escape(r.a or '')}</code></td>"
             f"<td><code>{escape(r.b or '') if r.b != r.a else '='}</code></td>"
             f"<td>{escape(r.op)}</td><td>{r.status}{' ' + escape(r.block) if r.block else ''}</td>"

@@ -99,7 +99,7 @@ def _shape(shapes: list | None) -> str:
 
 
 def markdown(d: Diff) -> str:
-    out = [f"## idapgraph diff", "", f"A: `{_md(d.a.path)}`  ", f"B: `{_md(d.b.path)}`", "",
+    out = ["## idapgraph diff", "", f"A: `{_md(d.a.path)}`  ", f"B: `{_md(d.b.path)}`", "",
            "| | A | B | B/A |", "|---|---:|---:|---:|"]
     for label, a, b, r in summary_rows(d):
         out.append(f"| {label} | {a} | {b} | {r} |")
@@ -108,8 +108,9 @@ def markdown(d: Diff) -> str:
         out += ["| bypassed block | add | add kept (constant) | nodes | FLOPs |",
                 "|---|---|---|---:|---:|"]
         for blk in d.blocks:
-            out.append(f"| {blk['key']} | `{_md(blk['add'])}` | {'yes' if blk['add_kept'] else 'no'}"
-                       f" | {len(blk['nodes'])} | {fmt(blk['flops'])} |")
+            kept = "yes" if blk["add_kept"] else "no"
+            out.append(f"| {blk['key']} | `{_md(blk['add'])}` | {kept} | {len(blk['nodes'])} | "
+                       f"{fmt(blk['flops'])} |")
         out.append("")
     rows = most_changed(d)
     if not rows:
