@@ -1,4 +1,4 @@
-"""Command line: ``idapgraph compress | analyze | demo``. A thin layer over the public API.
+"""Command line: ``idapgraph compress | analyze | diff | demo``. A thin layer over the public API.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 """
@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("input")
     a.add_argument("--calib", help="calibration .npz: also measure IDAP++ divergence")
     a.add_argument("--json", action="store_true")
+
+    df = sub.add_parser("diff", help="compare two ONNX models node by node (shapes, channels, "
+                                     "FLOPs, removed and bypassed nodes)")
+    df.add_argument("a", help="the original .onnx")
+    df.add_argument("b", help="the changed .onnx (any tool's output)")
+    fmt = df.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the diff as JSON (schema in README)")
+    fmt.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    df.add_argument("--html", metavar="R.html", help="also write a self-contained HTML report")
+    df.add_argument("--model-explorer", metavar="DIR",
+                    help="also write Model Explorer node-data overlays DIR/a.json and DIR/b.json")
 
     d = sub.add_parser("demo", help="compress a built-in ResNet-18 (random weights) and compare")
     d.add_argument("--out", default="demo_out", help="folder for the demo's files")
@@ -176,6 +187,34 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    from . import review
+    from .emit.save import check_output_path, write_bytes_atomic
+    from .review import explorer, html, text
+
+    if args.html:
+        check_output_path(args.html, args.a)
+        check_output_path(args.html, args.b)
+    if args.model_explorer:
+        explorer.check_dir(args.model_explorer)
+    d = review.diff(args.a, args.b)
+    wrote = []
+    if args.html:
+        write_bytes_atomic(args.html, html.report(d).encode())
+        wrote.append(args.html)
+    if args.model_explorer:
+        wrote += explorer.write(d, args.model_explorer)
+    if args.json:
+        print(json.dumps(d.to_dict(), indent=2))
+    elif args.markdown:
+        print(text.markdown(d), end="")
+    else:
+        print(text.text(d), end="")
+        for w in wrote:
+            print(f"wrote {w}")
+    return 0
+
+
 class _UserError(Exception):
     pass
 
@@ -190,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compress(args)
         if args.cmd == "analyze":
             return cmd_analyze(args)
+        if args.cmd == "diff":
+            return cmd_diff(args)
         if args.cmd == "demo":
             from .demo import run_demo
 
