@@ -36,8 +36,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--flops", type=float, default=0.7)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--methods", default="idap,magnitude,random")
-    ap.add_argument("--scores", default="relative,influence")
+    ap.add_argument("--rows", default="idap:relative:lsq,idap:influence:lsq,idap:relative:stats,"
+                                      "magnitude:relative:lsq,random:relative:lsq",
+                    help="method:layer-score:heal triples")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
@@ -52,29 +53,27 @@ def main() -> int:
     print(f"all-MiniLM-L6-v2: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params; "
           f"calibration 128 sentences, evaluation 256 (pydoc_data.topics), {minilm.SEQ} tokens")
     print()
-    print("| method | layer score | heads removed | MLP units removed | layers bypassed | "
+    print("| method | layer score | heal | heads removed | MLP units removed | layers bypassed | "
           "FLOPs kept | params kept | cosine fx | cosine onnx | NN agreement |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for method in args.methods.split(","):
-        for score in args.scores.split(","):
-            if method != "idap" and score != "relative":
-                continue
-            t = time.time()
-            rf = run(model, (example,), cal, method, args.flops, args.layers, score, "stats")
-            ro = run(proto, (), {"input_ids": cal[0], "attention_mask": cal[1]}, method,
-                     args.flops, args.layers, score, "stats")
-            ef, eo = minilm.embed(rf.model, *ev), minilm.embed(ro.model, *ev)
-            heads = sum(len(v) for k, v in rf.plan.remove.items() if k in _head_keys(model, example))
-            n_heads = 6 * 12
-            mlp = rf.report.units_removed - heads
-            rep = rf.report
-            same = rf.plan.remove == ro.plan.remove and rf.plan.bypass == ro.plan.bypass
-            print(f"| {method} | {score} | {heads}/{n_heads} | {mlp}/{6 * 1536} | "
-                  f"{', '.join(rep.blocks_bypassed)} | {rep.flops_ratio:.3f} | "
-                  f"{rep.params_ratio:.3f} | {minilm.cosine(ref, ef):.4f} | "
-                  f"{minilm.cosine(ref, eo):.4f} | {minilm.neighbour_agreement(ref, ef):.3f} |"
-                  + ("" if same else " (onnx plan differs)"), flush=True)
-            print(f"<!-- {time.time() - t:.0f} s -->", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in args.rows.split(","):
+        method, score, heal = row.split(":")
+        t = time.time()
+        rf = run(model, (example,), cal, method, args.flops, args.layers, score, heal)
+        ro = run(proto, (), {"input_ids": cal[0], "attention_mask": cal[1]}, method,
+                 args.flops, args.layers, score, heal)
+        ef, eo = minilm.embed(rf.model, *ev), minilm.embed(ro.model, *ev)
+        heads = sum(len(v) for k, v in rf.plan.remove.items() if k in _head_keys(model, example))
+        n_heads = 6 * 12
+        mlp = rf.report.units_removed - heads
+        rep = rf.report
+        same = rf.plan.remove == ro.plan.remove and rf.plan.bypass == ro.plan.bypass
+        print(f"| {method} | {score} | {heal} | {heads}/{n_heads} | {mlp}/{6 * 1536} | "
+              f"{', '.join(rep.blocks_bypassed)} | {rep.flops_ratio:.3f} | "
+              f"{rep.params_ratio:.3f} | {minilm.cosine(ref, ef):.4f} | "
+              f"{minilm.cosine(ref, eo):.4f} | {minilm.neighbour_agreement(ref, ef):.3f} |"
+              + ("" if same else " (onnx plan differs)"), flush=True)
+        print(f"<!-- {time.time() - t:.0f} s -->", file=sys.stderr)
     print(f"\n(total {time.time() - t0:.0f} s)")
     return 0
 

@@ -496,8 +496,11 @@ def _export(module: nn.Module, args: tuple) -> fx.GraphModule:
     compressed module accepts any batch size (as the original did)."""
     auto = torch.export.Dim.AUTO
     dyn = tuple({0: auto} if isinstance(a, torch.Tensor) and a.ndim else None for a in args)
+    # a batch of 1 would be specialised (0/1 rule): export on the example repeated twice
+    wide = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == 1
+                 else a for a in args)
     try:
-        gm = torch.export.export(module, args, dynamic_shapes=dyn, strict=False).module()
+        gm = torch.export.export(module, wide, dynamic_shapes=dyn, strict=False).module()
     except Exception:  # noqa: BLE001 - fall back to the example's static shapes
         gm = torch.export.export(module, args, strict=False).module()
     gm.graph.eliminate_dead_code(is_impure_node=impure)  # e.g. a pooler whose output is unused
