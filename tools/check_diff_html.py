@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,20 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 def build_report(folder: Path) -> Path:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests"))
-    import torch
-    import torchvision
+    from helpers import resnet18_pair
 
-    import idapgraph
-    from helpers import export_onnx
-
-    torch.manual_seed(0)
-    a, b, html = folder / "r18.onnx", folder / "r18_small.onnx", folder / "report.html"
-    a.write_bytes(export_onnx(torchvision.models.resnet18().eval(),
-                              (torch.randn(1, 3, 64, 64),)).SerializeToString())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = idapgraph.compress(str(a), flops=0.7, blocks=1)
-    b.write_bytes(res.model.SerializeToString())
+    a, b = resnet18_pair(folder)
+    html = folder / "report.html"
     r = subprocess.run([sys.executable, "-m", "idapgraph", "diff", str(a), str(b), "--html",
                         str(html)], cwd=REPO, capture_output=True, text=True)
     if r.returncode:

@@ -52,23 +52,9 @@ def free_port() -> int:
 def build_pair(folder: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests"))
-    import warnings
+    from helpers import resnet18_pair
 
-    import torch
-    import torchvision
-
-    import idapgraph
-    from helpers import export_onnx
-
-    torch.manual_seed(0)
-    a, b = folder / "r18.onnx", folder / "r18_small.onnx"
-    a.write_bytes(export_onnx(torchvision.models.resnet18().eval(),
-                              (torch.randn(1, 3, 64, 64),)).SerializeToString())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = idapgraph.compress(str(a), flops=0.7, blocks=1)
-    b.write_bytes(res.model.SerializeToString())
-    return a, b
+    return resnet18_pair(folder)
 
 
 class Server:
