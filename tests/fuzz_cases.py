@@ -1,0 +1,43 @@
+"""One fuzz case per model route: a spec becomes a model of one backend, then ``fuzz_checks.check``.
+
+Shared by ``tests/test_fuzz.py`` (CI budget) and ``tools/fuzz.py`` (long runs).
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+import fuzz_onnx
+import fuzz_torch
+from fuzz_checks import Stats, check, feeds_of
+from helpers import export_onnx, onnx_out, rel_err, torch_out
+
+
+def fx_case(spec, data, stats: Stats) -> None:
+    model, args = fuzz_torch.build(spec)
+    check(model, args, data, stats)
+
+
+def torchscript_case(spec, data, stats: Stats) -> None:
+    model, args = fuzz_torch.build(spec)
+    opset = data.draw(st.sampled_from([17, 13]), label="opset")
+    fold = data.draw(st.booleans(), label="constant folding")
+    proto = export_onnx(model, args, opset=opset, do_constant_folding=fold)
+    check(proto, args, data, stats)
+
+
+def dynamo_case(spec, data, stats: Stats) -> None:
+    model, args = fuzz_torch.build(spec)
+    check(export_onnx(model, args, dynamo=True), args, data, stats)
+
+
+def raw_onnx_case(spec, data, stats: Stats) -> None:
+    model, args = fuzz_torch.build(spec)
+    proto = fuzz_onnx.build(spec, model)
+    want, got = torch_out(model, args), onnx_out(proto, feeds_of(proto, args))
+    assert max(rel_err(w, g) for w, g in zip(want, got)) < 1e-4, "raw ONNX builder disagrees"
+    check(proto, args, data, stats)
+
+
+CASES = {"fx": fx_case, "torchscript": torchscript_case, "dynamo": dynamo_case,
+         "raw_onnx": raw_onnx_case}

@@ -1,0 +1,184 @@
+"""The invariants every fuzzed example must hold, for either backend.
+
+``check(source, args, data, stats)`` analyses a model, draws a random plan from its channel groups
+(and blocks), applies it with ``mode="zero"`` and ``mode="remove"`` and asserts:
+
+* analysis either succeeds or refuses with an :class:`idapgraph.IdapgraphError` (one clear line);
+  any other exception escapes and fails the example; no op rule fails internally;
+* the plan resolves and both emissions succeed (the plan only names groups analysis offered);
+* every emitted ONNX passes ``onnx.checker`` (full check) and runs in onnxruntime; every emitted
+  fx module runs; output shapes equal the original's;
+* zero-then-remove equivalence: the removed model equals the zeroed one (bypassed branches are
+  zeroed in the reference too) within 1e-4 relative;
+* frozen spots are never touched: no removed index of a weight axis is one of its frozen
+  channels, and every tensor an op without a rule touches, and every model input and output,
+  keeps its shape;
+* a plan that removes something makes the model strictly smaller.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter, defaultdict
+
+import numpy as np
+import onnx
+import torch
+from hypothesis import strategies as st
+
+import idapgraph
+from helpers import onnx_out, rel_err, torch_out
+from idapgraph.errors import IdapgraphError
+from idapgraph.ir.ops import Space, weight_axes
+from idapgraph.passes import blocks as blocks_pass
+from idapgraph.passes import prune
+
+TOL = 1e-4
+
+
+class Stats(Counter):
+    """Per-run counters (examples, refusals, units removed, blocks bypassed, …)."""
+
+
+def analyze(source, args, stats: Stats):
+    try:
+        return idapgraph.analyze(source, args)
+    except IdapgraphError as e:
+        msg = str(e)
+        assert msg and "\n" not in msg.strip(), f"refusal is not one clear line: {msg!r}"
+        assert "Traceback" not in msg
+        stats["refused"] += 1
+        stats["refusal: " + msg[:60]] += 1
+        return None
+
+
+def draw_plan(data, a, stats: Stats) -> idapgraph.Plan:
+    remove, units = {}, {}
+    for g in a.coupling.groups:
+        units[g.key] = g.n_units
+        if g.n_units < 2 or data.draw(st.integers(0, 3), label=f"keep {g.key}?") == 3:
+            continue
+        remove[g.key] = sorted(data.draw(
+            st.sets(st.integers(0, g.n_units - 1), min_size=1, max_size=g.n_units - 1),
+            label=f"units of {g.key}"))
+    found = blocks_pass.find(a.graph)
+    bypass = []
+    if found and data.draw(st.integers(0, 2), label="bypass?") == 0:
+        bypass = sorted(data.draw(st.sets(st.sampled_from([b.key for b in found]), min_size=1),
+                                  label="blocks"))
+    stats["groups"] += len(a.coupling.groups)
+    stats["units_removed"] += sum(len(v) for v in remove.values())
+    stats["prunable"] += any(g.n_units > 1 for g in a.coupling.groups)
+    stats["pruned"] += bool(remove)
+    stats["bypassed"] += bool(bypass)
+    return idapgraph.Plan(remove=remove, units=units, bypass=bypass)
+
+
+def check_frozen(a, rewrite) -> None:
+    g, c = a.graph, a.coupling
+    for f in c.frozen:
+        assert not f.reason.startswith("internal:"), f"an op rule failed: {f.reason}"
+    free: dict[Space, set] = defaultdict(set)
+    for grp in c.groups:
+        for m in grp.members:
+            for s in m.spaces:
+                free[s].update(int(i) for i in m.index.ravel())
+    for f in c.frozen:
+        node = g.nodes[f.layer]
+        out_ax, in_ax = weight_axes(node)
+        space = Space(node.inputs[1], out_ax if f.role == "out" else in_ax)
+        frozen = set(range(g.shape(space.tensor)[space.axis])) - free[space]
+        assert frozen, f"frozen spot {f} has no frozen channel"
+        removed = set(int(i) for i in rewrite.removed.get(space.tensor, {}).get(space.axis, []))
+        assert not removed & frozen, f"frozen channels {sorted(removed & frozen)} of {f} removed"
+    fixed = set(g.inputs) | set(g.outputs)
+    fixed |= {t for n in g if n.op == "unknown" for t in n.present_inputs() + n.outputs}
+    for t in fixed:
+        assert rewrite.new_shapes[t] == g.shape(t), f"frozen tensor {t} changes shape"
+
+
+# -- backend helpers ------------------------------------------------------------------------
+
+def _ir_name(n) -> str:
+    if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], int):
+        return f"{n.args[0].name}.{n.args[1]}"
+    return n.name
+
+
+def zero_branches(model, blocks):
+    """The reference for bypassed blocks: each block's branch input of its add multiplied by 0."""
+    if isinstance(model, torch.fx.GraphModule):
+        nodes = {n.name: n for n in model.graph.nodes}
+        for b in blocks:
+            add = nodes[b.add]
+            arg = next(x for x in add.args if isinstance(x, torch.fx.Node) and _ir_name(x) == b.branch)
+            with model.graph.inserting_before(add):
+                z = model.graph.call_function(torch.mul, (arg, 0.0))
+            add.replace_input_with(arg, z)
+        model.recompile()
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    nodes = list(model.graph.node)
+    for b in blocks:
+        i = next(k for k, n in enumerate(nodes) if n.name == b.add)
+        zero = f"{b.add}__fuzz_zero"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.float32), zero))
+        mul = onnx.helper.make_node("Mul", [b.branch, zero], [f"{zero}_out"], name=f"{zero}_mul")
+        nodes[i].input[list(nodes[i].input).index(b.branch)] = f"{zero}_out"
+        nodes.insert(i, mul)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _size(model) -> int:
+    if isinstance(model, torch.nn.Module):
+        return sum(t.numel() for t in model.state_dict().values())
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+
+
+def _run(model, args, feeds) -> list[np.ndarray]:
+    if isinstance(model, torch.nn.Module):
+        return torch_out(model, args)
+    onnx.checker.check_model(model, full_check=True)
+    return onnx_out(model, feeds)
+
+
+def feeds_of(proto: onnx.ModelProto, args) -> dict:
+    init = {t.name for t in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in init]
+    assert len(names) == len(args), (names, len(args))
+    return {n: a.numpy() for n, a in zip(names, args)}
+
+
+# -- the property ---------------------------------------------------------------------------
+
+def check(source, args, data, stats: Stats) -> None:
+    """All invariants for one model (torch module or ModelProto) and one drawn plan."""
+    is_fx = isinstance(source, torch.nn.Module)
+    feeds = None if is_fx else feeds_of(source, args)
+    a = analyze(source, args if is_fx else None, stats)
+    if a is None:
+        stats["examples"] += 1
+        return
+    plan = draw_plan(data, a, stats)
+    stats.plan = plan  # for reports of failures in long runs
+    rewrite = prune.resolve(a.graph, a.coupling, plan)
+    check_frozen(a, rewrite)
+    ex = args if is_fx else None
+    zero = idapgraph.apply_plan(source, plan, ex, mode="zero")
+    out = idapgraph.apply_plan(source, plan, ex, mode="remove")
+    by_key = {b.key: b for b in blocks_pass.find(a.graph)}
+    ref = _run(zero_branches(zero, [by_key[k] for k in plan.bypass]), args, feeds)
+    got = _run(out, args, feeds)
+    orig = _run(source, args, feeds)
+    assert [g.shape for g in got] == [o.shape for o in orig], "output shapes changed"
+    errs = [rel_err(r, g) for r, g in zip(ref, got)]
+    assert max(errs) < TOL, f"zero-then-remove mismatch: {errs}"
+    if not plan.remove and not plan.bypass:
+        assert max(rel_err(o, g) for o, g in zip(orig, got)) < 1e-6, "empty plan changed outputs"
+    if plan.remove:
+        assert _size(out) < _size(zero), "plan removed units but the model did not shrink"
+    stats["checked"] += 1
+    stats["examples"] += 1

@@ -1,0 +1,489 @@
+"""Random small DAG models for property-based tests (hypothesis strategies).
+
+A model is a :class:`Spec`: model inputs, then a list of primitive ops in execution order, each
+reading earlier tensors by id and producing new ones, then the model outputs. Macros (residual
+blocks, squeeze-excitation, channel shuffle, attention, …) are drawn as one step but recorded as
+their primitive ops, so every builder only needs the primitives. Shapes are tracked while
+drawing, so every spec is valid by construction; sizes stay tiny (a few channels, 4–8 pixels).
+
+Builders: ``fuzz_torch.build`` (an ``nn.Module``, traced by torch.fx or exported to ONNX) and
+``fuzz_onnx.build`` (a raw ONNX graph made with ``onnx.helper``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
+
+ACTS = ("relu", "gelu", "sigmoid", "silu", "tanh", "hardswish", "leaky_relu")
+MAX_C = 12  # channel/feature ceiling for convs, linears and concats
+MAX_FLAT = 192  # largest flattened feature count
+
+
+@dataclass
+class Op:
+    kind: str
+    ins: tuple[int, ...]
+    p: dict
+    outs: tuple[int, ...] = ()
+
+
+@dataclass
+class Spec:
+    inputs: list[tuple[int, ...]]
+    ops: list[Op]
+    outputs: list[int]
+    shapes: list[tuple[int, ...]]  # every tensor id -> shape
+    seed: int = 0
+    tags: set[str] = field(default_factory=set)  # which macros/steps were drawn (for statistics)
+
+    def kinds(self) -> set[str]:
+        return {o.kind for o in self.ops}
+
+    def __repr__(self) -> str:  # readable in hypothesis' falsifying-example output
+        lines = [f"Spec(seed={self.seed}, inputs={self.inputs}, outputs={self.outputs}, ops=["]
+        for o in self.ops:
+            lines.append(f"  {o.outs} = {o.kind}{o.ins} {o.p}")
+        return "\n".join(lines + ["])"])
+
+
+class _Gen:
+    """Drawing state: tensors so far, their consumers, and the ops recorded."""
+
+    def __init__(self, draw, inputs: list[tuple], allowed: frozenset[str]) -> None:
+        self.draw = draw
+        self.allowed = allowed
+        self.shapes: list[tuple] = list(inputs)
+        self.uses = [0] * len(inputs)
+        self.n_inputs = len(inputs)
+        self.ops: list[Op] = []
+        self.tags: set[str] = set()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def op(self, kind: str, ins, p: dict, outs: list[tuple]) -> list[int]:
+        assert kind in PRIMITIVES, kind
+        for i in ins:
+            self.uses[i] += 1
+        ids = list(range(len(self.shapes), len(self.shapes) + len(outs)))
+        self.shapes.extend(tuple(s) for s in outs)
+        self.uses.extend([0] * len(outs))
+        self.ops.append(Op(kind, tuple(ins), dict(p), tuple(ids)))
+        return ids
+
+    def one(self, kind, ins, p, out) -> int:
+        return self.op(kind, ins, p, [out])[0]
+
+    def pick(self, pred) -> int | None:
+        """A tensor satisfying ``pred``: an unused model input first, else preferably one that
+        nothing consumes yet (most recent first, which is what hypothesis shrinks towards)."""
+        for i in range(self.n_inputs):
+            if self.uses[i] == 0 and pred(self.shapes[i]):
+                return i
+        ids = [i for i in reversed(range(len(self.shapes))) if pred(self.shapes[i])]
+        if not ids:
+            return None
+        fresh = [i for i in ids if self.uses[i] == 0]
+        if fresh and self.ints(0, 3) < 3:  # mostly a chain: continue from the newest tensor
+            return fresh[0]
+        return self.draw(st.sampled_from(fresh + [i for i in ids if i not in fresh]))
+
+    def partner(self, x: int, pred) -> int | None:
+        ids = [i for i in reversed(range(len(self.shapes))) if i != x and pred(self.shapes[i])]
+        return self.draw(st.sampled_from(ids)) if ids else None
+
+    def ints(self, lo: int, hi: int) -> int:
+        return self.draw(st.integers(lo, hi))
+
+    def choice(self, seq):
+        return self.draw(st.sampled_from(list(seq)))
+
+    def flag(self) -> bool:
+        return self.draw(st.booleans())
+
+    # -- primitives with shape rules ------------------------------------------------------------
+    def conv(self, x, out, k=1, stride=1, groups=1, bias=True) -> int:
+        n, c, h, w = self.shapes[x]
+        pad = k // 2
+        oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        return self.one("conv", [x], dict(cin=c, out=out, k=k, stride=stride, groups=groups,
+                                          bias=bias), (n, out, oh, ow))
+
+    def act(self, x, fn=None, module=None) -> int:
+        fn = fn or self.choice(ACTS)
+        module = self.flag() if module is None else module
+        return self.one("act", [x], dict(fn=fn, module=module), self.shapes[x])
+
+    def linear(self, x, out, bias=True, form=None) -> int:
+        s = self.shapes[x]
+        form = form or self.choice(["module", "matmul"] if len(s) > 2 else
+                                   ["module", "matmul", "gemm_t"])
+        return self.one("linear", [x], dict(cin=s[-1], out=out, bias=bias, form=form),
+                        s[:-1] + (out,))
+
+    def permute(self, x, perm) -> int:
+        s = self.shapes[x]
+        return self.one("permute", [x], dict(perm=tuple(perm)), tuple(s[p] for p in perm))
+
+    def reshape(self, x, shape, method=None) -> int:
+        method = method or self.choice(["view", "reshape"])
+        return self.one("reshape", [x], dict(shape=tuple(shape), method=method), tuple(shape))
+
+
+def _channels(g: _Gen, lo=2) -> int:
+    return g.ints(lo, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# steps: each draws parameters and records one primitive or a macro of several
+# ---------------------------------------------------------------------------------------------
+
+def step_conv(g: _Gen) -> None:
+    x = g.pick(lambda s: len(s) == 4)
+    c = g.shapes[x][1]
+    k = g.choice([1, 3])
+    stride = g.choice([1, 2]) if min(g.shapes[x][2:]) >= 4 else 1
+    mode = g.choice(["plain", "depthwise", "grouped"])
+    divs = [d for d in range(2, c + 1) if c % d == 0]
+    if mode == "depthwise":
+        out, groups = c * g.choice([1, 2]), c
+    elif mode == "grouped" and divs:
+        groups = g.choice(divs)
+        out = groups * g.ints(1, max(1, MAX_C // groups))
+    else:
+        out, groups = _channels(g), 1
+    g.conv(x, out, k, stride, groups, bias=g.flag())
+
+
+def step_bn(g: _Gen) -> None:
+    x = g.pick(lambda s: len(s) in (2, 4))
+    g.one("bn", [x], dict(c=g.shapes[x][1]), g.shapes[x])
+
+
+def step_act(g: _Gen) -> None:
+    g.act(g.pick(lambda s: True))
+
+
+def step_res_block(g: _Gen) -> None:
+    """y = x + F(x) with F of 1-3 shape-preserving layers (a bypassable block)."""
+    g.tags.add("res_block")
+    x = g.pick(lambda s: len(s) == 4)
+    if x < g.n_inputs:  # a block needs a split point inside the model: add a stem conv
+        x = g.conv(x, _channels(g), g.choice([1, 3]))
+    c = g.shapes[x][1]
+    y = x
+    for _ in range(g.ints(1, 3)):
+        kind = g.choice(["conv", "conv_dw", "bn", "act"])
+        if kind == "conv":
+            y = g.conv(y, c, g.choice([1, 3]), bias=g.flag())
+        elif kind == "conv_dw":
+            y = g.conv(y, c, 3, groups=c, bias=g.flag())
+        elif kind == "bn":
+            y = g.one("bn", [y], dict(c=c), g.shapes[y])
+        else:
+            y = g.act(y)
+    if not any(o.kind == "conv" for o in g.ops[-3:]) or y == x:  # a block holds a layer
+        y = g.conv(y, c, 1)
+    ins = [x, y] if g.flag() else [y, x]
+    g.one("add", ins, dict(form=g.choice(["op", "torch"])), g.shapes[x])
+
+
+def step_se(g: _Gen) -> None:
+    """Squeeze-excitation: the gate's channels follow the gated tensor."""
+    g.tags.add("se")
+    x = g.pick(lambda s: len(s) == 4)
+    n, c = g.shapes[x][:2]
+    s = g.one("mean", [x], dict(dims=(2, 3), keep=True), (n, c, 1, 1))
+    s = g.conv(s, g.ints(1, 4), 1)
+    s = g.act(s, "relu")
+    s = g.conv(s, c, 1)
+    s = g.act(s, g.choice(["sigmoid", "hardswish"]))
+    g.one("mul", [x, s] if g.flag() else [s, x], {}, g.shapes[x])
+
+
+def step_binary(g: _Gen) -> None:
+    """add/mul of two existing tensors of the same shape, or with a broadcast (1, C, 1, 1)."""
+    x = g.pick(lambda s: True)
+    s = g.shapes[x]
+    kind = g.choice(["add", "mul"])
+    y = g.partner(x, lambda t: t == s or (len(s) == 4 and t == (s[0], s[1], 1, 1)))
+    if y is None:
+        return step_scale(g, x)
+    g.tags.add("binary")
+    g.one(kind, [x, y] if g.flag() else [y, x], dict(form=g.choice(["op", "torch"])), s)
+
+
+def step_scale(g: _Gen, x=None) -> None:
+    """x * p or x + p with a stored parameter broadcast along the channel axis (layer scale)."""
+    x = g.pick(lambda s: True) if x is None else x
+    s = g.shapes[x]
+    if len(s) == 4:
+        pshape = g.choice([(1, s[1], 1, 1), (s[1], 1, 1)])
+    else:
+        pshape = g.choice([(s[-1],), (1,) * (len(s) - 1) + (s[-1],)])
+    g.one("scale", [x], dict(fn=g.choice(["add", "mul"]), pshape=pshape), s)
+
+
+def step_cat(g: _Gen) -> None:
+    x = g.pick(lambda s: True)
+    s = g.shapes[x]
+    axis = 1 if len(s) == 4 else len(s) - 1
+    rest = [i for i in range(len(g.shapes)) if i != x and len(g.shapes[i]) == len(s)
+            and all(a == b for j, (a, b) in enumerate(zip(g.shapes[i], s)) if j != axis)]
+    ins = [x] + (g.draw(st.lists(st.sampled_from(rest), min_size=1, max_size=2)) if rest else [x])
+    total = sum(g.shapes[i][axis] for i in ins)
+    if total > 2 * MAX_C:
+        return
+    g.one("cat", ins, dict(dim=axis), s[:axis] + (total,) + s[axis + 1:])
+
+
+def step_split(g: _Gen) -> None:
+    x = g.pick(lambda s: s[1 if len(s) == 4 else -1] >= 2)
+    if x is None:
+        return step_act(g)
+    s = g.shapes[x]
+    axis = 1 if len(s) == 4 else len(s) - 1
+    c = s[axis]
+    if g.flag():
+        k = g.choice([d for d in range(2, min(c, 4) + 1) if c % d == 0] or [c])
+        sizes = [c // k] * k
+        p = dict(dim=axis, sizes=sizes, form="chunk")
+    else:
+        cuts = sorted(g.draw(st.sets(st.integers(1, c - 1), min_size=1, max_size=min(2, c - 1))))
+        sizes = [b - a for a, b in zip([0] + cuts, cuts + [c])]
+        p = dict(dim=axis, sizes=sizes, form="split")
+    g.op("split", [x], p, [s[:axis] + (n,) + s[axis + 1:] for n in sizes])
+
+
+def step_shuffle(g: _Gen) -> None:
+    """ShuffleNet's channel shuffle with literal sizes: view, transpose, reshape."""
+    x = g.pick(lambda s: len(s) == 4 and any(s[1] % d == 0 for d in (2, 3)))
+    if x is None:
+        return step_conv(g)
+    g.tags.add("shuffle")
+    n, c, h, w = g.shapes[x]
+    grp = g.choice([d for d in (2, 3) if c % d == 0])
+    y = g.reshape(x, (n, grp, c // grp, h, w))
+    y = g.one("transpose", [y], dict(d0=1, d1=2), (n, c // grp, grp, h, w))
+    g.reshape(y, (n, c, h, w), method="reshape")
+
+
+def step_slice(g: _Gen) -> None:
+    x = g.pick(lambda s: s[1 if len(s) == 4 else -1] >= 2)
+    if x is None:
+        return step_act(g)
+    s = g.shapes[x]
+    axis = 1 if len(s) == 4 else len(s) - 1
+    a = g.ints(0, s[axis] - 1)
+    b = g.ints(a + 1, s[axis])
+    g.one("slice", [x], dict(dim=axis, start=a, stop=b), s[:axis] + (b - a,) + s[axis + 1:])
+
+
+def step_pool(g: _Gen) -> None:
+    x = g.pick(lambda s: len(s) == 4)
+    n, c, h, w = g.shapes[x]
+    kind = g.choice(["max", "avg", "adaptive_avg", "adaptive_max"])
+    if kind in ("max", "avg") and min(h, w) >= 2:
+        g.one("pool", [x], dict(fn=kind, k=2, module=g.flag()), (n, c, h // 2, w // 2))
+    elif kind == "adaptive_avg" and h % 2 == 0 and w % 2 == 0 and g.flag():
+        g.one("pool", [x], dict(fn=kind, k=2, module=g.flag()), (n, c, 2, 2))
+    else:
+        fn = "adaptive_max" if kind == "adaptive_max" else "adaptive_avg"
+        g.one("pool", [x], dict(fn=fn, k=1, module=g.flag()), (n, c, 1, 1))
+
+
+def step_to_vector(g: _Gen) -> None:
+    """Global average pool or flatten: rank 4 -> rank 2 (flatten ties blocks of features)."""
+    x = g.pick(lambda s: len(s) == 4)
+    n, c, h, w = g.shapes[x]
+    if c * h * w <= MAX_FLAT and g.flag():
+        g.tags.add("flatten")
+        g.one("flatten", [x], dict(start=1, form=g.choice(["torch", "method", "module"])),
+              (n, c * h * w))
+    else:
+        g.one("mean", [x], dict(dims=(2, 3), keep=False), (n, c))
+
+
+def step_groupnorm(g: _Gen) -> None:
+    x = g.pick(lambda s: len(s) == 4 and s[2] * s[3] > 1)  # torch wants > 1 value per group
+    if x is None:
+        return step_conv(g)
+    c = g.shapes[x][1]
+    groups = g.choice([d for d in range(1, c + 1) if c % d == 0])
+    g.one("groupnorm", [x], dict(groups=groups, c=c), g.shapes[x])
+
+
+def step_layernorm(g: _Gen) -> None:
+    """LayerNorm over the last axis; on NCHW over channels via permutes (ConvNeXt style)."""
+    x = g.pick(lambda s: True)
+    s = g.shapes[x]
+    if len(s) == 4:
+        y = g.permute(x, (0, 2, 3, 1))
+        y = g.one("layernorm", [y], dict(n=s[1]), g.shapes[y])
+        g.permute(y, (0, 3, 1, 2))
+    else:
+        g.one("layernorm", [x], dict(n=s[-1]), s)
+
+
+def step_nhwc_mlp(g: _Gen) -> None:
+    """permute to NHWC, linear(s) over channels, permute back (ConvNeXt pointwise MLP)."""
+    g.tags.add("nhwc_mlp")
+    x = g.pick(lambda s: len(s) == 4)
+    y = g.permute(x, (0, 2, 3, 1))
+    y = g.linear(y, _channels(g), bias=g.flag())
+    if g.flag():
+        y = g.act(y)
+        y = g.linear(y, _channels(g))
+    g.permute(y, (0, 3, 1, 2))
+
+
+def step_unknown(g: _Gen) -> None:
+    """An op without a channel rule (cumsum): everything it touches must be frozen."""
+    x = g.pick(lambda s: True)
+    s = g.shapes[x]
+    g.one("cumsum", [x], dict(dim=1 if len(s) == 4 else len(s) - 1), s)
+
+
+def step_to_tokens(g: _Gen) -> None:
+    """(N, C, H, W) -> (N, H*W, C), ViT style: flatten(2).transpose(1, 2)."""
+    x = g.pick(lambda s: len(s) == 4 and s[2] * s[3] <= 16)
+    if x is None:
+        return step_pool(g)
+    n, c, h, w = g.shapes[x]
+    y = g.one("flatten", [x], dict(start=2, form="method"), (n, c, h * w))
+    g.one("transpose", [y], dict(d0=1, d1=2), (n, h * w, c))
+
+
+def step_linear(g: _Gen) -> None:
+    x = g.pick(lambda s: len(s) in (2, 3))
+    g.linear(x, _channels(g), bias=g.flag())
+
+
+def step_mlp_res(g: _Gen) -> None:
+    """x + W2 act(W1 [LN] x) on tokens or vectors (a transformer MLP sub-block)."""
+    g.tags.add("mlp_res")
+    x = g.pick(lambda s: len(s) in (2, 3))
+    d = g.shapes[x][-1]
+    y = g.one("layernorm", [x], dict(n=d), g.shapes[x]) if g.flag() else x
+    y = g.linear(y, _channels(g), bias=g.flag())
+    y = g.act(y)
+    y = g.linear(y, d, bias=g.flag())
+    g.one("add", [x, y], dict(form="op"), g.shapes[x])
+
+
+def step_glu(g: _Gen) -> None:
+    """Gated linear unit: up(x) * act(gate(x)), then down."""
+    g.tags.add("glu")
+    x = g.pick(lambda s: len(s) in (2, 3))
+    h = _channels(g)
+    a = g.linear(x, h, bias=g.flag())
+    b = g.act(g.linear(x, h, bias=g.flag()))
+    y = g.one("mul", [a, b], {}, g.shapes[a])
+    g.linear(y, g.shapes[x][-1])
+
+
+def step_attention(g: _Gen) -> None:
+    """Self-attention from primitives: q/k/v linears, head reshapes, matmuls, softmax, proj."""
+    g.tags.add("attention")
+    x = g.pick(lambda s: len(s) == 3)
+    n, L, d = g.shapes[x]
+    heads, hd = g.choice([1, 2]), g.choice([2, 3, 4])
+    e = heads * hd
+    q, k, v = (g.linear(x, e, bias=g.flag(), form="module") for _ in range(3))
+    if heads == 1:
+        kt = g.one("transpose", [k], dict(d0=1, d1=2), (n, e, L))
+        att = g.one("matmul", [q, kt], {}, (n, L, L))
+    else:
+        qh = g.permute(g.reshape(q, (n, L, heads, hd)), (0, 2, 1, 3))
+        kh = g.permute(g.reshape(k, (n, L, heads, hd)), (0, 2, 3, 1))
+        v = g.permute(g.reshape(v, (n, L, heads, hd)), (0, 2, 1, 3))
+        att = g.one("matmul", [qh, kh], {}, (n, heads, L, L))
+    att = g.one("mulc", [att], dict(c=1 / math.sqrt(hd)), g.shapes[att])
+    att = g.one("softmax", [att], {}, g.shapes[att])
+    o = g.one("matmul", [att, v], {}, g.shapes[att][:-1] + (g.shapes[v][-1],))
+    if heads > 1:
+        o = g.reshape(g.permute(o, (0, 2, 1, 3)), (n, L, e), method="reshape")
+    o = g.linear(o, d, bias=g.flag(), form="module")
+    if g.flag():
+        g.one("add", [x, o], dict(form="op"), (n, L, d))
+
+
+def step_token_mix(g: _Gen) -> None:
+    """MLP-Mixer token mixing: transpose, linear over tokens, transpose back."""
+    x = g.pick(lambda s: len(s) == 3)
+    n, L, d = g.shapes[x]
+    y = g.one("transpose", [x], dict(d0=1, d1=2), (n, d, L))
+    y = g.linear(y, L, bias=g.flag())
+    g.one("transpose", [y], dict(d0=1, d1=2), (n, L, d))
+
+
+def step_token_pool(g: _Gen) -> None:
+    x = g.pick(lambda s: len(s) == 3)
+    n, L, d = g.shapes[x]
+    g.one("mean", [x], dict(dims=(1,), keep=False), (n, d))
+
+
+STEPS = {  # name -> (ranks it applies to, function, weight); the first is what shrinking prefers
+    "conv": ((4,), step_conv, 10), "linear": ((2, 3), step_linear, 8),
+    "res_block": ((4,), step_res_block, 3), "mlp_res": ((2, 3), step_mlp_res, 2),
+    "bn": ((2, 4), step_bn, 3), "act": ((2, 3, 4), step_act, 3), "se": ((4,), step_se, 1),
+    "binary": ((2, 3, 4), step_binary, 2), "scale": ((2, 3, 4), step_scale, 1),
+    "cat": ((2, 3, 4), step_cat, 2), "split": ((2, 3, 4), step_split, 2),
+    "shuffle": ((4,), step_shuffle, 1), "slice": ((2, 3, 4), step_slice, 1),
+    "pool": ((4,), step_pool, 2), "to_vector": ((4,), step_to_vector, 2),
+    "groupnorm": ((4,), step_groupnorm, 1), "layernorm": ((2, 3, 4), step_layernorm, 1),
+    "nhwc_mlp": ((4,), step_nhwc_mlp, 1), "unknown": ((2, 3, 4), step_unknown, 1),
+    "to_tokens": ((4,), step_to_tokens, 1), "glu": ((2, 3), step_glu, 1),
+    "attention": ((3,), step_attention, 2), "token_mix": ((3,), step_token_mix, 1),
+    "token_pool": ((3,), step_token_pool, 1),
+}
+
+PRIMITIVES = {"conv", "bn", "act", "add", "mul", "scale", "cat", "split", "reshape", "permute",
+              "transpose", "slice", "pool", "mean", "flatten", "groupnorm", "layernorm",
+              "linear", "cumsum", "matmul", "mulc", "softmax"}
+
+
+def _input_shape(draw, kind: str) -> tuple:
+    if kind == "image":
+        return (1, draw(st.integers(1, 4)), draw(st.sampled_from([4, 6, 8])),
+                draw(st.sampled_from([4, 6, 8])))
+    if kind == "tokens":
+        return (1, draw(st.integers(2, 5)), draw(st.integers(2, 8)))
+    return (1, draw(st.integers(2, 8)))
+
+
+@st.composite
+def specs(draw, max_steps: int = 8, steps: frozenset[str] | None = None) -> Spec:
+    """A random model spec. ``steps`` restricts the step kinds drawn (default: all)."""
+    allowed = frozenset(STEPS) if steps is None else frozenset(steps)
+    kinds = [draw(st.sampled_from(["image", "image", "image", "tokens", "vector"]))]
+    if draw(st.integers(0, 3)) == 0:
+        kinds.append(draw(st.sampled_from(["image", "tokens", "vector"])))
+    g = _Gen(draw, [_input_shape(draw, k) for k in kinds], allowed)
+    n_steps = draw(st.integers(min(4, max_steps), max_steps))
+    i = 0
+    while i < n_steps or any(u == 0 for u in g.uses[:g.n_inputs]):
+        pending = [s for s, u in zip(g.shapes[:g.n_inputs], g.uses) if u == 0]
+        ranks = {len(pending[0])} if pending else {len(s) for s in g.shapes}
+        names = [n for n in STEPS if n in allowed and set(STEPS[n][0]) & ranks]
+        if not names:
+            break
+        weighted = [n for n in names for _ in range(STEPS[n][2])]
+        name = draw(st.sampled_from(weighted))
+        g.tags.add(name)
+        STEPS[name][1](g)
+        i += 1
+    # most dead ends get a head layer, so their channels are free inside the model
+    for t in [t for t in range(g.n_inputs, len(g.shapes)) if g.uses[t] == 0]:
+        if draw(st.integers(0, 3)) < 3:
+            if len(g.shapes[t]) == 4:
+                g.conv(t, g.ints(1, 4))
+            else:
+                g.linear(t, g.ints(1, 4), form="module")
+    outs = [t for t in range(g.n_inputs, len(g.shapes)) if g.uses[t] == 0]
+    extra = [t for t in range(g.n_inputs, len(g.shapes)) if t not in outs]
+    if extra and draw(st.integers(0, 4)) == 0:  # an intermediate that is also a model output
+        outs.append(draw(st.sampled_from(extra)))
+    seed = draw(st.integers(0, 2**16))
+    return Spec(list(g.shapes[:g.n_inputs]), g.ops, outs, g.shapes, seed, g.tags)
