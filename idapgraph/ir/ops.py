@@ -562,7 +562,7 @@ def _cost_conv(node: Node, shape: ShapeFn) -> int:
 
 def _cost_linear(node: Node, shape: ShapeFn) -> int:
     x = shape(node.inputs[0])
-    macs = _numel(shape(node.outputs[0])) * (x[-1] or 0)
+    macs = _numel(shape(node.outputs[0])) * ((x[-1] or 0) if x else 0)  # x: None if rank unknown
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         macs += 2 * _numel(shape(node.outputs[0]))
     return macs
