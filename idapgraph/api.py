@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -455,6 +455,24 @@ def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8
     return (current if rep.kept else pruned), rep
 
 
+def _live(alias: dict[str, str], tensor: str) -> str:
+    """``tensor``, or what replaced it: the output of an add removed by a bypass without a
+    constant no longer exists, its skip input took its place (followed through chains)."""
+    while tensor in alias:
+        tensor = alias[tensor]
+    return tensor
+
+
+def _bypass_arg(g: Graph, b, const, alias: dict[str, str]) -> tuple:
+    """``(add, skip, const)`` for the emitters' ``bypass``, with the skip of a chained block
+    (``y2 = y1 + f2(y1)`` after ``y1 = x + f1(x)`` was bypassed) read where it lives now;
+    records what replaces ``b``'s own add."""
+    skip = _live(alias, b.skip)
+    if const is None:
+        alias[g.nodes[b.add].outputs[0]] = skip
+    return b.add, skip, const
+
+
 def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: float | None,
               score: str, mean_substitution: bool, plan_bypass: list[str] | None = None):
     """Stage 2: bypass the blocks with the smallest score one at a time, re-measuring after each,
@@ -468,18 +486,21 @@ def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error:
         if missing:
             raise InputError(f"plan bypasses block(s) {missing}, which this model does not have")
         chosen = [by_key[k] for k in plan_bypass]
-        out = m.bypass(current, [(b.add, b.skip, None) for b in chosen]) if chosen else current
+        alias: dict[str, str] = {}
+        args = [_bypass_arg(g, b, None, alias) for b in chosen]
+        out = m.bypass(current, args) if chosen else current
         return out, list(plan_bypass), {n for b in chosen for n in b.nodes}, {}
     error = m.output_error(batches)
-    removed, nodes, scores = [], set(), {}
+    removed, nodes, scores, alias = [], set(), {}, {}
     while blist and (n_blocks is None or len(removed) < n_blocks):
+        blist = [replace(x, skip=_live(alias, x.skip)) for x in blist]
         norms = blocks_pass.BlockNorms(blist)
         m.run(current, norms.tensors, batches, norms)
         b = min(blist, key=lambda x: norms.score(x.key, score))
         const = norms.mean(b.key) if mean_substitution else None
-        candidate = m.bypass(current, [(b.add, b.skip, const)])
+        candidate = m.bypass(current, [_bypass_arg(g, b, const, alias)])
         if max_error is not None and error(candidate) > max_error:
-            break
+            break  # (alias may now name b, which stays: nothing is bypassed after this)
         scores[b.key] = norms.score(b.key, score)
         current = candidate
         removed.append(b.key)

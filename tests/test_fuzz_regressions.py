@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
+import torch
+import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 import idapgraph
-from helpers import example_feeds, onnx_out, rel_err
+from helpers import example_feeds, export_onnx, onnx_out, rel_err, torch_out
 
 
 def _onnx_model(nodes, inputs, outputs, inits, opset=21) -> onnx.ModelProto:
@@ -40,3 +43,65 @@ def test_linear_after_tensor_of_unknown_shape_is_analysed():
     out = idapgraph.apply_plan(m, idapgraph.Plan())
     feeds = example_feeds(m)
     assert rel_err(onnx_out(m, feeds)[0], onnx_out(out, feeds)[0]) < 1e-6
+
+
+# -- 2. bypassing two chained residual blocks (the second's skip is the first's add) ------------
+
+class ChainedBlocks(nn.Module):
+    """y1 = s + f1(s); y2 = y1 + f2(y1); y3 = y2 + f3(y2): each block's skip is the add before."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 1)
+        self.f = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        for f in self.f:
+            y = y + f(y)
+        return self.head(y)
+
+
+def _reference(model, x):
+    """The same model with every branch zeroed, computed by hand."""
+    with torch.no_grad():
+        return model.head(model.stem(x)).numpy()
+
+
+@pytest.mark.parametrize("order", [["b0", "b1", "b2"], ["b1", "b0", "b2"], ["b2", "b1", "b0"]])
+@pytest.mark.parametrize("backend", ["fx", "onnx"])
+def test_bypass_chained_blocks(backend, order):
+    """The emitters looked up each block's skip tensor in the graph as it was before any bypass;
+    once b0's add was removed, b1's skip (that add's output) dangled: fx lint error, ONNX
+    "not topologically sorted"."""
+    torch.manual_seed(0)
+    model, x = ChainedBlocks().eval(), torch.randn(1, 2, 5, 5)
+    plan = idapgraph.Plan(bypass=order)
+    want = _reference(model, x)
+    if backend == "fx":
+        got = torch_out(idapgraph.apply_plan(model, plan, (x,)), (x,))[0]
+    else:
+        proto = export_onnx(model, (x,))
+        out = idapgraph.apply_plan(proto, plan)
+        onnx.checker.check_model(out, full_check=True)
+        got = onnx_out(out, {proto.graph.input[0].name: x.numpy()})[0]
+    assert rel_err(want, got) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["fx", "onnx"])
+def test_truncation_removes_chained_blocks(backend):
+    """Stage 2 without healing bypasses one block at a time on the already-bypassed model: the
+    second block's skip was looked up by a name the first bypass had deleted (KeyError)."""
+    torch.manual_seed(0)
+    model, x = ChainedBlocks().eval(), torch.randn(1, 2, 5, 5)
+    with torch.no_grad():  # removal order b1, b0, b2 (smallest relative change first)
+        for f, k in zip(model.f, (0.01, 0.001, 1.0)):
+            f.weight.mul_(k)
+            f.bias.mul_(k)
+    src = model if backend == "fx" else export_onnx(model, (x,))
+    r = idapgraph.compress(src, (x,) if backend == "fx" else None, blocks=3, heal="none")
+    assert r.report.blocks_bypassed == ["b1", "b0", "b2"]
+    got = (torch_out(r.model, (x,)) if backend == "fx"
+           else onnx_out(r.model, {src.graph.input[0].name: x.numpy()}))[0]
+    assert rel_err(_reference(model, x), got) < 1e-5
