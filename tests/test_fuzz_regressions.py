@@ -105,3 +105,29 @@ def test_truncation_removes_chained_blocks(backend):
     got = (torch_out(r.model, (x,)) if backend == "fx"
            else onnx_out(r.model, {src.graph.input[0].name: x.numpy()}))[0]
     assert rel_err(_reference(model, x), got) < 1e-5
+
+
+# -- 3. GroupNorm(1, C) exported by TorchScript: channels folded into InstanceNorm's reduced axis --
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_groupnorm_one_group_torchscript_export(opset):
+    """The exporter writes GroupNorm as Reshape(N, groups, -1) -> InstanceNormalization ->
+    Reshape -> Mul -> Add. With one group every channel lands on the InstanceNorm's normalised
+    axis, which the instancenorm rule passed through like a BatchNorm's: removing a channel
+    changed the statistics (zero-then-remove error 8 %). Those axes are now frozen."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.GroupNorm(1, 6), nn.Conv2d(6, 2, 1)).eval()
+    x = torch.randn(1, 3, 4, 4)
+    proto = export_onnx(model, (x,), opset=opset)
+    a = idapgraph.analyze(proto)
+    assert "w0.out" not in {g.key for g in a.coupling.groups}
+    assert any("InstanceNorm" in f.reason for f in a.coupling.frozen if f.role == "out")
+    with pytest.raises(idapgraph.InputError, match="does not have"):
+        idapgraph.apply_plan(proto, idapgraph.Plan(remove={"w0.out": [0]}))
+    two = export_onnx(nn.Sequential(nn.Conv2d(3, 6, 1), nn.GroupNorm(2, 6),
+                                    nn.Conv2d(6, 2, 1)).eval(), (x,), opset=opset)
+    plan = idapgraph.Plan(remove={"w0.out": [1]})  # two groups: one can still go
+    feeds = {two.graph.input[0].name: x.numpy()}
+    got = onnx_out(idapgraph.apply_plan(two, plan), feeds)[0]
+    want = onnx_out(idapgraph.apply_plan(two, plan, mode="zero"), feeds)[0]
+    assert rel_err(want, got) < 1e-5

@@ -241,6 +241,9 @@ def _couple_batchnorm(node: Node, rel: Relations) -> None:
 
 def _couple_instancenorm(node: Node, rel: Relations) -> None:
     _couple_batchnorm(node, rel)
+    for ax in range(2, rel.rank(node.outputs[0])):  # statistics are taken over these axes
+        for t in (node.inputs[0], node.outputs[0]):
+            rel.freeze(t, ax, "normalised over by an InstanceNorm")
 
 
 def _couple_layernorm(node: Node, rel: Relations) -> None:
