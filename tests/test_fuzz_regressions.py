@@ -131,3 +131,34 @@ def test_groupnorm_one_group_torchscript_export(opset):
     got = onnx_out(idapgraph.apply_plan(two, plan), feeds)[0]
     want = onnx_out(idapgraph.apply_plan(two, plan, mode="zero"), feeds)[0]
     assert rel_err(want, got) < 1e-5
+
+
+# -- 4. fx: a residual block whose skip is one output of a split ---------------------------------
+
+class SplitSkip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.f = nn.Conv2d(2, 6, 1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), [2, 4], 1)
+        return self.head(torch.cat([a, b + self.f(b)], 1))
+
+
+@pytest.mark.parametrize("backend", ["fx", "onnx"])
+def test_bypass_block_whose_skip_is_a_split_output(backend):
+    """IR names a tuple element ``split.1``; the fx emitter looked the skip up among fx node
+    names (the element is a getitem node) and raised KeyError."""
+    torch.manual_seed(0)
+    model, x = SplitSkip().eval(), torch.randn(1, 2, 5, 5)
+    with torch.no_grad():
+        a, b = torch.split(model.stem(x), [2, 4], 1)
+        want = model.head(torch.cat([a, b], 1)).numpy()
+    plan = idapgraph.Plan(bypass=["b0"])
+    if backend == "fx":
+        got = torch_out(idapgraph.apply_plan(model, plan, (x,)), (x,))[0]
+    else:
+        proto = export_onnx(model, (x,))
+        got = onnx_out(idapgraph.apply_plan(proto, plan), {proto.graph.input[0].name: x.numpy()})[0]
+    assert rel_err(want, got) < 1e-5
