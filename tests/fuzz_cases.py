@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import fuzz_onnx
 import fuzz_torch
-from fuzz_checks import Stats, check, feeds_of
+from fuzz_checks import Stats, check, check_compress, feeds_of
 from helpers import export_onnx, onnx_out, rel_err, torch_out
 
 
@@ -39,5 +39,14 @@ def raw_onnx_case(spec, data, stats: Stats) -> None:
     check(proto, args, data, stats)
 
 
+def compress_case(spec, data, stats: Stats) -> None:
+    """``compress`` end to end, on the fx module or its TorchScript export."""
+    model, args = fuzz_torch.build(spec)
+    if data.draw(st.booleans(), label="onnx"):
+        check_compress(export_onnx(model, args), args, data, stats)
+    else:
+        check_compress(model, args, data, stats)
+
+
 CASES = {"fx": fx_case, "torchscript": torchscript_case, "dynamo": dynamo_case,
-         "raw_onnx": raw_onnx_case}
+         "raw_onnx": raw_onnx_case, "compress": compress_case}

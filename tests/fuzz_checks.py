@@ -182,3 +182,51 @@ def check(source, args, data, stats: Stats) -> None:
         assert _size(out) < _size(zero), "plan removed units but the model did not shrink"
     stats["checked"] += 1
     stats["examples"] += 1
+
+
+def check_compress(source, args, data, stats: Stats) -> None:
+    """``compress`` with random settings: no crash (or a clean refusal), a valid model of the
+    original's output shapes, costs that do not grow; without healing the result must equal the
+    original with the plan's channels (and bypassed branches) zeroed, and replaying the plan."""
+    import warnings
+
+    is_fx = isinstance(source, torch.nn.Module)
+    feeds = None if is_fx else feeds_of(source, args)
+    ex = args if is_fx else None
+    kw = dict(flops=data.draw(st.sampled_from([0.3, 0.5, 0.8, 1.0]), label="flops"),
+              method=data.draw(st.sampled_from(["random", "magnitude", "idap"]), label="method"),
+              heal=data.draw(st.sampled_from(["none", "bias", "stats"]), label="heal"),
+              blocks=data.draw(st.sampled_from([0, 0, 1, 2]), label="blocks"))
+    stats.plan = kw
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = idapgraph.compress(source, ex, **kw)
+    except IdapgraphError as e:
+        msg = str(e)
+        assert msg and "\n" not in msg.strip(), f"refusal is not one clear line: {msg!r}"
+        stats["refused"] += 1
+        stats["refusal: " + msg[:60]] += 1
+        stats["examples"] += 1
+        return
+    stats.plan = r.plan
+    got, orig = _run(r.model, args, feeds), _run(source, args, feeds)
+    assert [g.shape for g in got] == [o.shape for o in orig], "output shapes changed"
+    rep = r.report
+    assert rep.flops_after <= rep.flops_before and rep.params_after <= rep.params_before, rep
+    if kw["flops"] == 1.0 and not kw["blocks"]:
+        assert r.plan.n_removed == 0 and not r.plan.bypass
+        assert max(rel_err(o, g) for o, g in zip(orig, got)) < 1e-5, "flops=1.0 changed outputs"
+    if kw["heal"] == "none":
+        a = idapgraph.analyze(source, ex)
+        by_key = {b.key: b for b in blocks_pass.find(a.graph)}
+        zero = idapgraph.apply_plan(source, r.plan, ex, mode="zero")
+        ref = _run(zero_branches(zero, [by_key[k] for k in r.plan.bypass]), args, feeds)
+        errs = [rel_err(w, g) for w, g in zip(ref, got)]
+        assert max(errs) < TOL, f"compress result differs from the zeroed plan: {errs}"
+        again = _run(idapgraph.apply_plan(source, r.plan, ex), args, feeds)
+        assert max(rel_err(w, g) for w, g in zip(again, got)) < 1e-5, "replayed plan differs"
+    stats["pruned"] += bool(r.plan.remove)
+    stats["bypassed"] += bool(r.plan.bypass)
+    stats["checked"] += 1
+    stats["examples"] += 1

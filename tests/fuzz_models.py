@@ -199,6 +199,8 @@ def step_se(g: _Gen) -> None:
     s = g.act(s, "relu")
     s = g.conv(s, c, 1)
     s = g.act(s, g.choice(["sigmoid", "hardswish"]))
+    if g.flag():
+        s = g.one("expand", [s], dict(shape=g.shapes[x]), g.shapes[x])
     g.one("mul", [x, s] if g.flag() else [s, x], {}, g.shapes[x])
 
 
@@ -206,12 +208,16 @@ def step_binary(g: _Gen) -> None:
     """add/mul of two existing tensors of the same shape, or with a broadcast (1, C, 1, 1)."""
     x = g.pick(lambda s: True)
     s = g.shapes[x]
-    kind = g.choice(["add", "mul"])
+    kind = g.choice(["add", "mul", "sub", "maximum"])
     y = g.partner(x, lambda t: t == s or (len(s) == 4 and t == (s[0], s[1], 1, 1)))
     if y is None:
         return step_scale(g, x)
     g.tags.add("binary")
-    g.one(kind, [x, y] if g.flag() else [y, x], dict(form=g.choice(["op", "torch"])), s)
+    ins = [x, y] if g.flag() else [y, x]
+    if kind in ("add", "mul"):
+        g.one(kind, ins, dict(form=g.choice(["op", "torch"])), s)
+    else:
+        g.one("binop", ins, dict(fn=kind), s)
 
 
 def step_scale(g: _Gen, x=None) -> None:
@@ -228,13 +234,13 @@ def step_scale(g: _Gen, x=None) -> None:
 def step_cat(g: _Gen) -> None:
     x = g.pick(lambda s: True)
     s = g.shapes[x]
-    axis = 1 if len(s) == 4 else len(s) - 1
+    axis = g.choice({4: [1, 1, 2], 3: [2, 2, 1], 2: [1]}[len(s)])
     rest = [i for i in range(len(g.shapes)) if i != x and len(g.shapes[i]) == len(s)
             and all(a == b for j, (a, b) in enumerate(zip(g.shapes[i], s)) if j != axis)]
     ins = [x] + (g.draw(st.lists(st.sampled_from(rest), min_size=1, max_size=2)) if rest else [x])
     total = sum(g.shapes[i][axis] for i in ins)
     if total > 2 * MAX_C:
-        return
+        return step_act(g)
     g.one("cat", ins, dict(dim=axis), s[:axis] + (total,) + s[axis + 1:])
 
 
@@ -283,8 +289,10 @@ def step_slice(g: _Gen) -> None:
 def step_pool(g: _Gen) -> None:
     x = g.pick(lambda s: len(s) == 4)
     n, c, h, w = g.shapes[x]
-    kind = g.choice(["max", "avg", "adaptive_avg", "adaptive_max"])
-    if kind in ("max", "avg") and min(h, w) >= 2:
+    kind = g.choice(["max", "avg", "adaptive_avg", "adaptive_max", "resize"])
+    if kind == "resize" and max(h, w) <= 4:
+        g.one("pool", [x], dict(fn=kind, k=2, module=False), (n, c, 2 * h, 2 * w))
+    elif kind in ("max", "avg") and min(h, w) >= 2:
         g.one("pool", [x], dict(fn=kind, k=2, module=g.flag()), (n, c, h // 2, w // 2))
     elif kind == "adaptive_avg" and h % 2 == 0 and w % 2 == 0 and g.flag():
         g.one("pool", [x], dict(fn=kind, k=2, module=g.flag()), (n, c, 2, 2))
@@ -439,18 +447,18 @@ STEPS = {  # name -> (ranks it applies to, function, weight); the first is what 
     "token_pool": ((3,), step_token_pool, 1),
 }
 
-PRIMITIVES = {"conv", "bn", "act", "add", "mul", "scale", "cat", "split", "reshape", "permute",
+PRIMITIVES = {"conv", "bn", "act", "add", "mul", "binop", "expand", "scale", "cat", "split", "reshape", "permute",
               "transpose", "slice", "pool", "mean", "flatten", "groupnorm", "layernorm",
               "linear", "cumsum", "matmul", "mulc", "softmax"}
 
 
-def _input_shape(draw, kind: str) -> tuple:
+def _input_shape(draw, kind: str, n: int) -> tuple:
     if kind == "image":
-        return (1, draw(st.integers(1, 4)), draw(st.sampled_from([4, 6, 8])),
+        return (n, draw(st.integers(1, 4)), draw(st.sampled_from([4, 6, 8])),
                 draw(st.sampled_from([4, 6, 8])))
     if kind == "tokens":
-        return (1, draw(st.integers(2, 5)), draw(st.integers(2, 8)))
-    return (1, draw(st.integers(2, 8)))
+        return (n, draw(st.integers(2, 5)), draw(st.integers(2, 8)))
+    return (n, draw(st.integers(2, 8)))
 
 
 @st.composite
@@ -460,7 +468,8 @@ def specs(draw, max_steps: int = 8, steps: frozenset[str] | None = None) -> Spec
     kinds = [draw(st.sampled_from(["image", "image", "image", "tokens", "vector"]))]
     if draw(st.integers(0, 3)) == 0:
         kinds.append(draw(st.sampled_from(["image", "tokens", "vector"])))
-    g = _Gen(draw, [_input_shape(draw, k) for k in kinds], allowed)
+    n = draw(st.sampled_from([1, 1, 2]))  # batch size
+    g = _Gen(draw, [_input_shape(draw, k, n) for k in kinds], allowed)
     n_steps = draw(st.integers(min(4, max_steps), max_steps))
     i = 0
     while i < n_steps or any(u == 0 for u in g.uses[:g.n_inputs]):

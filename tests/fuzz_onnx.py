@@ -97,6 +97,10 @@ def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
         return [_act(b, p["fn"], x)]
     if op.kind in ("add", "mul"):
         return b.node("Add" if op.kind == "add" else "Mul", xs)
+    if op.kind == "binop":
+        return b.node("Sub" if p["fn"] == "sub" else "Max", xs)
+    if op.kind == "expand":
+        return b.node("Expand", [x, b.const(p["shape"], "shape", np.int64)])
     if op.kind == "scale":
         return b.node("Add" if p["fn"] == "add" else "Mul", [x, b.param(b.model.p[k], "s")])
     if op.kind == "cat":
@@ -120,6 +124,9 @@ def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
                                 b.const([p["stop"]], "en", np.int64),
                                 b.const([p["dim"]], "ax", np.int64)])
     if op.kind == "pool":
+        if p["fn"] == "resize":
+            return b.node("Resize", [x, "", b.const([1.0, 1.0, 2.0, 2.0], "scales", np.float32)],
+                          mode="nearest")
         if p["fn"] in ("max", "avg"):
             return b.node("MaxPool" if p["fn"] == "max" else "AveragePool", [x],
                           kernel_shape=[2, 2], strides=[2, 2])

@@ -18,6 +18,7 @@ _ACT_FN = {"relu": F.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid, "silu": F.s
 _ACT_MOD = {"relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
             "tanh": nn.Tanh, "hardswish": nn.Hardswish, "leaky_relu": nn.LeakyReLU}
 _POOL_FN = {"max": lambda x, k: F.max_pool2d(x, k), "avg": lambda x, k: F.avg_pool2d(x, k),
+            "resize": lambda x, k: F.interpolate(x, scale_factor=k, mode="nearest"),
             "adaptive_avg": F.adaptive_avg_pool2d, "adaptive_max": F.adaptive_max_pool2d}
 _POOL_MOD = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "adaptive_avg": nn.AdaptiveAvgPool2d,
              "adaptive_max": nn.AdaptiveMaxPool2d}
@@ -140,6 +141,8 @@ _APPLY = {
     "act": lambda self, k, p, x: self.m[k](x) if p["module"] else _ACT_FN[p["fn"]](x),
     "add": lambda self, k, p, a, b: a + b if p["form"] == "op" else torch.add(a, b),
     "mul": lambda self, k, p, a, b: a * b if p.get("form", "op") == "op" else torch.mul(a, b),
+    "binop": lambda self, k, p, a, b: a - b if p["fn"] == "sub" else torch.maximum(a, b),
+    "expand": lambda self, k, p, x: x.expand(*p["shape"]),
     "scale": lambda self, k, p, x: x + self.p[k] if p["fn"] == "add" else x * self.p[k],
     "cat": lambda self, k, p, *xs: torch.cat(list(xs), p["dim"]),
     "split": _split,

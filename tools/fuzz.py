@@ -6,7 +6,7 @@ examples run per route, the failures and the wall time; exits 1 if anything fail
 
 Usage::
 
-    python3 tools/fuzz.py --examples 1000 [--routes fx,torchscript,raw_onnx,dynamo]
+    python3 tools/fuzz.py --examples 1000 [--routes fx,torchscript,raw_onnx,compress,dynamo]
                           [--seed N] [--max-steps 8] [--out failures.txt]
 
 Examples are split over the routes by weight (dynamo export is slow: it gets a small share).
@@ -24,7 +24,7 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-WEIGHTS = {"fx": 4, "torchscript": 3, "raw_onnx": 3, "dynamo": 0.5}
+WEIGHTS = {"fx": 4, "torchscript": 3, "raw_onnx": 3, "compress": 2, "dynamo": 0.5}
 
 
 def run(route: str, n: int, seed: int, max_steps: int, failures: list) -> dict:
