@@ -162,3 +162,36 @@ def test_bypass_block_whose_skip_is_a_split_output(backend):
         proto = export_onnx(model, (x,))
         got = onnx_out(idapgraph.apply_plan(proto, plan), {proto.graph.input[0].name: x.numpy()})[0]
     assert rel_err(want, got) < 1e-5
+
+
+# -- 5. Expand to a stored shape (x.expand(1, C, H, W); a folded expand_as in ONNX) -------------
+
+class SEExpand(nn.Module):
+    def __init__(self, like: bool = False):
+        super().__init__()
+        self.like = like
+        self.a, self.se, self.o = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        g = torch.sigmoid(self.se(y.mean((2, 3), keepdim=True)))
+        return self.o(y * (g.expand_as(y) if self.like else g.expand(1, 4, 3, 3)))
+
+
+@pytest.mark.parametrize("backend,like", [("fx", False), ("onnx", False), ("onnx", True)])
+def test_expand_to_stored_shape_follows_removed_channels(backend, like):
+    """The expand rule coupled the channel axis through an Expand but nothing rewrote the
+    target shape stored in the graph (fx: literal sizes; ONNX: the shape constant, also what an
+    exported expand_as folds to), so the pruned model expanded 3 channels to 4 and failed."""
+    torch.manual_seed(0)
+    model, x = SEExpand(like).eval(), torch.randn(1, 2, 3, 3)
+    plan = idapgraph.Plan(remove={"w0.out": [1]})
+    if backend == "fx":
+        got = torch_out(idapgraph.apply_plan(model, plan, (x,)), (x,))[0]
+        want = torch_out(idapgraph.apply_plan(model, plan, (x,), mode="zero"), (x,))[0]
+    else:
+        proto = export_onnx(model, (x,))
+        feeds = {proto.graph.input[0].name: x.numpy()}
+        got = onnx_out(idapgraph.apply_plan(proto, plan), feeds)[0]
+        want = onnx_out(idapgraph.apply_plan(proto, plan, mode="zero"), feeds)[0]
+    assert rel_err(want, got) < 1e-5

@@ -83,7 +83,7 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
         elif node.op == "groupnorm" and isinstance(m, nn.GroupNorm):
             m.num_groups = upd.get("groups", m.num_groups)
             m.num_channels = rewrite.new_shapes[node.inputs[0]][1]
-        elif node.op == "reshape" and "target" in upd:
+        elif node.op in ("reshape", "expand") and "target" in upd:
             _rewrite_view(fxn, upd["target"])
         elif node.op == "split" and "sizes" in upd and node.attrs.get("aten"):
             fxn.target = torch.ops.aten.split_with_sizes.default

@@ -267,7 +267,8 @@ class _Builder:
                 return "unknown", data, {"reason": "Transpose of unknown rank"}
             return "transpose", [ins[0]], {"perm": [int(p) for p in perm]}
         if op == "Expand":
-            return "expand", [ins[0]], {}
+            v = _const(ins[1])
+            return "expand", [ins[0]], {"target": None if v is None else [int(x) for x in v.ravel()]}
         if op == "Gather" and ins[0].shape is not None and isinstance(ins[1], gs.Constant) \
                 and ins[1].values.ndim == 0:
             r = len(ins[0].shape)

@@ -631,6 +631,19 @@ def _rewrite_index(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, An
     return {"map": new_map} if changed else {}
 
 
+def _rewrite_expand(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    """A stored target shape names the size of every axis it does not leave to the input (torch
+    -1, ONNX 1; ``None``: read at run time); those sizes follow the channels removed."""
+    target = node.attrs.get("target")
+    if not target:
+        return {}
+    os_, ns_ = old(node.outputs[0]), new(node.outputs[0])
+    off = len(os_) - len(target)  # ONNX aligns a shorter target to the trailing axes
+    out = [t if t in (None, -1, 1) or os_[i + off] == ns_[i + off] else int(ns_[i + off])
+           for i, t in enumerate(target)]
+    return {"target": out} if out != list(target) else {}
+
+
 def _rewrite_reshape(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
     target = node.attrs.get("target")
     if target is None or target == "auto":
@@ -681,7 +694,7 @@ OPS: dict[str, OpDef] = {
         OpDef("reshape", "reshape/view/flatten/squeeze; channels follow where axes factor cleanly",
               _couple_reshape, rewrite=_rewrite_reshape),
         OpDef("transpose", "transpose/permute; channel axes follow", _couple_transpose),
-        OpDef("expand", "broadcast to a shape", _couple_expand),
+        OpDef("expand", "broadcast to a shape", _couple_expand, rewrite=_rewrite_expand),
         OpDef("meta", "shape arithmetic (sizes read at run time)", _couple_meta),
         OpDef("unknown", "anything else: every axis it touches is frozen", _couple_unknown),
     ]
