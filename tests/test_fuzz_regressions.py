@@ -195,3 +195,31 @@ def test_expand_to_stored_shape_follows_removed_channels(backend, like):
         got = onnx_out(idapgraph.apply_plan(proto, plan), feeds)[0]
         want = onnx_out(idapgraph.apply_plan(proto, plan, mode="zero"), feeds)[0]
     assert rel_err(want, got) < 1e-5
+
+
+# -- 6. fx expand_as: the output takes the shape of the other operand ---------------------------
+
+class ExpandAsOther(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.se = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1)
+        self.o1, self.o2 = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y1, y2 = self.a(x), self.b(x)
+        g = torch.sigmoid(self.se(y1.mean((2, 3), keepdim=True)))
+        return self.o1(g.expand_as(y2) * y1), self.o2(y2)
+
+
+def test_fx_expand_as_couples_the_shape_operand():
+    """``g.expand_as(y2)`` only listed ``g`` as an operand, so y2's channels (conv b) formed a
+    group of their own; removing one made expand_as produce a size that no longer matched g."""
+    torch.manual_seed(0)
+    model, x = ExpandAsOther().eval(), torch.randn(1, 2, 3, 3)
+    a = idapgraph.analyze(model, (x,))
+    assert [g.key for g in a.coupling.groups] == ["w0.out"]  # a, b and se tied together
+    for units in ([0], [1, 3]):
+        plan = idapgraph.Plan(remove={"w0.out": units})
+        got = torch_out(idapgraph.apply_plan(model, plan, (x,)), (x,))
+        want = torch_out(idapgraph.apply_plan(model, plan, (x,), mode="zero"), (x,))
+        assert max(rel_err(w, g) for w, g in zip(want, got)) < 1e-5

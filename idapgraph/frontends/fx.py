@@ -299,7 +299,8 @@ class _Builder:
             if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
                 sizes = sizes[0]
             target = [a if isinstance(a, int) else None for a in sizes] or None
-            return self.add(node, "expand", [x], {"target": target})
+            like = [self.ref(node.args[1])] if name == "expand_as" else []
+            return self.add(node, "expand", [x] + like, {"target": target})
         self.add(node, "unknown", self.tensor_inputs(node))
 
     def aten(self, node: fx.Node, name: str) -> None:

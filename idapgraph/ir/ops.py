@@ -509,6 +509,9 @@ def _couple_expand(node: Node, rel: Relations) -> None:
             rel.freeze(y, ax + off, "expanded axis")
     for ax in range(off):
         rel.freeze(y, ax, "expanded axis")
+    if len(node.inputs) > 1 and node.inputs[1] is not None:  # expand_as: the output has the
+        for ax in range(rel.rank(y)):                      # shape of this operand (run time)
+            rel.same(node.inputs[1], ax, y, ax)
 
 
 def _couple_meta(node: Node, rel: Relations) -> None:
