@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import fuzz_onnx
 import fuzz_torch
-from fuzz_checks import Stats, check, check_compress, feeds_of
+from fuzz_checks import Stats, check, check_compress, check_parity, feeds_of
 from helpers import export_onnx, onnx_out, rel_err, torch_out
 
 
@@ -48,5 +48,12 @@ def compress_case(spec, data, stats: Stats) -> None:
         check_compress(model, args, data, stats)
 
 
+def parity_case(spec, data, stats: Stats) -> None:
+    """The same plan on the fx module and on its TorchScript export."""
+    model, args = fuzz_torch.build(spec)
+    check_parity(model, args, export_onnx(model, args), data, stats)
+
+
 CASES = {"fx": fx_case, "torchscript": torchscript_case, "dynamo": dynamo_case,
-         "raw_onnx": raw_onnx_case, "compress": compress_case}
+         "raw_onnx": raw_onnx_case, "compress": compress_case,
+         "parity": parity_case}

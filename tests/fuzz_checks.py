@@ -230,3 +230,32 @@ def check_compress(source, args, data, stats: Stats) -> None:
     stats["bypassed"] += bool(r.plan.bypass)
     stats["checked"] += 1
     stats["examples"] += 1
+
+
+def check_parity(model, args, proto, data, stats: Stats) -> None:
+    """Design invariant 2: a plan made on the fx module, applied to the module's ONNX export,
+    gives the same outputs. The plan uses the groups both frontends offer with the same size
+    (frontends may differ in what they can prove, e.g. run-time reshapes on fx)."""
+    af, ao = analyze(model, args, stats), analyze(proto, None, stats)
+    if af is None or ao is None:
+        stats["examples"] += 1
+        return
+    units_o = {g.key: g.n_units for g in ao.coupling.groups}
+    common = [g for g in af.coupling.groups if units_o.get(g.key) == g.n_units]
+    stats["groups_fx_only"] += len(af.coupling.groups) - len(common)
+    stats["groups_onnx_only"] += len(units_o) - len(common)
+    remove = {}
+    for g in common:
+        if g.n_units > 1 and data.draw(st.integers(0, 3), label=f"keep {g.key}?") < 3:
+            remove[g.key] = sorted(data.draw(st.sets(st.integers(0, g.n_units - 1), min_size=1,
+                                                     max_size=g.n_units - 1), label=g.key))
+    plan = idapgraph.Plan(remove=remove)
+    stats.plan = plan
+    got_fx = torch_out(idapgraph.apply_plan(model, plan, args), args)
+    got_onnx = onnx_out(idapgraph.apply_plan(proto, plan), feeds_of(proto, args))
+    assert [a.shape for a in got_fx] == [b.shape for b in got_onnx]
+    errs = [rel_err(a, b) for a, b in zip(got_fx, got_onnx)]
+    assert max(errs) < TOL, f"fx and ONNX differ on the same plan: {errs}"
+    stats["pruned"] += bool(remove)
+    stats["checked"] += 1
+    stats["examples"] += 1

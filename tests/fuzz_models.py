@@ -199,8 +199,12 @@ def step_se(g: _Gen) -> None:
     s = g.act(s, "relu")
     s = g.conv(s, c, 1)
     s = g.act(s, g.choice(["sigmoid", "hardswish"]))
-    if g.flag():
+    how = g.ints(0, 2)  # broadcast in the mul, expand to stored sizes, expand_as a tensor
+    if how == 1:
         s = g.one("expand", [s], dict(shape=g.shapes[x]), g.shapes[x])
+    elif how == 2:
+        like = g.partner(-1, lambda t: t == g.shapes[x])
+        s = g.one("expand_as", [s, like], {}, g.shapes[x])
     g.one("mul", [x, s] if g.flag() else [s, x], {}, g.shapes[x])
 
 
@@ -270,7 +274,11 @@ def step_shuffle(g: _Gen) -> None:
     g.tags.add("shuffle")
     n, c, h, w = g.shapes[x]
     grp = g.choice([d for d in (2, 3) if c % d == 0])
-    y = g.reshape(x, (n, grp, c // grp, h, w))
+    shape = (n, grp, c // grp, h, w)
+    y = g.reshape(x, shape)
+    minus = g.ints(-1, 4)  # sometimes one size is left to the reshape (-1)
+    if minus >= 0:
+        g.ops[-1].p["arg"] = tuple(-1 if i == minus else d for i, d in enumerate(shape))
     y = g.one("transpose", [y], dict(d0=1, d1=2), (n, c // grp, grp, h, w))
     g.reshape(y, (n, c, h, w), method="reshape")
 
@@ -283,7 +291,9 @@ def step_slice(g: _Gen) -> None:
     axis = 1 if len(s) == 4 else len(s) - 1
     a = g.ints(0, s[axis] - 1)
     b = g.ints(a + 1, s[axis])
-    g.one("slice", [x], dict(dim=axis, start=a, stop=b), s[:axis] + (b - a,) + s[axis + 1:])
+    step = g.choice([1, 1, 2])
+    n = len(range(a, b, step))
+    g.one("slice", [x], dict(dim=axis, start=a, stop=b, step=step), s[:axis] + (n,) + s[axis + 1:])
 
 
 def step_pool(g: _Gen) -> None:
@@ -307,8 +317,8 @@ def step_to_vector(g: _Gen) -> None:
     n, c, h, w = g.shapes[x]
     if c * h * w <= MAX_FLAT and g.flag():
         g.tags.add("flatten")
-        g.one("flatten", [x], dict(start=1, form=g.choice(["torch", "method", "module"])),
-              (n, c * h * w))
+        form = g.choice(["torch", "method", "module", "view", "view_size"])
+        g.one("flatten", [x], dict(start=1, form=form, n=n), (n, c * h * w))
     else:
         g.one("mean", [x], dict(dims=(2, 3), keep=False), (n, c))
 
@@ -350,7 +360,44 @@ def step_unknown(g: _Gen) -> None:
     """An op without a channel rule (cumsum): everything it touches must be frozen."""
     x = g.pick(lambda s: True)
     s = g.shapes[x]
-    g.one("cumsum", [x], dict(dim=1 if len(s) == 4 else len(s) - 1), s)
+    if len(s) == 4 and g.flag():  # a layer without a rule: ConvTranspose2d
+        out = _channels(g)
+        g.one("convt", [x], dict(cin=s[1], out=out), (s[0], out) + s[2:])
+    else:
+        g.one("cumsum", [x], dict(dim=1 if len(s) == 4 else len(s) - 1), s)
+
+
+def step_shared(g: _Gen) -> None:
+    """Weight sharing: an earlier conv/linear applied again to another tensor."""
+    cands = [(i, o) for i, o in enumerate(g.ops) if (o.kind == "conv" and o.p["groups"] == 1)
+             or o.kind == "linear"]
+    if not cands:
+        return step_conv(g) if any(len(s) == 4 for s in g.shapes) else step_linear(g)
+    i, o = g.choice(cands)
+    fits = (lambda s: len(s) == 4 and s[1] == o.p["cin"] and min(s[2:]) >= o.p["k"]) \
+        if o.kind == "conv" else (lambda s: len(s) in (2, 3) and s[-1] == o.p["cin"])
+    # another input than the first call's: exporters merge two identical calls into one node
+    others = [j for j, t in enumerate(g.shapes) if j != o.ins[0] and fits(t)]
+    if not others:
+        return step_act(g)
+    x = g.pick(fits)
+    if x == o.ins[0]:
+        x = g.choice(others)
+    g.tags.add("shared")
+    s = g.shapes[x]
+    if o.kind == "conv":
+        k, st_, pad = o.p["k"], o.p["stride"], o.p["k"] // 2
+        out = (s[0], o.p["out"], (s[2] + 2 * pad - k) // st_ + 1, (s[3] + 2 * pad - k) // st_ + 1)
+    else:
+        out = s[:-1] + (o.p["out"],)
+    g.one("shared", [x], dict(of=i, kind=o.kind), out)
+
+
+def step_select(g: _Gen) -> None:
+    """x[:, i] on tokens (a class token): the token axis is indexed away."""
+    x = g.pick(lambda s: len(s) == 3)
+    n, L, d = g.shapes[x]
+    g.one("select", [x], dict(dim=1, index=g.ints(0, L - 1)), (n, d))
 
 
 def step_to_tokens(g: _Gen) -> None:
@@ -444,12 +491,13 @@ STEPS = {  # name -> (ranks it applies to, function, weight); the first is what 
     "nhwc_mlp": ((4,), step_nhwc_mlp, 1), "unknown": ((2, 3, 4), step_unknown, 1),
     "to_tokens": ((4,), step_to_tokens, 1), "glu": ((2, 3), step_glu, 1),
     "attention": ((3,), step_attention, 2), "token_mix": ((3,), step_token_mix, 1),
-    "token_pool": ((3,), step_token_pool, 1),
+    "token_pool": ((3,), step_token_pool, 1), "shared": ((2, 3, 4), step_shared, 1),
+    "select": ((3,), step_select, 1),
 }
 
-PRIMITIVES = {"conv", "bn", "act", "add", "mul", "binop", "expand", "scale", "cat", "split", "reshape", "permute",
+PRIMITIVES = {"conv", "bn", "act", "add", "mul", "binop", "expand", "expand_as", "scale", "cat", "split", "reshape", "permute",
               "transpose", "slice", "pool", "mean", "flatten", "groupnorm", "layernorm",
-              "linear", "cumsum", "matmul", "mulc", "softmax"}
+              "linear", "cumsum", "matmul", "mulc", "softmax", "convt", "shared", "select"}
 
 
 def _input_shape(draw, kind: str, n: int) -> tuple:

@@ -24,6 +24,8 @@ class _B:
         self.model = model
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.shared: dict[tuple, str] = {}
+        self.op_index = -1
         self.n = 0
 
     def name(self, base: str) -> str:
@@ -37,7 +39,11 @@ class _B:
         return name
 
     def param(self, t: torch.Tensor, base: str) -> str:
-        return self.const(t.detach().numpy().astype(np.float32), base)
+        """One initializer per (op, role): a shared layer's users all read the same one."""
+        key = (self.op_index, base)
+        if key not in self.shared:
+            self.shared[key] = self.const(t.detach().numpy().astype(np.float32), base)
+        return self.shared[key]
 
     def node(self, op: str, ins, n_out=1, **attrs) -> list[str]:
         outs = [self.name(op.lower()) for _ in range(n_out)]
@@ -68,13 +74,17 @@ def _linear(b: _B, mod, p, x: str, rank: int) -> str:
         w, bias = mod.w.detach(), mod.b
     if rank == 2 and p["form"] != "matmul":  # Gemm, layout by form
         trans = p["form"] == "module"
-        ins = [x, b.param(w if trans else w.t(), "W")] + ([b.param(bias, "B")] if bias is not None else [])
+        ins = [x, b.param(w, "W_oi") if trans else b.param(w.t(), "W_io")] + (
+            [b.param(bias, "B")] if bias is not None else [])
         return b.one("Gemm", ins, transB=int(trans))
-    y = b.one("MatMul", [x, b.param(w.t(), "W")])
+    y = b.one("MatMul", [x, b.param(w.t(), "W_io")])
     return b.one("Add", [y, b.param(bias, "B")]) if bias is not None else y
 
 
 def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
+    if op.kind == "shared":  # the earlier op, applied to this input with the same tensors
+        i, op = op.p["of"], type(op)(op.p["kind"], op.ins, spec.ops[op.p["of"]].p, op.outs)
+    b.op_index = i
     p, k = op.p, f"o{i}"
     mod = b.model.m[k] if k in b.model.m else None
     x = xs[0] if xs else None
@@ -85,7 +95,7 @@ def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
         return b.node("Conv", ins, kernel_shape=[p["k"]] * 2, strides=[p["stride"]] * 2,
                       pads=[pad] * 4, group=p["groups"])
     if op.kind == "bn":
-        ps = [b.param(t, "bn") for t in (mod.weight, mod.bias, mod.running_mean, mod.running_var)]
+        ps = [b.param(getattr(mod, a), a) for a in ("weight", "bias", "running_mean", "running_var")]
         return b.node("BatchNormalization", [x] + ps, epsilon=mod.eps)
     if op.kind == "groupnorm":
         return b.node("GroupNormalization", [x, b.param(mod.weight, "gs"), b.param(mod.bias, "gb")],
@@ -99,6 +109,8 @@ def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
         return b.node("Add" if op.kind == "add" else "Mul", xs)
     if op.kind == "binop":
         return b.node("Sub" if p["fn"] == "sub" else "Max", xs)
+    if op.kind == "expand_as":
+        return b.node("Expand", [x, b.one("Shape", [xs[1]])])
     if op.kind == "expand":
         return b.node("Expand", [x, b.const(p["shape"], "shape", np.int64)])
     if op.kind == "scale":
@@ -112,7 +124,7 @@ def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
         return b.node("Split", [x, b.const(sizes, "sizes", np.int64)], n_out=len(sizes),
                       axis=p["dim"])
     if op.kind == "reshape":
-        return b.node("Reshape", [x, b.const(p["shape"], "shape", np.int64)])
+        return b.node("Reshape", [x, b.const(p.get("arg", p["shape"]), "shape", np.int64)])
     if op.kind == "permute":
         return b.node("Transpose", [x], perm=list(p["perm"]))
     if op.kind == "transpose":
@@ -122,7 +134,13 @@ def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
     if op.kind == "slice":
         return b.node("Slice", [x, b.const([p["start"]], "st", np.int64),
                                 b.const([p["stop"]], "en", np.int64),
-                                b.const([p["dim"]], "ax", np.int64)])
+                                b.const([p["dim"]], "ax", np.int64),
+                                b.const([p.get("step", 1)], "sp", np.int64)])
+    if op.kind == "select":
+        return b.node("Gather", [x, b.const(p["index"], "i", np.int64)], axis=p["dim"])
+    if op.kind == "convt":
+        return b.node("ConvTranspose", [x, b.param(mod.weight, "W"), b.param(mod.bias, "B")],
+                      kernel_shape=[1, 1])
     if op.kind == "pool":
         if p["fn"] == "resize":
             return b.node("Resize", [x, "", b.const([1.0, 1.0, 2.0, 2.0], "scales", np.float32)],
@@ -138,6 +156,13 @@ def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
         return b.node("ReduceMean", [x, b.const(list(p["dims"]), "axes", np.int64)],
                       keepdims=int(p["keep"]))
     if op.kind == "flatten":
+        if p["form"] == "view":
+            return b.node("Reshape", [x, b.const([p["n"], -1], "shape", np.int64)])
+        if p["form"] == "view_size":  # sizes read at run time: Shape -> Slice -> Concat
+            n = b.one("Slice", [b.one("Shape", [x]), b.const([0], "st", np.int64),
+                                b.const([1], "en", np.int64)])
+            return b.node("Reshape", [x, b.one("Concat", [n, b.const([-1], "m1", np.int64)],
+                                               axis=0)])
         if p["start"] == 1:
             return b.node("Flatten", [x], axis=1)
         return b.node("Reshape", [x, b.const(spec.shapes[op.outs[0]], "shape", np.int64)])

@@ -63,6 +63,8 @@ def _make(op, spec: Spec, gen: torch.Generator):
         return _POOL_MOD[p["fn"]](p["k"]), None
     elif op.kind == "flatten" and p["form"] == "module":
         return nn.Flatten(p["start"]), None
+    elif op.kind == "convt":
+        m = nn.ConvTranspose2d(p["cin"], p["out"], 1)
     elif op.kind == "scale":
         return None, nn.Parameter(torch.randn(p["pshape"], generator=gen) * 0.5 + 1.0)
     else:
@@ -123,13 +125,24 @@ def _split(self, k, p, x):
 
 
 def _slice(self, k, p, x):
-    idx = (slice(None),) * p["dim"] + (slice(p["start"], p["stop"]),)
+    idx = (slice(None),) * p["dim"] + (slice(p["start"], p["stop"], p.get("step", 1)),)
     return x[idx]
+
+
+def _shared(self, k, p, x):
+    of = f"o{p['of']}"
+    if p["kind"] == "conv":
+        return self.m[of](x)
+    return _linear(self, of, self.spec.ops[p["of"]].p, x)
 
 
 def _flatten(self, k, p, x):
     if p["form"] == "module":
         return self.m[k](x)
+    if p["form"] == "view":
+        return x.contiguous().view(p["n"], -1)
+    if p["form"] == "view_size":
+        return x.contiguous().view(x.size(0), -1)
     return torch.flatten(x, p["start"]) if p["form"] == "torch" else x.flatten(p["start"])
 
 
@@ -143,11 +156,16 @@ _APPLY = {
     "mul": lambda self, k, p, a, b: a * b if p.get("form", "op") == "op" else torch.mul(a, b),
     "binop": lambda self, k, p, a, b: a - b if p["fn"] == "sub" else torch.maximum(a, b),
     "expand": lambda self, k, p, x: x.expand(*p["shape"]),
+    "expand_as": lambda self, k, p, x, like: x.expand_as(like),
     "scale": lambda self, k, p, x: x + self.p[k] if p["fn"] == "add" else x * self.p[k],
     "cat": lambda self, k, p, *xs: torch.cat(list(xs), p["dim"]),
     "split": _split,
-    "reshape": lambda self, k, p, x: x.view(*p["shape"]) if p["method"] == "view"
-    else x.reshape(p["shape"]),
+    "reshape": lambda self, k, p, x: x.contiguous().view(*p.get("arg", p["shape"]))
+    if p["method"] == "view"
+    else x.reshape(p.get("arg", p["shape"])),
+    "convt": lambda self, k, p, x: self.m[k](x),
+    "shared": _shared,
+    "select": lambda self, k, p, x: x[:, p["index"]],
     "permute": lambda self, k, p, x: x.permute(*p["perm"]),
     "transpose": lambda self, k, p, x: x.transpose(p["d0"], p["d1"]),
     "slice": _slice,

@@ -1,12 +1,14 @@
 """Property-based fuzzing of every rewrite (issue 7.3): random small DAGs of supported ops, random
 plans over their channel groups and blocks, on torch.fx, the TorchScript and dynamo ONNX exports
-and raw ONNX graphs. The invariants are in ``fuzz_checks.py``; bugs found become fixed models in
+and raw ONNX graphs; ``compress`` with random settings; one plan on fx and ONNX (parity). The
+invariants are in ``fuzz_checks.py``; bugs found are minimal models in
 ``test_fuzz_regressions.py``. Long runs: ``python3 tools/fuzz.py --examples 1000``.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,8 +21,20 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PROFILE = settings.get_profile("idapgraph-fuzz")
 
-# examples per route in the CI run (>= 200 in all, about two minutes on 2 cores)
-BUDGET = {"fx": 90, "torchscript": 70, "raw_onnx": 70, "dynamo": 12}
+# examples per route in the CI run: 975 in all, about 1.5 minutes on 2 cores
+BUDGET = {"fx": 250, "torchscript": 200, "raw_onnx": 200, "compress": 150, "parity": 150,
+          "dynamo": 25}
+PLAN_ROUTES = {"fx", "torchscript", "raw_onnx", "dynamo"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Models this small run fastest on one thread (more only add synchronisation, and a
+    second process on the machine makes two threads ten times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def run_route(route: str, n: int, profile=PROFILE) -> Stats:
@@ -45,7 +59,10 @@ def test_fuzz(route):
     assert stats["examples"] >= n
     assert stats["refused"] <= 0.05 * stats["examples"], dict(stats)
     assert stats["checked"] == stats["examples"] - stats["refused"]
-    assert stats["prunable"] >= 0.4 * stats["checked"], dict(stats)
-    assert stats["pruned"] >= 0.6 * stats["prunable"], dict(stats)
-    if n >= 50:
+    if route in PLAN_ROUTES:
+        assert stats["prunable"] >= 0.4 * stats["checked"], dict(stats)
+        assert stats["pruned"] >= 0.6 * stats["prunable"], dict(stats)
+    else:
+        assert stats["pruned"] >= 0.3 * stats["checked"], dict(stats)
+    if n >= 50 and route != "parity":  # parity plans do not bypass
         assert stats["bypassed"] >= 1, dict(stats)

@@ -223,3 +223,39 @@ def test_fx_expand_as_couples_the_shape_operand():
         got = torch_out(idapgraph.apply_plan(model, plan, (x,)), (x,))
         want = torch_out(idapgraph.apply_plan(model, plan, (x,), mode="zero"), (x,))
         assert max(rel_err(w, g) for w, g in zip(want, got)) < 1e-5
+
+
+# -- 7. NOT FIXED: group keys count layers the ONNX exporter drops (dead code, merged calls) -----
+
+class DeadLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.unused, self.a, self.b = nn.Conv2d(2, 3, 1), nn.Conv2d(2, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        self.unused(x)  # computed, never used: fx keeps the call, the exporter drops it
+        return self.b(torch.relu(self.a(x)))
+
+
+class RepeatedCall(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 5),
+                                          nn.Linear(5, 2))
+
+    def forward(self, x):
+        y = torch.tanh(self.a(x))
+        z = self.b(y) + self.b(y)  # the TorchScript exporter merges the two identical calls
+        return self.d(torch.relu(self.c(z)))  # so c is w3 on fx and w2 in ONNX
+
+
+@pytest.mark.xfail(strict=True, reason="w<ordinal> keys count weighted fx nodes, including "
+                   "ones the exporter removes (dead layers) or merges (identical calls); "
+                   "fixing it needs ordinals over live, distinct layers in coupling (passes/)")
+@pytest.mark.parametrize("cls,shape", [(DeadLayer, (1, 2, 4, 4)), (RepeatedCall, (1, 3))])
+def test_group_keys_match_the_onnx_export(cls, shape):
+    torch.manual_seed(0)
+    model, x = cls().eval(), torch.randn(*shape)
+    fx_keys = {g.key: g.n_units for g in idapgraph.analyze(model, (x,)).coupling.groups}
+    onnx_keys = {g.key: g.n_units for g in idapgraph.analyze(export_onnx(model, (x,))).coupling.groups}
+    assert fx_keys == onnx_keys

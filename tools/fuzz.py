@@ -6,7 +6,7 @@ examples run per route, the failures and the wall time; exits 1 if anything fail
 
 Usage::
 
-    python3 tools/fuzz.py --examples 1000 [--routes fx,torchscript,raw_onnx,compress,dynamo]
+    python3 tools/fuzz.py --examples 1000 [--routes fx,torchscript,raw_onnx,compress,parity,dynamo]
                           [--seed N] [--max-steps 8] [--out failures.txt]
 
 Examples are split over the routes by weight (dynamo export is slow: it gets a small share).
@@ -24,7 +24,8 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-WEIGHTS = {"fx": 4, "torchscript": 3, "raw_onnx": 3, "compress": 2, "dynamo": 0.5}
+WEIGHTS = {"fx": 4, "torchscript": 3, "raw_onnx": 3, "compress": 2, "parity": 2,
+           "dynamo": 0.5}
 
 
 def run(route: str, n: int, seed: int, max_steps: int, failures: list) -> dict:
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: more threads only add synchronisation
     routes = [r for r in args.routes.split(",") if r]
     unknown = set(routes) - set(WEIGHTS)
     if unknown:
@@ -89,6 +90,10 @@ def main(argv=None) -> int:
         print(f"{r:12s} examples {s['examples']:5d}  failed {s['failed']:3d}  refused {s['refused']:3d}  "
               f"pruned {s['pruned']:4d}  bypassed {s['bypassed']:3d}  {time.time() - t:7.1f}s",
               flush=True)
+        shown = {"examples", "failed", "refused", "pruned", "bypassed", "checked"}
+        extra = {k: v for k, v in s.items() if k not in shown}
+        if extra:
+            print(f"{'':12s} {extra}")
     print(f"total: {total} examples, {failed} failures, {time.time() - t0:.1f}s")
     kinds: dict[str, int] = {}
     for route, err, *_ in failures:
