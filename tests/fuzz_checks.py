@@ -154,6 +154,18 @@ def feeds_of(proto: onnx.ModelProto, args) -> dict:
 
 # -- the property ---------------------------------------------------------------------------
 
+def check_divergence(source, ex, stats: Stats) -> None:
+    """The IDAP++ annotation runs the model on calibration data: one finite, non-negative score
+    per unit of every group, and a δ per output channel of the layers it scores."""
+    d = idapgraph.analyze(source, ex, divergence_scores=True)
+    for g in d.coupling.groups:
+        s = np.asarray(d.group_scores[g.key])
+        assert s.shape == (g.n_units,) and np.isfinite(s).all() and (s >= 0).all(), (g.key, s)
+    for layer, delta in d.divergence.items():
+        assert np.isfinite(delta).all() and (delta >= 0).all(), (layer, delta)
+    stats["divergence"] += 1
+
+
 def check(source, args, data, stats: Stats) -> None:
     """All invariants for one model (torch module or ModelProto) and one drawn plan."""
     is_fx = isinstance(source, torch.nn.Module)
@@ -162,6 +174,8 @@ def check(source, args, data, stats: Stats) -> None:
     if a is None:
         stats["examples"] += 1
         return
+    if data.draw(st.integers(0, 3), label="divergence?") == 0:
+        check_divergence(source, args if is_fx else None, stats)
     plan = draw_plan(data, a, stats)
     stats.plan = plan  # for reports of failures in long runs
     rewrite = prune.resolve(a.graph, a.coupling, plan)
