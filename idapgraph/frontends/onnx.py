@@ -87,11 +87,40 @@ def export_like(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+# ops whose output has the input's shape but that onnx shape inference leaves untyped
+# (GroupNormalization 18/21: onnx 1.23 infers nothing through its function body)
+_SAME_SHAPE_UNINFERRED = {"GroupNormalization"}
+
+
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        out = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        for _ in range(sum(n.op_type in _SAME_SHAPE_UNINFERRED for n in out.graph.node)):
+            if not _type_same_shape_outputs(out):
+                break
+            out = onnx.shape_inference.infer_shapes(out, data_prop=True)
+        return out
     except Exception as e:  # noqa: BLE001
         raise InputError(f"ONNX shape inference failed: {str(e).splitlines()[0]}") from e
+
+
+def _type_same_shape_outputs(model: onnx.ModelProto) -> bool:
+    """Give the outputs of :data:`_SAME_SHAPE_UNINFERRED` ops their input's type, so inference
+    can go on past them; True if any was added."""
+    g = model.graph
+    typed = {v.name: v for v in list(g.input) + list(g.value_info) + list(g.output)
+             if v.type.tensor_type.HasField("shape")}
+    added = False
+    for n in g.node:
+        if (n.domain or "") in ("", "ai.onnx") and n.op_type in _SAME_SHAPE_UNINFERRED \
+                and n.input and n.input[0] in typed and n.output[0] not in typed:
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(typed[n.input[0]])
+            vi.name = n.output[0]
+            g.value_info.append(vi)
+            typed[vi.name] = vi
+            added = True
+    return added
 
 
 def _untie_small_constants(graph: gs.Graph) -> None:
