@@ -78,6 +78,7 @@ class _Gen:
     def pick(self, pred) -> int | None:
         """A tensor satisfying ``pred``: an unused model input first, else preferably one that
         nothing consumes yet (most recent first, which is what hypothesis shrinks towards)."""
+        pred = (lambda p: lambda s: 2 <= len(s) <= 4 and p(s))(pred)  # not a reshape's 5-D middle
         for i in range(self.n_inputs):
             if self.uses[i] == 0 and pred(self.shapes[i]):
                 return i
@@ -90,7 +91,8 @@ class _Gen:
         return self.draw(st.sampled_from(fresh + [i for i in ids if i not in fresh]))
 
     def partner(self, x: int, pred) -> int | None:
-        ids = [i for i in reversed(range(len(self.shapes))) if i != x and pred(self.shapes[i])]
+        ids = [i for i in reversed(range(len(self.shapes))) if i != x and len(self.shapes[i]) <= 4
+               and pred(self.shapes[i])]
         return self.draw(st.sampled_from(ids)) if ids else None
 
     def ints(self, lo: int, hi: int) -> int:
@@ -334,7 +336,9 @@ def step_groupnorm(g: _Gen) -> None:
 
 def step_layernorm(g: _Gen) -> None:
     """LayerNorm over the last axis; on NCHW over channels via permutes (ConvNeXt style)."""
-    x = g.pick(lambda s: True)
+    x = g.pick(lambda s: s[1 if len(s) == 4 else -1] >= 2)  # over one value it is a constant
+    if x is None:
+        return step_act(g)
     s = g.shapes[x]
     if len(s) == 4:
         y = g.permute(x, (0, 2, 3, 1))
@@ -420,7 +424,7 @@ def step_mlp_res(g: _Gen) -> None:
     g.tags.add("mlp_res")
     x = g.pick(lambda s: len(s) in (2, 3))
     d = g.shapes[x][-1]
-    y = g.one("layernorm", [x], dict(n=d), g.shapes[x]) if g.flag() else x
+    y = g.one("layernorm", [x], dict(n=d), g.shapes[x]) if d > 1 and g.flag() else x
     y = g.linear(y, _channels(g), bias=g.flag())
     y = g.act(y)
     y = g.linear(y, d, bias=g.flag())
@@ -522,7 +526,7 @@ def specs(draw, max_steps: int = 8, steps: frozenset[str] | None = None) -> Spec
     i = 0
     while i < n_steps or any(u == 0 for u in g.uses[:g.n_inputs]):
         pending = [s for s, u in zip(g.shapes[:g.n_inputs], g.uses) if u == 0]
-        ranks = {len(pending[0])} if pending else {len(s) for s in g.shapes}
+        ranks = {len(pending[0])} if pending else {len(s) for s in g.shapes if len(s) <= 4}
         names = [n for n in STEPS if n in allowed and set(STEPS[n][0]) & ranks]
         if not names:
             break

@@ -44,10 +44,10 @@ def _make(op, spec: Spec, gen: torch.Generator):
     if op.kind == "bn":
         cls = nn.BatchNorm2d if len(spec.shapes[op.ins[0]]) == 4 else nn.BatchNorm1d
         m = cls(p["c"])
-    elif op.kind == "groupnorm":
-        m = nn.GroupNorm(p["groups"], p["c"])
-    elif op.kind == "layernorm":
-        m = nn.LayerNorm(p["n"])
+    elif op.kind == "groupnorm":  # eps 1e-3: normalising a near-constant channel (random
+        m = nn.GroupNorm(p["groups"], p["c"], eps=1e-3)  # nets make them) amplifies rounding
+    elif op.kind == "layernorm":  # by 1/sqrt(eps); the invariants compare at 1e-4
+        m = nn.LayerNorm(p["n"], eps=1e-3)
     elif op.kind == "linear":
         if p["form"] == "module":
             return nn.Linear(p["cin"], p["out"], bias=p["bias"]), None

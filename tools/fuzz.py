@@ -9,6 +9,9 @@ Usage::
     python3 tools/fuzz.py --examples 1000 [--routes fx,torchscript,raw_onnx,compress,parity,dynamo]
                           [--seed N] [--max-steps 8] [--out failures.txt]
 
+``--out`` also pickles the failing specs to ``failures.txt.pkl`` (load with ``tests/`` on
+``sys.path``; ``fuzz_torch.build(spec)`` rebuilds the model).
+
 Examples are split over the routes by weight (dynamo export is slow: it gets a small share).
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import time
 import traceback
@@ -55,7 +59,7 @@ def run(route: str, n: int, seed: int, max_steps: int, failures: list) -> dict:
             stats["examples"] += 1
             plan = stats.plan.to_json(indent=None) if getattr(stats, "plan", None) else None
             failures.append((route, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                             repr(spec), plan, traceback.format_exc(limit=-4)))
+                             spec, plan, traceback.format_exc(limit=-4)))
 
     prop()
     return stats
@@ -103,7 +107,9 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             for route, err, spec, plan, tb in failures:
-                f.write(f"== {route}: {err}\n{spec}\nplan: {plan}\n{tb}\n")
+                f.write(f"== {route}: {err}\n{spec!r}\nplan: {plan}\n{tb}\n")
+        with open(args.out + ".pkl", "wb") as f:  # the specs, to rebuild a failing model
+            pickle.dump([(route, err, spec, plan) for route, err, spec, plan, _ in failures], f)
     return 1 if failed else 0
 
 
