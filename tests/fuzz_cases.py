@@ -18,12 +18,25 @@ def fx_case(spec, data, stats: Stats) -> None:
     check(model, args, data, stats)
 
 
-def torchscript_case(spec, data, stats: Stats) -> None:
-    model, args = fuzz_torch.build(spec)
+def _torchscript(spec, model, args, data, stats: Stats):
+    """TorchScript export, opset 17 or 13, constant folding on or off, and a symbolic batch
+    axis when the model has no size written into it (reshape/expand targets)."""
     opset = data.draw(st.sampled_from([17, 13]), label="opset")
     fold = data.draw(st.booleans(), label="constant folding")
-    proto = export_onnx(model, args, opset=opset, do_constant_folding=fold)
-    check(proto, args, data, stats)
+    kw = {}
+    if not any(o.kind in ("reshape", "expand") or o.p.get("form") == "view" for o in spec.ops) \
+            and data.draw(st.booleans(), label="dynamic batch"):
+        ins = [f"x{i}" for i in range(len(args))]
+        outs = [f"y{i}" for i in range(len(spec.outputs))]
+        kw = dict(input_names=ins, output_names=outs,
+                  dynamic_axes={n: {0: "batch"} for n in ins + outs})
+        stats["dynamic batch"] += 1
+    return export_onnx(model, args, opset=opset, do_constant_folding=fold, **kw)
+
+
+def torchscript_case(spec, data, stats: Stats) -> None:
+    model, args = fuzz_torch.build(spec)
+    check(_torchscript(spec, model, args, data, stats), args, data, stats)
 
 
 def dynamo_case(spec, data, stats: Stats) -> None:
@@ -43,7 +56,7 @@ def compress_case(spec, data, stats: Stats) -> None:
     """``compress`` end to end, on the fx module or its TorchScript export."""
     model, args = fuzz_torch.build(spec)
     if data.draw(st.booleans(), label="onnx"):
-        check_compress(export_onnx(model, args), args, data, stats)
+        check_compress(_torchscript(spec, model, args, data, stats), args, data, stats)
     else:
         check_compress(model, args, data, stats)
 
