@@ -46,7 +46,9 @@ def dynamo_case(spec, data, stats: Stats) -> None:
 
 def raw_onnx_case(spec, data, stats: Stats) -> None:
     model, args = fuzz_torch.build(spec)
-    proto = fuzz_onnx.build(spec, model)
+    as_inputs = data.draw(st.integers(0, 3), label="initializers as inputs?") == 3
+    stats["initializers as inputs"] += as_inputs
+    proto = fuzz_onnx.build(spec, model, inits_as_inputs=as_inputs)
     want, got = torch_out(model, args), onnx_out(proto, feeds_of(proto, args))
     assert max(rel_err(w, g) for w, g in zip(want, got)) < 1e-4, "raw ONNX builder disagrees"
     check(proto, args, data, stats)

@@ -179,7 +179,9 @@ def _op(b: _B, spec: Spec, i: int, op, xs: list[str]) -> list[str]:
     raise ValueError(op.kind)
 
 
-def build(spec: Spec, model: torch.nn.Module) -> onnx.ModelProto:
+def build(spec: Spec, model: torch.nn.Module, inits_as_inputs: bool = False) -> onnx.ModelProto:
+    """``inits_as_inputs``: list the float initializers among the graph inputs too (the
+    pre-IR-4 convention some exporters keep; the initializer is the input's default)."""
     b = _B(model)
     env = [f"x{i}" for i in range(len(spec.inputs))]
     for i, op in enumerate(spec.ops):
@@ -193,6 +195,9 @@ def build(spec: Spec, model: torch.nn.Module) -> onnx.ModelProto:
             name = b.one("Identity", [name])
         seen.add(name)
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(spec.shapes[j])))
+    if inits_as_inputs:
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for t in b.inits if t.data_type == TensorProto.FLOAT]
     graph = helper.make_graph(b.nodes, "fuzz", inputs, outputs, b.inits)
     model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                     producer_name="idapgraph-fuzz")
