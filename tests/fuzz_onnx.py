@@ -14,7 +14,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from fuzz_models import Spec
+from fuzz_spec import Spec
 
 OPSET = 21
 

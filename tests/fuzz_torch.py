@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fuzz_models import Spec
+from fuzz_spec import Spec
 
 _ACT_FN = {"relu": F.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid, "silu": F.silu,
            "tanh": torch.tanh, "hardswish": F.hardswish, "leaky_relu": F.leaky_relu}
