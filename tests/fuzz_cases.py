@@ -39,6 +39,15 @@ def torchscript_case(spec, data, stats: Stats) -> None:
     check(_torchscript(spec, model, args, data, stats), args, data, stats)
 
 
+def aten_case(spec, data, stats: Stats) -> None:
+    """The ATen-level fx graph of ``torch.export`` (the frontend's fallback for modules that
+    symbolic tracing cannot handle), given to idapgraph directly."""
+    import torch
+
+    model, args = fuzz_torch.build(spec)
+    check(torch.export.export(model, args, strict=False).module(), args, data, stats)
+
+
 def dynamo_case(spec, data, stats: Stats) -> None:
     model, args = fuzz_torch.build(spec)
     check(export_onnx(model, args, dynamo=True), args, data, stats)
@@ -69,6 +78,6 @@ def parity_case(spec, data, stats: Stats) -> None:
     check_parity(model, args, export_onnx(model, args), data, stats)
 
 
-CASES = {"fx": fx_case, "torchscript": torchscript_case, "dynamo": dynamo_case,
+CASES = {"fx": fx_case, "aten": aten_case, "torchscript": torchscript_case, "dynamo": dynamo_case,
          "raw_onnx": raw_onnx_case, "compress": compress_case,
          "parity": parity_case}

@@ -6,7 +6,7 @@ examples run per route, the failures and the wall time; exits 1 if anything fail
 
 Usage::
 
-    python3 tools/fuzz.py --examples 1000 [--routes fx,torchscript,raw_onnx,compress,parity,dynamo]
+    python3 tools/fuzz.py --examples 1000 [--routes fx,aten,torchscript,raw_onnx,compress,parity,dynamo]
                           [--seed N] [--max-steps 8] [--out failures.txt]
 
 ``--out`` also pickles the failing specs to ``failures.txt.pkl`` (load with ``tests/`` on
@@ -28,7 +28,7 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-WEIGHTS = {"fx": 4, "torchscript": 3, "raw_onnx": 3, "compress": 2, "parity": 2,
+WEIGHTS = {"fx": 4, "aten": 1, "torchscript": 3, "raw_onnx": 3, "compress": 2, "parity": 2,
            "dynamo": 0.5}
 
 
