@@ -119,7 +119,9 @@ class TorchModel(Model):
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         self.example_inputs = tuple(example_inputs)
-        module.eval()
+        from .runners.torch_runner import eval_mode
+
+        eval_mode(module)
         self.source = fx_frontend.trace(module, self.example_inputs)
         self.graph = fx_frontend.to_ir(self.source)
         self.output_shapes = [self.graph.shape(t) for t in self.graph.outputs]

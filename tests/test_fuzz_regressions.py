@@ -294,3 +294,42 @@ def test_onnx_groupnorm_loses_whole_groups():
     feeds = example_feeds(m)
     want = onnx_out(idapgraph.apply_plan(m, plan, mode="zero"), feeds)[0]
     assert rel_err(want, onnx_out(small, feeds)[0]) < 1e-5
+
+
+# -- 9. modules from torch.export (the fallback when symbolic tracing fails) refuse .eval() ------
+
+class NeedsExport(nn.Module):
+    """A Python int taken from a shape: torch.fx cannot trace it, idapgraph falls back to
+    torch.export and gets an ATen-level GraphModule."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        for _ in range(int(x.shape[2]) // 4):
+            y = y * 1.0
+        return self.b(y)
+
+
+@pytest.mark.parametrize("kw", [dict(method="idap", heal="none"), dict(method="random", heal="stats"),
+                                dict(method="random", heal="none", blocks=0)])
+def test_torch_export_fallback_runs_calibration(kw):
+    """The calibration runner called ``gm.eval()`` on the exported module, which raises
+    NotImplementedError, so compress with the default method or healing crashed on every
+    module that needs the torch.export fallback (the README's path for transformers); a module
+    exported by the user crashed already in ``analyze``."""
+    torch.manual_seed(0)
+    model, x = NeedsExport().eval(), torch.randn(1, 2, 4, 4)
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(model)  # the premise: this module needs the fallback
+    r = idapgraph.compress(model, (x,), flops=0.5, calib=torch.randn(16, 2, 4, 4), **kw)
+    assert r.plan.n_removed > 0
+    exported = torch.export.export(model, (x,), strict=False).module()
+    a = idapgraph.analyze(exported, (x,), divergence_scores=True)
+    assert [g.key for g in a.coupling.groups] == ["w0.out"]
+    plan = idapgraph.Plan(remove={"w0.out": [0, 2]})
+    got = torch_out(idapgraph.apply_plan(exported, plan, (x,)), (x,))[0]
+    want = torch_out(idapgraph.apply_plan(exported, plan, (x,), mode="zero"), (x,))[0]
+    assert rel_err(want, got) < 1e-5

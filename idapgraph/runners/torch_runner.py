@@ -14,6 +14,15 @@ from .data import Batches
 Reducer = Callable[[dict[str, np.ndarray]], None]
 
 
+def eval_mode(module: torch.nn.Module) -> None:
+    """``module.eval()``. Modules from ``torch.export`` refuse it (NotImplementedError): their
+    train/eval behaviour was fixed when they were exported, so there is nothing to switch."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
         super().__init__(gm)
@@ -38,7 +47,7 @@ def run(gm: fx.GraphModule, names: list[str], batches: Batches, reduce: Reducer 
     """Run every batch; ``reduce`` gets ``{name: array}``; returns model outputs if asked."""
     wanted = set(names)
     outs = []
-    gm.eval()
+    eval_mode(gm)
     with torch.no_grad():
         for batch in batches:
             args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
@@ -59,7 +68,7 @@ def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
     tensors = {p: named[p] for p in params if p in named}
     saved = {p: t.requires_grad for p, t in tensors.items()}
     acc = {p: torch.zeros_like(t, dtype=torch.float32) for p, t in tensors.items()}
-    gm.eval()
+    eval_mode(gm)
     try:
         for p, t in tensors.items():
             if t.dtype.is_floating_point:
