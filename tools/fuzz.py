@@ -57,7 +57,8 @@ def run(route: str, n: int, seed: int, max_steps: int, failures: list) -> dict:
                 raise
             stats["failed"] += 1
             stats["examples"] += 1
-            plan = stats.plan.to_json(indent=None) if getattr(stats, "plan", None) else None
+            plan = getattr(stats, "plan", None)  # a Plan, or compress' settings
+            plan = plan.to_json(indent=None) if hasattr(plan, "to_json") else repr(plan)
             failures.append((route, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                              spec, plan, traceback.format_exc(limit=-4)))
 
