@@ -333,3 +333,24 @@ def test_torch_export_fallback_runs_calibration(kw):
     got = torch_out(idapgraph.apply_plan(exported, plan, (x,)), (x,))[0]
     want = torch_out(idapgraph.apply_plan(exported, plan, (x,), mode="zero"), (x,))[0]
     assert rel_err(want, got) < 1e-5
+
+
+# -- 10. FLOPs of a model with a symbolic (dynamic) batch axis were 0 ------------------------------
+
+def test_flops_target_on_a_dynamic_batch_onnx_model():
+    """Every activation of an export with ``dynamic_axes`` has a symbolic batch dimension, and
+    the cost rules counted a tensor with any unknown dimension as 0 elements: FLOPs were 0, so
+    ``--flops 0.5`` removed nothing and reported the target reached."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    static = export_onnx(model, (x,))
+    dynamic = export_onnx(model, (x,), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    assert dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert idapgraph.analyze(dynamic).cost.flops == idapgraph.analyze(static).cost.flops > 0
+    r = idapgraph.compress(dynamic, flops=0.5, method="magnitude", heal="none")
+    assert r.plan.n_removed > 0 and r.report.reached and r.report.flops_ratio <= 0.5
+    assert r.plan.remove == idapgraph.compress(static, flops=0.5, method="magnitude",
+                                               heal="none").plan.remove

@@ -106,9 +106,10 @@ class OpDef:
 
 
 def _numel(shape) -> int:
-    if shape is None or any(d is None for d in shape):
+    """Elements per example: a symbolic dimension (``None``, e.g. a dynamic batch) counts 1."""
+    if shape is None:
         return 0
-    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    return int(np.prod([1 if d is None else d for d in shape], dtype=np.int64)) if len(shape) else 1
 
 
 def _out_elems(node: Node, shape: ShapeFn) -> int:
