@@ -354,3 +354,15 @@ def test_flops_target_on_a_dynamic_batch_onnx_model():
     assert r.plan.n_removed > 0 and r.report.reached and r.report.flops_ratio <= 0.5
     assert r.plan.remove == idapgraph.compress(static, flops=0.5, method="magnitude",
                                                heal="none").plan.remove
+
+
+# -- 11. taylor scores on a model with nothing to prune --------------------------------------------
+
+def test_taylor_on_a_model_without_groups_warns_instead_of_crashing():
+    """With every channel frozen (a single conv: its channels are the model's input and
+    output) taylor scoring asked autograd for gradients of an empty list: RuntimeError."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Conv2d(2, 3, 1)).eval(), torch.randn(1, 2, 4, 4)
+    with pytest.warns(UserWarning, match="not reachable"):
+        r = idapgraph.compress(model, (x,), flops=0.5, method="taylor", heal="none")
+    assert r.plan.n_removed == 0 and not r.report.reached

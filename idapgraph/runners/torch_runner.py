@@ -73,16 +73,20 @@ def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
         for p, t in tensors.items():
             if t.dtype.is_floating_point:
                 t.requires_grad_(True)
+        wrt = [(p, t) for p, t in tensors.items() if t.requires_grad]
         for batch in batches:
+            if not wrt:  # no parameter to score (every group frozen): all zeros
+                break
             args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
             out = gm(*args)
             if loss is not None:
                 value = loss(out, args)
             else:
                 value = sum((o.float() ** 2).mean() for o in flatten_outputs(out) if isinstance(o, torch.Tensor))
-            grads = torch.autograd.grad(value, [t for t in tensors.values() if t.requires_grad],
-                                        allow_unused=True)
-            for (p, t), g in zip([(p, t) for p, t in tensors.items() if t.requires_grad], grads):
+            if not getattr(value, "requires_grad", False):  # outputs do not depend on them
+                continue
+            grads = torch.autograd.grad(value, [t for _, t in wrt], allow_unused=True)
+            for (p, t), g in zip(wrt, grads):
                 if g is not None:
                     acc[p] += (t.detach() * g).abs().float()
     finally:
