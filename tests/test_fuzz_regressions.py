@@ -366,3 +366,23 @@ def test_taylor_on_a_model_without_groups_warns_instead_of_crashing():
     with pytest.warns(UserWarning, match="not reachable"):
         r = idapgraph.compress(model, (x,), flops=0.5, method="taylor", heal="none")
     assert r.plan.n_removed == 0 and not r.report.reached
+
+
+# -- 12. NOT FIXED: the report does not count the biases healing adds ------------------------------
+
+@pytest.mark.xfail(strict=True, reason="report.params_after/flops_after are counted from the "
+                   "rewrite's shapes before healing; biases healing adds to bias-less layers "
+                   "(api._heal via set_params) are not counted, so 'reached' can be claimed for "
+                   "a params target the emitted model misses. Needs HealReport to record the "
+                   "added biases and compress() to count them (api.py, passes/heal.py)")
+@pytest.mark.parametrize("heal", ["stats", "bias"])
+def test_report_counts_biases_added_by_healing(heal):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1, bias=False)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    r = idapgraph.compress(model, (x,), params=0.5, method="magnitude", heal=heal,
+                           calib=torch.randn(32, 3, 6, 6))
+    assert r.report.heal["kept"]  # the premise: healing ran and was kept
+    assert sum(p.numel() for p in r.model.parameters()) == r.report.params_after
