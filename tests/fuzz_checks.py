@@ -14,6 +14,11 @@
   channels, and every tensor an op without a rule touches, and every model input and output,
   keeps its shape;
 * a plan that removes something makes the model strictly smaller.
+
+``check_divergence``: the IDAP++ annotation runs and gives finite, non-negative scores.
+``check_compress``: ``compress`` with random settings returns a valid model of the same output
+shapes or refuses cleanly; a reached target is met; without healing it equals the zeroed plan.
+``check_parity``: one plan on the fx module and on its ONNX export gives the same outputs.
 """
 
 from __future__ import annotations
@@ -99,10 +104,11 @@ def check_frozen(a, rewrite) -> None:
 
 # -- backend helpers ------------------------------------------------------------------------
 
-def _ir_name(n) -> str:
+def _ir_names(n) -> set[str]:
+    """The IR names an fx node may carry: its own, or ``src.i`` for element i of a tuple."""
     if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], int):
-        return f"{n.args[0].name}.{n.args[1]}"
-    return n.name
+        return {n.name, f"{n.args[0].name}.{n.args[1]}"}
+    return {n.name}
 
 
 def zero_branches(model, blocks):
@@ -111,7 +117,7 @@ def zero_branches(model, blocks):
         nodes = {n.name: n for n in model.graph.nodes}
         for b in blocks:
             add = nodes[b.add]
-            arg = next(x for x in add.args if isinstance(x, torch.fx.Node) and _ir_name(x) == b.branch)
+            arg = next(x for x in add.args if isinstance(x, torch.fx.Node) and b.branch in _ir_names(x))
             with model.graph.inserting_before(add):
                 z = model.graph.call_function(torch.mul, (arg, 0.0))
             add.replace_input_with(arg, z)
