@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -120,7 +120,9 @@ class TorchModel(Model):
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         self.example_inputs = tuple(example_inputs)
-        module.eval()
+        from .runners.torch_runner import eval_mode
+
+        eval_mode(module)
         self.source = fx_frontend.trace(module, self.example_inputs)
         self.graph = fx_frontend.to_ir(self.source)
         self.output_shapes = [self.graph.shape(t) for t in self.graph.outputs]
@@ -507,6 +509,24 @@ def _reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, per_pass: 
     return (current if rep.kept else pruned), rep
 
 
+def _live(alias: dict[str, str], tensor: str) -> str:
+    """``tensor``, or what replaced it: the output of an add removed by a bypass without a
+    constant no longer exists, its skip input took its place (followed through chains)."""
+    while tensor in alias:
+        tensor = alias[tensor]
+    return tensor
+
+
+def _bypass_arg(g: Graph, b, const, alias: dict[str, str]) -> tuple:
+    """``(add, skip, const)`` for the emitters' ``bypass``, with the skip of a chained block
+    (``y2 = y1 + f2(y1)`` after ``y1 = x + f1(x)`` was bypassed) read where it lives now;
+    records what replaces ``b``'s own add."""
+    skip = _live(alias, b.skip)
+    if const is None:
+        alias[g.nodes[b.add].outputs[0]] = skip
+    return b.add, skip, const
+
+
 def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: float | None,
               score: str, mean_substitution: bool, plan_bypass: list[str] | None = None,
               kinds=None):
@@ -524,18 +544,21 @@ def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error:
         if missing:
             raise InputError(f"plan bypasses block(s) {missing}, which this model does not have")
         chosen = [by_key[k] for k in plan_bypass]
-        out = m.bypass(current, [(b.add, b.skip, None) for b in chosen]) if chosen else current
+        alias: dict[str, str] = {}
+        args = [_bypass_arg(g, b, None, alias) for b in chosen]
+        out = m.bypass(current, args) if chosen else current
         return out, list(plan_bypass), {n for b in chosen for n in b.nodes}, {}, 0
     error = m.output_error(batches)
-    removed, nodes, scores, stored = [], set(), {}, 0
+    removed, nodes, scores, alias, stored = [], set(), {}, {}, 0
     while blist and (n_blocks is None or len(removed) < n_blocks):
+        blist = [replace(x, skip=_live(alias, x.skip)) for x in blist]
         norms = blocks_pass.BlockNorms(blist)
         m.run(current, norms.tensors, batches, norms)
         b = min(blist, key=lambda x: norms.score(x.key, score))
         const = norms.mean(b.key) if mean_substitution else None
-        candidate = m.bypass(current, [(b.add, b.skip, const)])
+        candidate = m.bypass(current, [_bypass_arg(g, b, const, alias)])
         if max_error is not None and error(candidate) > max_error:
-            break
+            break  # (alias may now name b, which stays: nothing is bypassed after this)
         scores[b.key] = norms.score(b.key, score)
         current = candidate
         stored += 0 if const is None else int(np.size(const))  # the mean is a stored tensor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
         elif node.op == "groupnorm" and isinstance(m, nn.GroupNorm):
             m.num_groups = upd.get("groups", m.num_groups)
             m.num_channels = rewrite.new_shapes[node.inputs[0]][1]
-        elif node.op == "reshape" and "target" in upd:
+        elif node.op in ("reshape", "expand") and "target" in upd:
             _rewrite_view(fxn, upd["target"])
         elif node.op == "split" and "sizes" in upd and node.attrs.get("aten"):
             fxn.target = torch.ops.aten.split_with_sizes.default
@@ -160,13 +161,22 @@ def set_params(gm: fx.GraphModule, updates: dict, new_bias: dict) -> fx.GraphMod
     return new
 
 
+def _by_ir_name(graph: fx.Graph) -> dict[str, fx.Node]:
+    """fx nodes by IR tensor name: element ``i`` of a tuple-valued node ``n`` is ``n.i`` in the
+    IR (see the fx frontend) and the ``getitem`` node that reads it here."""
+    nodes = {n.name: n for n in graph.nodes}
+    for n in graph.nodes:
+        if n.op == "call_function" and n.target is operator.getitem and isinstance(
+                n.args[0], fx.Node) and isinstance(n.args[1], int):
+            nodes.setdefault(f"{n.args[0].name}.{n.args[1]}", n)
+    return nodes
+
+
 def bypass(gm: fx.GraphModule, blocks: list[tuple[str, str, object]]) -> fx.GraphModule:
     """A copy of ``gm`` where each ``(add node, skip tensor, constant or None)`` add becomes its
     skip input (plus the constant: mean substitution); the dead branch is removed."""
-    import operator
-
     new = copy.deepcopy(gm)
-    nodes = {n.name: n for n in new.graph.nodes}
+    nodes = _by_ir_name(new.graph)
     for i, (add, skip, const) in enumerate(blocks):
         a = nodes[add]
         s = nodes[skip]

@@ -76,7 +76,7 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
                     gn.inputs[1] = const
                 else:
                     gn.inputs.append(const)
-            elif node.op == "reshape":
+            elif node.op in ("reshape", "expand"):
                 gn.inputs[1] = _reshape_target(g, gn, upd["target"])
             elif node.op == "index" and "slice_axes" in node.attrs:  # Gather needs no rewrite
                 axes = node.attrs["slice_axes"]

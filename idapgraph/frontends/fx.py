@@ -298,7 +298,12 @@ class _Builder:
             if isinstance(meta, (tuple, list)) and isinstance(dim, int):
                 return self.add(node, "split", [x], {"axis": dim % len(meta[0].shape)})
         if name in ("expand", "expand_as"):
-            return self.add(node, "expand", [x])
+            sizes = node.args[1:] if name == "expand" else ()
+            if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+                sizes = sizes[0]
+            target = [a if isinstance(a, int) else None for a in sizes] or None
+            like = [self.ref(node.args[1])] if name == "expand_as" else []
+            return self.add(node, "expand", [x] + like, {"target": target})
         self.add(node, "unknown", self.tensor_inputs(node))
 
     def aten(self, node: fx.Node, name: str) -> None:
@@ -386,7 +391,8 @@ class _Builder:
             return self.add(node, "batchnorm", [x] + [self.ref(node.args[i]) for i in (1, 2, 3, 4)],
                             {"eps": eps})
         if name == "expand":
-            return self.add(node, "expand", [x])
+            target = [a if isinstance(a, int) else None for a in node.args[1]]
+            return self.add(node, "expand", [x], {"target": target})
         if name == "scaled_dot_product_attention":
             q, k, v = (self.ref(a) for a in node.args[:3])
             mask = self.ref(_arg(node, 3, "attn_mask"))

@@ -89,9 +89,18 @@ def export_like(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+# ops whose output has the input's shape but that onnx shape inference leaves untyped
+# (GroupNormalization 18/21: onnx 1.23 infers nothing through its function body)
+_SAME_SHAPE_UNINFERRED = {"GroupNormalization"}
+
+
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         out = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        for _ in range(sum(n.op_type in _SAME_SHAPE_UNINFERRED for n in out.graph.node)):
+            if not _type_same_shape_outputs(out):
+                break
+            out = onnx.shape_inference.infer_shapes(out, data_prop=True)
     except Exception as e:  # noqa: BLE001
         raise InputError(f"ONNX shape inference failed: {str(e).splitlines()[0]}") from e
     if _has_symbolic_dims(out):
@@ -114,6 +123,25 @@ def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
     return any(d.dim_param or not d.HasField("dim_value")
                for v in list(model.graph.input) + list(model.graph.value_info)
                for d in v.type.tensor_type.shape.dim)
+
+
+def _type_same_shape_outputs(model: onnx.ModelProto) -> bool:
+    """Give the outputs of :data:`_SAME_SHAPE_UNINFERRED` ops their input's type, so inference
+    can go on past them; True if any was added."""
+    g = model.graph
+    typed = {v.name: v for v in list(g.input) + list(g.value_info) + list(g.output)
+             if v.type.tensor_type.HasField("shape")}
+    added = False
+    for n in g.node:
+        if (n.domain or "") in ("", "ai.onnx") and n.op_type in _SAME_SHAPE_UNINFERRED \
+                and n.input and n.input[0] in typed and n.output[0] not in typed:
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(typed[n.input[0]])
+            vi.name = n.output[0]
+            g.value_info.append(vi)
+            typed[vi.name] = vi
+            added = True
+    return added
 
 
 def _untie_small_constants(graph: gs.Graph) -> None:
@@ -316,7 +344,8 @@ class _Builder:
                 return "unknown", data, {"reason": "Transpose of unknown rank"}
             return "transpose", [ins[0]], {"perm": [int(p) for p in perm]}
         if op == "Expand":
-            return "expand", [ins[0]], {}
+            v = _const(ins[1])
+            return "expand", [ins[0]], {"target": None if v is None else [int(x) for x in v.ravel()]}
         if op == "Gather" and ins[0].shape is not None and isinstance(ins[1], gs.Constant) \
                 and ins[1].values.ndim == 0:
             r = len(ins[0].shape)

@@ -106,11 +106,10 @@ class OpDef:
 
 
 def _numel(shape) -> int:
-    """Elements of a shape; a symbolic dimension (batch, sequence) counts as 1, so costs of models
-    exported with dynamic axes are per sample (per token), and ratios stay meaningful."""
+    """Elements per example: a symbolic dimension (``None``, e.g. a dynamic batch) counts 1."""
     if shape is None:
         return 0
-    return int(np.prod([1 if d is None else d for d in shape], dtype=np.int64))
+    return int(np.prod([1 if d is None else d for d in shape], dtype=np.int64)) if len(shape) else 1
 
 
 def _out_elems(node: Node, shape: ShapeFn) -> int:
@@ -243,6 +242,9 @@ def _couple_batchnorm(node: Node, rel: Relations) -> None:
 
 def _couple_instancenorm(node: Node, rel: Relations) -> None:
     _couple_batchnorm(node, rel)
+    for ax in range(2, rel.rank(node.outputs[0])):  # statistics are taken over these axes
+        for t in (node.inputs[0], node.outputs[0]):
+            rel.freeze(t, ax, "normalised over by an InstanceNorm")
 
 
 def _couple_layernorm(node: Node, rel: Relations) -> None:
@@ -570,6 +572,9 @@ def _couple_expand(node: Node, rel: Relations) -> None:
             rel.freeze(y, ax + off, "expanded axis")
     for ax in range(off):
         rel.freeze(y, ax, "expanded axis")
+    if len(node.inputs) > 1 and node.inputs[1] is not None:  # expand_as: the output has the
+        for ax in range(rel.rank(y)):                      # shape of this operand (run time)
+            rel.same(node.inputs[1], ax, y, ax)
 
 
 def _couple_meta(node: Node, rel: Relations) -> None:
@@ -626,7 +631,7 @@ def _cost_conv(node: Node, shape: ShapeFn) -> int:
 
 def _cost_linear(node: Node, shape: ShapeFn) -> int:
     x = shape(node.inputs[0])
-    macs = _numel(shape(node.outputs[0])) * (x[-1] or 0)
+    macs = _numel(shape(node.outputs[0])) * ((x[-1] or 0) if x else 0)  # x: None if rank unknown
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         macs += 2 * _numel(shape(node.outputs[0]))
     return macs
@@ -692,6 +697,19 @@ def _rewrite_index(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, An
     return {"map": new_map} if changed else {}
 
 
+def _rewrite_expand(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    """A stored target shape names the size of every axis it does not leave to the input (torch
+    -1, ONNX 1; ``None``: read at run time); those sizes follow the channels removed."""
+    target = node.attrs.get("target")
+    if not target:
+        return {}
+    os_, ns_ = old(node.outputs[0]), new(node.outputs[0])
+    off = len(os_) - len(target)  # ONNX aligns a shorter target to the trailing axes
+    out = [t if t in (None, -1, 1) or os_[i + off] == ns_[i + off] else int(ns_[i + off])
+           for i, t in enumerate(target)]
+    return {"target": out} if out != list(target) else {}
+
+
 def _rewrite_reshape(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
     target = node.attrs.get("target")
     if target is None or target == "auto":
@@ -742,7 +760,7 @@ OPS: dict[str, OpDef] = {
         OpDef("reshape", "reshape/view/flatten/squeeze; channels follow where axes factor cleanly",
               _couple_reshape, rewrite=_rewrite_reshape),
         OpDef("transpose", "transpose/permute; channel axes follow", _couple_transpose),
-        OpDef("expand", "broadcast to a shape", _couple_expand),
+        OpDef("expand", "broadcast to a shape", _couple_expand, rewrite=_rewrite_expand),
         OpDef("meta", "shape arithmetic (sizes read at run time)", _couple_meta),
         OpDef("unknown", "anything else: every axis it touches is frozen", _couple_unknown),
     ]

@@ -14,6 +14,15 @@ from .data import Batches
 Reducer = Callable[[dict[str, np.ndarray]], None]
 
 
+def eval_mode(module: torch.nn.Module) -> None:
+    """``module.eval()``. Modules from ``torch.export`` refuse it (NotImplementedError): their
+    train/eval behaviour was fixed when they were exported, so there is nothing to switch."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
         super().__init__(gm)
@@ -33,21 +42,12 @@ class _Recorder(fx.Interpreter):
         return out
 
 
-def _eval(gm: fx.GraphModule) -> None:
-    """Inference mode; modules unflattened from ``torch.export`` refuse ``eval()`` but were
-    traced in eval mode already."""
-    try:
-        gm.eval()
-    except NotImplementedError:
-        pass
-
-
 def run(gm: fx.GraphModule, names: list[str], batches: Batches, reduce: Reducer | None,
         outputs: bool = False) -> list[list[np.ndarray]]:
     """Run every batch; ``reduce`` gets ``{name: array}``; returns model outputs if asked."""
     wanted = set(names)
     outs = []
-    _eval(gm)
+    eval_mode(gm)
     with torch.no_grad():
         for batch in batches:
             args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
@@ -68,21 +68,25 @@ def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
     tensors = {p: named[p] for p in params if p in named}
     saved = {p: t.requires_grad for p, t in tensors.items()}
     acc = {p: torch.zeros_like(t, dtype=torch.float32) for p, t in tensors.items()}
-    _eval(gm)
+    eval_mode(gm)
     try:
         for p, t in tensors.items():
             if t.dtype.is_floating_point:
                 t.requires_grad_(True)
+        wrt = [(p, t) for p, t in tensors.items() if t.requires_grad]
         for batch in batches:
+            if not wrt:  # no parameter to score (every group frozen): all zeros
+                break
             args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
             out = gm(*args)
             if loss is not None:
                 value = loss(out, args)
             else:
                 value = sum((o.float() ** 2).mean() for o in flatten_outputs(out) if isinstance(o, torch.Tensor))
-            grads = torch.autograd.grad(value, [t for t in tensors.values() if t.requires_grad],
-                                        allow_unused=True)
-            for (p, t), g in zip([(p, t) for p, t in tensors.items() if t.requires_grad], grads):
+            if not getattr(value, "requires_grad", False):  # outputs do not depend on them
+                continue
+            grads = torch.autograd.grad(value, [t for _, t in wrt], allow_unused=True)
+            for (p, t), g in zip(wrt, grads):
                 if g is not None:
                     acc[p] += (t.detach() * g).abs().float()
     finally:

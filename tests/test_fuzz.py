@@ -1,0 +1,69 @@
+"""Property-based fuzzing of every rewrite (issue 7.3): random small DAGs of supported ops and
+random plans over their channel groups and blocks, on torch.fx (symbolic, and the ATen graph of
+torch.export), the TorchScript and dynamo ONNX exports and raw ONNX graphs; ``compress`` with
+random settings; one plan on fx and on ONNX (parity). The invariants are in ``fuzz_checks.py``;
+bugs found are minimal models in ``test_fuzz_regressions.py``. Long runs:
+``python3 tools/fuzz.py --examples 1000``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fuzz_cases import CASES
+from fuzz_checks import Stats
+from fuzz_models import specs
+
+settings.register_profile(
+    "idapgraph-fuzz", derandomize=True, deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROFILE = settings.get_profile("idapgraph-fuzz")
+
+# examples per route in the CI run: 1035 in all, about 1.5 minutes on 2 cores
+BUDGET = {"fx": 250, "aten": 60, "torchscript": 200, "raw_onnx": 200, "compress": 150,
+          "parity": 150, "dynamo": 25}
+PLAN_ROUTES = {"fx", "aten", "torchscript", "raw_onnx", "dynamo"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Models this small run fastest on one thread (more only add synchronisation, and a
+    second process on the machine makes two threads ten times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_route(route: str, n: int, profile=PROFILE) -> Stats:
+    stats = Stats()
+    case = CASES[route]
+
+    @settings(profile, max_examples=n)
+    @given(spec=specs(), data=st.data())
+    def prop(spec, data):
+        case(spec, data, stats)
+
+    prop()
+    return stats
+
+
+@pytest.mark.parametrize("route", sorted(BUDGET))
+def test_fuzz(route):
+    n = BUDGET[route]
+    stats = run_route(route, n)
+    print(route, dict(stats))
+    # the run is not vacuous: every example ran, almost all were analysable, plans removed units
+    assert stats["examples"] >= n
+    assert stats["refused"] <= 0.05 * stats["examples"], dict(stats)
+    assert stats["checked"] == stats["examples"] - stats["refused"]
+    if route in PLAN_ROUTES:
+        assert stats["prunable"] >= 0.4 * stats["checked"], dict(stats)
+        assert stats["pruned"] >= 0.6 * stats["prunable"], dict(stats)
+    else:
+        assert stats["pruned"] >= 0.3 * stats["checked"], dict(stats)
+    if n >= 50 and route != "parity":  # parity plans do not bypass
+        assert stats["bypassed"] >= 1, dict(stats)
