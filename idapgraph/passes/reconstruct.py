@@ -102,13 +102,13 @@ def _rows(a: np.ndarray, site: Site, kernel: tuple | None = None) -> np.ndarray:
         return a.reshape(-1, a.shape[-1])
     if kernel is None:  # conv output (N, C, H, W) -> (N*H*W, C)
         return np.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
-    import torch
-
-    p = site.conv["pads"]
-    t = torch.from_numpy(np.pad(a, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3]))))
-    cols = torch.nn.functional.unfold(t, kernel, dilation=site.conv["dilation"],
-                                      stride=site.conv["stride"])  # (N, C*kh*kw, L)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()
+    p, (sh, sw), (dh, dw) = site.conv["pads"], site.conv["stride"], site.conv["dilation"]
+    a = np.pad(a, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    kh, kw = kernel
+    win = np.lib.stride_tricks.sliding_window_view(a, ((kh - 1) * dh + 1, (kw - 1) * dw + 1),
+                                                   axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    n, c, ho, wo = win.shape[:4]  # rows (n, y, x), features (c, ky, kx) as im2col orders them
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
 
 
 class Targets:
