@@ -197,7 +197,8 @@ def check(source, args, data, stats: Stats) -> None:
     errs = [rel_err(r, g) for r, g in zip(ref, got)]
     assert max(errs) < TOL, f"zero-then-remove mismatch: {errs}"
     if not plan.remove and not plan.bypass:
-        assert max(rel_err(o, g) for o, g in zip(orig, got)) < 1e-6, "empty plan changed outputs"
+        # (float tolerance: onnxruntime packs/fuses differently once weights are constants)
+        assert max(rel_err(o, g) for o, g in zip(orig, got)) < TOL, "empty plan changed outputs"
     if plan.remove:
         assert _size(out) < _size(zero), "plan removed units but the model did not shrink"
     stats["checked"] += 1
