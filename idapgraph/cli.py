@@ -1,4 +1,4 @@
-"""Command line: ``idapgraph compress | analyze | demo``. A thin layer over the public API.
+"""Command line: ``idapgraph compress | analyze | diff | demo``. A thin layer over the public API.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 """
@@ -39,15 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="prune an ONNX model to a FLOPs/params target")
     c.add_argument("input", help="input .onnx file (never modified)")
-    c.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
+    c.add_argument("-o", "--output", help="output .onnx file (written atomically; required "
+                                         "unless --dry-run)")
     c.add_argument("--flops", type=_ratio, help="fraction of FLOPs to keep, in (0, 1]")
     c.add_argument("--params", type=_ratio, help="fraction of parameters to keep, in (0, 1]")
     c.add_argument("--method", default="idap",
                    help="idap (default: information-flow divergence) | magnitude | random")
     c.add_argument("--calib", help="calibration data: .npz with arrays named by model input "
                                    "(batch first); without it, seeded random inputs")
-    c.add_argument("--heal", default="stats", choices=["stats", "bias", "none"],
-                   help="training-free healing: stats = statistics matching (default), "
+    c.add_argument("--heal", default="lsq", choices=["lsq", "stats", "bias", "none"],
+                   help="training-free healing: lsq = least-squares refit of the layers that lost "
+                        "inputs (default), stats = per-channel statistics matching, "
                         "bias = bias compensation, none")
     c.add_argument("--steps", type=int, default=10, help="idap schedule length T (default 10)")
     c.add_argument("--alpha", type=float, default=1.5, help="idap schedule exponent (default 1.5)")
@@ -62,14 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "|N0-N|^2/|N0|^2 stays within E (with --blocks: at most N)")
     c.add_argument("--block-score", default="relative", choices=["relative", "influence"],
                    help="block ranking: relative change |F(x)|/|x| (default) or ShortGPT 1-cos")
+    c.add_argument("--block-kind", action="append", dest="block_kinds",
+                   choices=["residual", "attention", "mlp", "layer"],
+                   help="stage 2 candidates (repeatable; default all): residual (conv branches), "
+                        "attention / mlp (transformer sub-blocks), layer (whole transformer layers)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--plan-out", help="also write the plan (JSON) here")
+    c.add_argument("--plan-in", help="apply this plan (JSON from --plan-out, possibly edited) "
+                                     "instead of selecting one; no target needed")
+    c.add_argument("--dry-run", action="store_true",
+                   help="compute and report everything, write no model")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
     a = sub.add_parser("analyze", help="show channel groups, frozen spots, cost and divergence")
     a.add_argument("input")
     a.add_argument("--calib", help="calibration .npz: also measure IDAP++ divergence")
     a.add_argument("--json", action="store_true")
+
+    df = sub.add_parser("diff", help="compare two ONNX models node by node (shapes, channels, "
+                                     "FLOPs, removed and bypassed nodes)")
+    df.add_argument("a", help="the original .onnx")
+    df.add_argument("b", help="the changed .onnx (any tool's output)")
+    fmt = df.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the diff as JSON (schema in README)")
+    fmt.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    df.add_argument("--html", metavar="R.html", help="also write a self-contained HTML report")
+    df.add_argument("--model-explorer", metavar="DIR",
+                    help="also write Model Explorer node-data overlays DIR/a.json and DIR/b.json")
 
     d = sub.add_parser("demo", help="compress a built-in ResNet-18 (random weights) and compare")
     d.add_argument("--out", default="demo_out", help="folder for the demo's files")
@@ -88,11 +109,16 @@ def cmd_compress(args) -> int:
     from . import api
     from .emit.save import check_output_path, save_onnx
 
-    if args.flops is None and args.params is None and not args.blocks and args.max_error is None:
-        raise _UserError("give a target: --flops R and/or --params R, or --blocks N / --max-error E")
+    plan = _read_plan(args.plan_in) if args.plan_in else None
+    if plan is None and args.flops is None and args.params is None and not args.blocks \
+            and args.max_error is None:
+        raise _UserError("give a target: --flops R and/or --params R, or --blocks N / "
+                         "--max-error E, or --plan-in PLAN")
+    if not args.output and not args.dry_run:
+        raise _UserError("give an output file with -o OUT.onnx (or --dry-run)")
     if args.blocks < 0:
         raise _UserError(f"--blocks must be >= 0, got {args.blocks}")
-    out = check_output_path(args.output, args.input)
+    out = check_output_path(args.output, args.input) if args.output else None
     if args.plan_out:
         check_output_path(args.plan_out, args.input)
     with warnings.catch_warnings():
@@ -102,16 +128,18 @@ def cmd_compress(args) -> int:
                            alpha=args.alpha, base=args.base, min_keep=args.min_keep,
                            blocks=(None if args.max_error is not None and not args.blocks
                                    else args.blocks),
-                           max_error=args.max_error, block_score=args.block_score)
-    save_onnx(res.model, out)
+                           max_error=args.max_error, block_score=args.block_score,
+                           block_kinds=args.block_kinds, plan=plan)
+    if not args.dry_run:
+        save_onnx(res.model, out)
     if args.plan_out:
         from .emit.save import write_bytes_atomic
 
         write_bytes_atomic(args.plan_out, res.plan.to_json().encode())
     rep = res.report.to_dict()
-    rep["output"] = str(out)
+    rep["output"] = None if args.dry_run else str(out)
     rep["size_before"] = os.path.getsize(args.input)
-    rep["size_after"] = os.path.getsize(out)
+    rep["size_after"] = res.model.ByteSize() if args.dry_run else os.path.getsize(out)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
@@ -124,13 +152,27 @@ def cmd_compress(args) -> int:
     if rep["blocks_bypassed"]:
         print(f"blocks bypassed: {', '.join(rep['blocks_bypassed'])}")
     h = rep["heal"]
-    if h.get("method") in ("stats", "bias"):
+    if h.get("method") in ("lsq", "stats", "bias"):
         print(f"healing: {h['layers']} layers, calibration error {h['error_before']:.4g} -> "
               f"{h['error_after']:.4g} ({'kept' if h['kept'] else 'not kept: no better'})")
     for w in rep["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"wrote {out}")
+    print("dry run: nothing written" if args.dry_run else f"wrote {out}")
     return 0
+
+
+def _read_plan(path: str):
+    from .errors import InputError
+    from .ir.plan import Plan
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise InputError(f"cannot read plan {path}: {e.strerror or e}") from None
+    try:
+        return Plan.from_json(text)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(f"{path} is not an idapgraph plan: {str(e).splitlines()[0]}") from None
 
 
 def cmd_analyze(args) -> int:
@@ -171,6 +213,34 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    from . import review
+    from .emit.save import check_output_path, write_bytes_atomic
+    from .review import explorer, html, text
+
+    if args.html:
+        check_output_path(args.html, args.a)
+        check_output_path(args.html, args.b)
+    if args.model_explorer:
+        explorer.check_dir(args.model_explorer)
+    d = review.diff(args.a, args.b)
+    wrote = []
+    if args.html:
+        write_bytes_atomic(args.html, html.report(d).encode())
+        wrote.append(args.html)
+    if args.model_explorer:
+        wrote += explorer.write(d, args.model_explorer)
+    if args.json:
+        print(json.dumps(d.to_dict(), indent=2))
+    elif args.markdown:
+        print(text.markdown(d), end="")
+    else:
+        print(text.text(d), end="")
+        for w in wrote:
+            print(f"wrote {w}")
+    return 0
+
+
 class _UserError(Exception):
     pass
 
@@ -185,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compress(args)
         if args.cmd == "analyze":
             return cmd_analyze(args)
+        if args.cmd == "diff":
+            return cmd_diff(args)
         if args.cmd == "demo":
             from .demo import run_demo
 

@@ -39,4 +39,26 @@ def onnx_out(model: onnx.ModelProto, feeds=None) -> list[np.ndarray]:
     return run_onnx(model, feeds if feeds is not None else example_feeds(model))
 
 
-__all__ = ["export_onnx", "rel_err", "torch_out", "onnx_out", "example_feeds"]
+def resnet18_pair(folder) -> tuple:
+    """``folder/r18.onnx`` (torchvision resnet18, 64x64 input, seeded) and
+    ``folder/r18_small.onnx``, idapgraph's compression of it (0.7 FLOPs, one block bypassed):
+    the pair the review tools are checked on."""
+    from pathlib import Path
+
+    import torchvision
+
+    import idapgraph
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    a, b = folder / "r18.onnx", folder / "r18_small.onnx"
+    a.write_bytes(export_onnx(torchvision.models.resnet18().eval(),
+                              (torch.randn(1, 3, 64, 64),)).SerializeToString())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = idapgraph.compress(str(a), flops=0.7, blocks=1)
+    b.write_bytes(res.model.SerializeToString())
+    return a, b
+
+
+__all__ = ["export_onnx", "resnet18_pair", "rel_err", "torch_out", "onnx_out", "example_feeds"]

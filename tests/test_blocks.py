@@ -29,13 +29,17 @@ def residual_adds_fx(gm) -> int:
                and all(getattr(a, "op", "") not in ("get_attr", "") for a in n.args))
 
 
-@pytest.mark.parametrize("name,count", [("tv_resnet18", 8), ("tv_resnet50", 16),
-                                        ("tv_mobilenet_v2", 10), ("hf_bert", 4)])
-def test_detection_same_on_both_backends(name, count):
+@pytest.mark.parametrize("name,kinds", [
+    ("tv_resnet18", ["residual"] * 8), ("tv_resnet50", ["residual"] * 16),
+    ("tv_mobilenet_v2", ["residual"] * 10),
+    ("hf_bert", ["attention", "mlp"] * 2 + ["layer"] * 2),
+    ("hf_gpt2", ["attention", "mlp"] * 2 + ["layer"] * 2)])
+def test_detection_same_on_both_backends(name, kinds):
     model, args = build(name)
     kf = blocks.find(idapgraph.analyze(model, args).graph)
     ko = blocks.find(idapgraph.analyze(export_onnx(model, args)).graph)
-    assert len(kf) == len(ko) == count
+    assert [b.kind for b in kf] == [b.kind for b in ko] == kinds
+    assert [b.key for b in kf] == [b.key for b in ko]
 
 
 def test_zeroed_branch_is_bypassed_without_change():

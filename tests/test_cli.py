@@ -91,11 +91,22 @@ def _bad(tmp_path, model_path, name):
         return ["compress", p, "-o", out, "--flops", "0.5", "--method", "nope"], p
     if name == "no_out_dir":
         return ["compress", p, "-o", tmp_path / "nodir" / "x.onnx", "--flops", "0.5"], p
+    if name == "no_output":
+        return ["compress", p, "--flops", "0.5"], p
+    if name in ("plan_garbage", "plan_missing", "plan_other_model"):
+        plan = tmp_path / "plan.json"
+        if name == "plan_garbage":
+            plan.write_text("{not json")
+        elif name == "plan_other_model":  # a plan whose group does not exist in this model
+            plan.write_text(json.dumps({"version": 1, "remove": {"w999.out": [0]},
+                                        "units": {"w999.out": 4}}))
+        return ["compress", p, "-o", out, "--plan-in", plan], p
     return ["compress", p, "-o", out, "--flops", "0.5"], p
 
 
 BAD = ["missing", "empty", "garbage", "text", "truncated", "same_output", "ratio_zero",
-       "ratio_big", "ratio_nan", "no_target", "bad_method", "no_out_dir"]
+       "ratio_big", "ratio_nan", "no_target", "bad_method", "no_out_dir", "no_output",
+       "plan_garbage", "plan_missing", "plan_other_model"]
 
 
 @pytest.mark.parametrize("name", BAD)
@@ -118,3 +129,23 @@ def test_analyze_json(model_path):
     rep = json.loads(r.stdout)
     assert rep["groups"] and rep["flops"] > 0
     assert {f["reason"] for f in rep["frozen"]} == {"model input", "model output"}
+
+
+def test_plan_round_trip_and_dry_run(model_path, tmp_path):
+    """--plan-out writes the plan, --plan-in applies it (no target needed) to the same result;
+    --dry-run reports without writing a model."""
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    r = run("compress", model_path, "-o", a, "--flops", "0.6", "--heal", "none", "--json",
+            "--plan-out", tmp_path / "plan.json")
+    assert r.returncode == 0, r.stderr
+    r2 = run("compress", model_path, "-o", b, "--plan-in", tmp_path / "plan.json", "--heal",
+             "none", "--json")
+    assert r2.returncode == 0, r2.stderr
+    ra, rb = json.loads(r.stdout), json.loads(r2.stdout)
+    assert (ra["flops_after"], ra["params_after"]) == (rb["flops_after"], rb["params_after"])
+    assert a.read_bytes() == b.read_bytes()
+    r3 = run("compress", model_path, "--flops", "0.6", "--dry-run", "--json")
+    assert r3.returncode == 0, r3.stderr
+    rep = json.loads(r3.stdout)
+    assert rep["output"] is None and rep["size_after"] < rep["size_before"]
+    assert sorted(os.listdir(tmp_path)) == ["a.onnx", "b.onnx", "plan.json"]

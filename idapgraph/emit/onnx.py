@@ -17,6 +17,26 @@ def _int_const(name: str, values) -> gs.Constant:
     return gs.Constant(name, np.asarray(values, dtype=np.int64))
 
 
+def _reshape_target(g: gs.Graph, gn: gs.Node, target: list) -> gs.Tensor:
+    """The new shape input of a Reshape: a constant, or — for a target concatenated at run time
+    (``None`` entries) — a private copy of that Concat with its constant pieces rewritten."""
+    name = f"{gn.name}__idapgraph_shape"
+    if all(t is not None for t in target):
+        return _int_const(name, target)
+    concat = gn.inputs[1].inputs[0]
+    pieces, at = [], 0
+    for i, piece in enumerate(concat.inputs):
+        n = int(piece.shape[0])
+        if isinstance(piece, gs.Constant):
+            piece = _int_const(f"{name}_{i}", target[at:at + n])
+        pieces.append(piece)
+        at += n
+    out = gs.Variable(name, dtype=np.int64, shape=[at])
+    g.nodes.append(gs.Node("Concat", f"{concat.name}__idapgraph_{gn.name}", {"axis": 0}, pieces,
+                           [out]))
+    return out
+
+
 def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "remove") -> onnx.ModelProto:
     """Return a new ModelProto; ``model`` is the normalised model the IR was built from.
 
@@ -57,7 +77,7 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
                 else:
                     gn.inputs.append(const)
             elif node.op in ("reshape", "expand"):
-                gn.inputs[1] = _int_const(f"{gn.name or node.name}__idapgraph_shape", upd["target"])
+                gn.inputs[1] = _reshape_target(g, gn, upd["target"])
             elif node.op == "index" and "slice_axes" in node.attrs:  # Gather needs no rewrite
                 axes = node.attrs["slice_axes"]
                 mp = upd["map"]
@@ -69,7 +89,7 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
         for t in tensors.values():
             if isinstance(t, gs.Variable) and t.name not in keep_io:
                 t.shape = None
-        g.cleanup(remove_unused_graph_inputs=False)
+        g.cleanup(remove_unused_graph_inputs=False).toposort()
     out = export_like(g, model)
     if mode == "remove":
         try:
@@ -112,17 +132,21 @@ def set_params(model: onnx.ModelProto, graph: Graph, updates: dict, new_bias: di
 
 
 def bypass(model: onnx.ModelProto, blocks: list[tuple[str, str, object]]) -> onnx.ModelProto:
-    """A new model where each ``(add node, skip tensor, constant or None)`` Add becomes its skip
-    input (plus the constant: mean substitution); the dead branch is removed."""
+    """A new model where each ``(node, skip tensor, constant or None)`` node — a residual Add, or
+    a layer's last node — becomes its skip input (plus the constant: mean substitution); the dead
+    branch is removed."""
     g = gs.import_onnx(model)
     tensors = g.tensors()
     by_name = {n.name: n for n in g.nodes}
     for add, skip, const in blocks:
         node = by_name[add]
         sk = tensors[skip]
-        if const is not None:
+        if const is not None:  # the add (or a layer's last node) becomes skip + mean
+            node.op, node.attrs, node.domain = "Add", {}, None
             node.inputs = [sk, gs.Constant(f"{add}__idapgraph_mean",
                                            np.ascontiguousarray(const, dtype=np.float32))]
+            while len(node.outputs) > 1:  # e.g. LayerNormalization's optional mean/std
+                node.outputs.pop()
             continue
         out = node.outputs[0]
         if out in g.outputs:

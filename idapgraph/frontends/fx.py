@@ -166,7 +166,8 @@ class _Builder:
         t = node.target
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             self.add(node, "conv", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
-                     {"groups": m.groups})
+                     {"groups": m.groups, **_geometry(m.stride, m.padding, m.dilation,
+                                                      m.padding_mode == "zeros")})
         elif isinstance(m, nn.Linear):
             self.add(node, "linear", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
                      {"layout": "oi"})
@@ -276,7 +277,9 @@ class _Builder:
             w, b = self.ref(_arg(node, 1, "weight")), self.ref(_arg(node, 2, "bias"))
             groups = _arg(node, 6, "groups", 1)
             if w is not None and self.g.tensors[w].kind == PARAM and isinstance(groups, int):
-                return self.add(node, "conv", [x, w, b], {"groups": groups})
+                return self.add(node, "conv", [x, w, b], {"groups": groups, **_geometry(
+                    _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0),
+                    _arg(node, 5, "dilation", 1))})
         if f is F.batch_norm:
             ps = [self.ref(_arg(node, i, n)) for i, n in
                   ((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var"))]
@@ -331,7 +334,10 @@ class _Builder:
             groups = _arg(node, gpos, "groups", 1)
             if w is not None and self.g.tensors[w].kind == PARAM and isinstance(groups, int) and (
                     name != "convolution" or not node.args[6]):
-                return self.add(node, "conv", [x, w, b], {"groups": groups, "groups_arg": gpos})
+                return self.add(node, "conv", [x, w, b], {"groups": groups, "groups_arg": gpos,
+                                                          **_geometry(_arg(node, 3, "stride", 1),
+                                                                      _arg(node, 4, "padding", 0),
+                                                                      _arg(node, 5, "dilation", 1))})
         if name in ("view", "reshape", "_unsafe_view"):
             target = [a if isinstance(a, int) else None for a in node.args[1]]
             return self.add(node, "reshape", [x], {"target": target if len(target) == len(meta.shape) else None})
@@ -466,6 +472,48 @@ def _fetch(gm: nn.Module, qualname: str) -> Any:
     return obj
 
 
+def _geometry(stride, padding, dilation, zero_padding: bool = True) -> dict:
+    """Canonical conv geometry (``stride``, ``pads`` as begins then ends, ``dilation``), or
+    nothing when it is not plain numbers (``padding="same"``, reflect padding)."""
+    if not zero_padding or isinstance(padding, str):
+        return {}
+    vals = [stride, padding, dilation]
+    if not all(isinstance(v, int) or (isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v))
+               for v in vals):
+        return {}
+    stride, padding, dilation = ([v] if isinstance(v, int) else list(v) for v in vals)
+    return {"stride": stride, "pads": padding + padding, "dilation": dilation}
+
+
+def impure(node: fx.Node) -> bool:
+    """Like fx's own test, except that seeded-random ops in inference form are pure — a dropout
+    with ``train=False`` or an attention with ``dropout_p=0``, as ``torch.export`` records them —
+    so a dead branch ending in one is still removed."""
+    if node.target is torch.ops.aten.dropout.default and not (node.args[2:3] or [True])[0]:
+        return False
+    if node.target is torch.ops.aten.scaled_dot_product_attention.default and not (
+            node.args[4:5] or [node.kwargs.get("dropout_p", 0.0)])[0]:
+        return False
+    return node.is_impure()
+
+
+def _export(module: nn.Module, args: tuple) -> fx.GraphModule:
+    """``torch.export`` with the batch axis left dynamic where the module allows it, so the
+    compressed module accepts any batch size (as the original did)."""
+    auto = torch.export.Dim.AUTO
+    dyn = tuple({0: auto} if isinstance(a, torch.Tensor) and a.ndim else None for a in args)
+    # a batch of 1 would be specialised (0/1 rule): export on the example repeated twice
+    wide = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == 1
+                 else a for a in args)
+    try:
+        gm = torch.export.export(module, wide, dynamic_shapes=dyn, strict=False).module()
+    except Exception:  # noqa: BLE001 - fall back to the example's static shapes
+        gm = torch.export.export(module, args, strict=False).module()
+    gm.graph.eliminate_dead_code(is_impure_node=impure)  # e.g. a pooler whose output is unused
+    gm.recompile()
+    return gm
+
+
 def trace(module: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     try:
         gm = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
@@ -473,7 +521,7 @@ def trace(module: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         # Models with data-dependent Python (transformers) do not trace symbolically; torch.export
         # gives an ATen-level fx graph of the same module instead.
         try:
-            gm = torch.export.export(module, tuple(example_inputs), strict=False).module()
+            gm = _export(module, tuple(example_inputs))
         except Exception as e2:  # noqa: BLE001
             raise InputError(f"cannot trace the module with torch.fx ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}) nor torch.export "

@@ -7,6 +7,8 @@ model, so IR nodes refer to graphsurgeon nodes by their position.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import numpy as np
@@ -99,9 +101,28 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
             if not _type_same_shape_outputs(out):
                 break
             out = onnx.shape_inference.infer_shapes(out, data_prop=True)
-        return out
     except Exception as e:  # noqa: BLE001
         raise InputError(f"ONNX shape inference failed: {str(e).splitlines()[0]}") from e
+    if _has_symbolic_dims(out):
+        # with symbolic batch/sequence dimensions ONNX's own inference loses sizes that follow
+        # from run-time shape arithmetic (the head count of ``view(B, T, -1, d)``);
+        # onnxruntime's symbolic inference (sympy) keeps them
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                sym = SymbolicShapeInference.infer_shapes(out, auto_merge=True)
+            if sym is not None:
+                out = sym
+        except Exception:  # noqa: BLE001 - an optimisation: ONNX's inference already ran
+            pass
+    return out
+
+
+def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
+    return any(d.dim_param or not d.HasField("dim_value")
+               for v in list(model.graph.input) + list(model.graph.value_info)
+               for d in v.type.tensor_type.shape.dim)
 
 
 def _type_same_shape_outputs(model: onnx.ModelProto) -> bool:
@@ -151,6 +172,28 @@ def _constant_value(node: gs.Node) -> np.ndarray | None:
 
 def _const(t: gs.Tensor) -> np.ndarray | None:
     return np.asarray(t.values) if isinstance(t, gs.Constant) else None
+
+
+def _shape_target(t: gs.Tensor) -> list | None:
+    """A Reshape's target: its constant values, or — for a target concatenated at run time from
+    pieces such as ``Shape(x)[0]`` and constants, as exports with dynamic axes write it — the
+    constant entries with ``None`` for the run-time ones (the rewrite then edits the pieces)."""
+    v = _const(t)
+    if v is not None:
+        return [int(x) for x in v.ravel()]
+    prod = t.inputs[0] if len(t.inputs) == 1 else None
+    if prod is None or prod.op != "Concat" or prod.attrs.get("axis", 0) not in (0, -1):
+        return None
+    out: list = []
+    for piece in prod.inputs:
+        pv = _const(piece)
+        if pv is not None:
+            out.extend(int(x) for x in pv.ravel())
+        elif piece.shape is not None and len(piece.shape) == 1 and isinstance(piece.shape[0], int):
+            out.extend([None] * piece.shape[0])
+        else:
+            return None
+    return out
 
 
 class _Builder:
@@ -225,7 +268,14 @@ class _Builder:
             return "meta", data, {}
         if op == "Conv":
             if isinstance(ins[1], gs.Constant):
-                return "conv", [ins[0], ins[1], ins[2] if len(ins) > 2 else None], {"groups": a.get("group", 1)}
+                geo = {}
+                if a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and ins[1].shape is not None:
+                    nd = len(ins[1].shape) - 2
+                    geo = {"stride": list(a.get("strides", [1] * nd)),
+                           "pads": list(a.get("pads", [0] * 2 * nd)),
+                           "dilation": list(a.get("dilations", [1] * nd))}
+                return "conv", [ins[0], ins[1], ins[2] if len(ins) > 2 else None], {
+                    "groups": a.get("group", 1), **geo}
             return "unknown", data, {"reason": "Conv with a run-time weight"}
         if op == "Gemm":
             b = ins[1]
@@ -284,9 +334,7 @@ class _Builder:
         if op == "Slice":
             return self._slice(n)
         if op == "Reshape":
-            v = _const(ins[1])
-            target = None if v is None else [int(x) for x in v.ravel()]
-            return "reshape", [ins[0]], {"target": target}
+            return "reshape", [ins[0]], {"target": _shape_target(ins[1])}
         if op in ("Flatten", "Squeeze", "Unsqueeze"):
             return "reshape", [ins[0]], {"target": "auto"}
         if op == "Transpose":

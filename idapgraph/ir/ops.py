@@ -421,14 +421,71 @@ def _reshape_groups(a: tuple, b: tuple) -> list[tuple[list[int], list[int]]] | N
     return groups
 
 
-def _carrier_pair(gi: list[int], xs: tuple, gj: list[int], ys: tuple):
+_HEAD_WALK_OPS = ("transpose", "unary", "elementwise")
+
+
+def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 8) -> set[int]:
+    """Axes of ``tensor`` that reach a batch axis of an activation product (matmul, attention)
+    through transposes, activations and elementwise ops only: attention heads.
+
+    Walks consumers (``downstream``) or producers. Used to cut a hidden axis split into
+    (heads, head size) at the heads, so that pruning removes whole heads.
+    """
+    found: set[int] = set()
+    todo = [(tensor, ax, ax, 0) for ax in range(len(graph.shape(tensor) or ()))]
+    seen = set()
+    while todo:
+        t, ax, origin, d = todo.pop()
+        if (t, ax) in seen or d > depth:
+            continue
+        seen.add((t, ax))
+        info = graph.tensors[t]
+        rank = len(info.shape or ())
+        nodes = info.consumers if downstream else ([info.producer] if info.producer else [])
+        for name in nodes:
+            node = graph.nodes[name]
+            if node.op in ("matmul", "attention"):
+                if ax < rank - 2:
+                    found.add(origin)
+                continue
+            if node.op == "reshape":  # follow axes a reshape passes through one-to-one
+                src, dst = (node.inputs[0], node.outputs[0])[::1 if downstream else -1]
+                xs, ys = graph.shape(src), graph.shape(dst)
+                runs = _reshape_groups(tuple(xs), tuple(ys)) if xs and ys else None
+                for gi, gj in runs or ():
+                    if gi == [ax] and len(gj) == 1:
+                        todo.append((dst, gj[0], origin, d + 1))
+                continue
+            if node.op not in _HEAD_WALK_OPS:
+                continue
+            if node.op == "transpose":
+                perm = list(node.attrs["perm"])
+                if downstream:
+                    todo.append((node.outputs[0], perm.index(ax), origin, d + 1))
+                else:
+                    todo.append((node.inputs[0], perm[ax], origin, d + 1))
+                continue
+            others = node.outputs if downstream else [
+                x for x in node.present_inputs() if graph.tensors[x].kind == ACTIVATION]
+            for o in others:
+                shift = len(graph.shape(o) or ()) - rank
+                if 0 <= ax + shift and (graph.shape(o) or ())[ax + shift:ax + shift + 1] == (
+                        info.shape[ax],):
+                    todo.append((o, ax + shift, origin, d + 1))
+    return found
+
+
+def _carrier_pair(gi: list[int], xs: tuple, gj: list[int], ys: tuple,
+                  heads: set[tuple[str, int]] = frozenset()):
     """Pick the input and output axes of a merged/split run that carry channel removals.
 
     Every flat element of the run has one index on each axis; tying the chosen input axis to the
     chosen output axis through those indices must not mix channels, so we take the pair with the
     fewest distinct (input index, output index) ties — a plain function such as channel -> group
-    (GroupNorm as Reshape+InstanceNorm) or channel -> flattened block — preferring larger axes
-    (head size over head count, channels over spatial) on ties. The other axes keep their size.
+    (GroupNorm as Reshape+InstanceNorm) or channel -> flattened block. On ties, an attention
+    head axis (``heads``: ("x", axis) / ("y", axis) pairs, see :func:`_head_axes`) wins, so that
+    heads are pruned whole (what attention kernels and `num_heads` need); then larger axes
+    (shuffle groups over group count, channels over spatial). The other axes keep their size.
     """
     n = int(np.prod([xs[a] for a in gi]))
     flat = np.arange(n)
@@ -442,7 +499,8 @@ def _carrier_pair(gi: list[int], xs: tuple, gj: list[int], ys: tuple):
         ii = index_on(gi, xs, ci)
         for cj in gj:
             pairs = np.unique(np.stack([ii, index_on(gj, ys, cj)], axis=1), axis=0)
-            key = (len(pairs), -(xs[ci] * ys[cj]), -ci, -cj)
+            head = ("x", ci) in heads or ("y", cj) in heads
+            key = (len(pairs), not head, -(xs[ci] * ys[cj]), -ci, -cj)
             if best is None or key < best[0]:
                 best = (key, ci, cj, pairs)
     return best[1], best[2], best[3]
@@ -457,6 +515,7 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
         rel.freeze_all(x, "reshape between shapes that do not factor")
         rel.freeze_all(y, "reshape between shapes that do not factor")
         return
+    heads = None
     for gi, gj in groups:
         if not gi or not gj:
             for ax in gi:
@@ -482,7 +541,10 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
         if one_to_one:
             rel.same(x, gi[0], y, gj[0])
             continue
-        ci, cj, pairs = _carrier_pair(gi, xs, gj, ys)
+        if heads is None:
+            heads = {("x", a) for a in _head_axes(rel.graph, x, downstream=False)} | {
+                ("y", a) for a in _head_axes(rel.graph, y, downstream=True)}
+        ci, cj, pairs = _carrier_pair(gi, xs, gj, ys, heads)
         rel.link(x, ci, pairs[:, 0], y, cj, pairs[:, 1])
         for ax in gi:
             if ax != ci:

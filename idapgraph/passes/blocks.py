@@ -1,11 +1,19 @@
-"""Bypassable blocks: residual branches ``y = skip + F(x)`` found with networkx dominators.
+"""Bypassable blocks, found with networkx dominators.
 
-An ``add`` whose two inputs split at its immediate dominator ``d`` (or at the skip's producer when
-a side input, e.g. an attention mask, joins the branch) is a residual block when one input (the
-*branch*) is computed by nodes below ``d`` whose outputs feed nothing but the branch and the add
-and are not model outputs; the branch may read other tensors (they lose a consumer). Bypassing removes the branch so the add becomes its
-*skip* input (``x`` itself, or a projection such as ResNet's downsample); with mean substitution
-the add keeps a constant: the branch's mean output over calibration data.
+* **Residual blocks** ``y = skip + F(x)``: an ``add`` whose two inputs split at its immediate
+  dominator ``d`` (or at the skip's producer when a side input, e.g. an attention mask, joins the
+  branch) is a residual block when one input (the *branch*) is computed by nodes below ``d`` whose
+  outputs feed nothing but the branch and the add and are not model outputs; the branch may read
+  other tensors (they lose a consumer). Bypassing removes the branch so the add becomes its
+  *skip* input (``x`` itself, or a projection such as ResNet's downsample); with mean
+  substitution the add keeps a constant: the branch's mean output over calibration data.
+  Their ``kind`` says what the branch holds: ``attention`` (a product of two activations or a
+  fused attention), ``mlp`` (fully connected layers only) or ``residual`` (convolutions).
+* **Layers** of transformers: runs of residual blocks that repeat with a period (attention, MLP;
+  attention, MLP; …), from the stream tensor ``x`` entering the first block to the stream tensor
+  ``y`` entering the next layer (after a post-norm, if any). The run is single-entry
+  single-exit apart from side inputs, and ``y`` has ``x``'s shape, so bypassing makes the layer
+  an identity (``y := x``; with mean substitution ``y := x + mean(y − x)``).
 """
 
 from __future__ import annotations
@@ -24,11 +32,26 @@ _ROOT = "\0root"
 @dataclass
 class Block:
     key: str  # stable name: "b{ordinal}" of the add among blocks, in execution order
-    add: str  # the add node
+    add: str  # the node whose output a bypass replaces: the add (for a layer, its last node)
     skip: str  # tensor the add becomes
     branch: str  # tensor the branch delivers to the add
     nodes: list[str] = field(default_factory=list)  # nodes of the branch (removed by a bypass)
-    kind: str = "residual"
+    kind: str = "residual"  # residual | attention | mlp | layer
+
+    def overlaps(self, other: "Block") -> bool:
+        return bool(({self.add} | set(self.nodes)) & ({other.add} | set(other.nodes)))
+
+
+BLOCK_KINDS = ("residual", "attention", "mlp", "layer")
+
+
+def _kind(graph: Graph, nodes) -> str:
+    ops = {graph.nodes[n].op for n in nodes}
+    if ops & {"matmul", "attention"}:
+        return "attention"
+    if "conv" in ops:
+        return "residual"
+    return "mlp"
 
 
 def find(graph: Graph) -> list[Block]:
@@ -39,7 +62,6 @@ def find(graph: Graph) -> list[Block]:
     if _ROOT not in g:
         return []
     idom = nx.immediate_dominators(g, _ROOT)
-    outputs = set(graph.outputs)
     order = {n: i for i, n in enumerate(graph.nodes)}
     blocks: list[Block] = []
     for node in graph:
@@ -70,17 +92,87 @@ def find(graph: Graph) -> list[Block]:
             sk_prod = graph.tensors[sk].producer
             if sk_prod in nodes:
                 continue
-            closed = graph.tensors[br].consumers == [node.name] and all(
-                t not in outputs and set(graph.tensors[t].consumers) <= nodes | {node.name}
-                for n in nodes for t in graph.nodes[n].outputs)
-            if not closed or not any(OPS[graph.nodes[n].op].weighted for n in nodes):
+            nodes = _exclusive(graph, g, nodes, node.name)
+            if graph.tensors[br].consumers != [node.name] or prod not in nodes or not any(
+                    OPS[graph.nodes[n].op].weighted for n in nodes):
                 continue  # a block holds at least one layer (not e.g. an attention-mask add)
             if best is None or len(nodes) > len(best[2]):
                 best = (sk, br, nodes)
         if best is not None:
             blocks.append(Block(f"b{len(blocks)}", node.name, best[0], best[1],
-                                sorted(best[2], key=order.__getitem__)))
-    return blocks
+                                sorted(best[2], key=order.__getitem__), _kind(graph, best[2])))
+    return blocks + _layers(graph, g, blocks, order)
+
+
+def _exclusive(graph: Graph, g: nx.DiGraph, nodes: set[str], sink: str) -> set[str]:
+    """The part of ``nodes`` that computes only for ``sink``: nodes whose outputs are read
+    elsewhere (or are model outputs) — e.g. shape arithmetic or an attention mask shared by
+    every layer — stay, with everything they need, and are not part of the block."""
+    outputs = set(graph.outputs)
+    shared = [n for n in nodes for t in graph.nodes[n].outputs
+              if t in outputs or not set(graph.tensors[t].consumers) <= nodes | {sink}]
+    stay: set[str] = set()
+    while shared:
+        n = shared.pop()
+        if n not in stay:
+            stay.add(n)
+            shared.extend(p for p in g.predecessors(n) if p in nodes)
+    return nodes - stay
+
+
+def _stream_next(graph: Graph, tensor: str) -> str | None:
+    """The output of the single shape-preserving one-activation-input node reading ``tensor``
+    (a post-norm or activation on the residual stream), if that is its only consumer."""
+    cons = graph.tensors[tensor].consumers
+    if len(cons) != 1 or tensor in graph.outputs:
+        return None
+    node = graph.nodes[cons[0]]
+    acts = [t for t in node.present_inputs() if graph.tensors[t].kind == ACTIVATION]
+    if acts != [tensor] or len(node.outputs) < 1 or graph.shape(node.outputs[0]) != graph.shape(
+            tensor) or node.op not in ("layernorm", "batchnorm", "unary", "groupnorm"):
+        return None
+    return node.outputs[0]
+
+
+def _layers(graph: Graph, g: nx.DiGraph, residual: list[Block], order) -> list[Block]:
+    """Transformer layers: periodic runs of attention/MLP residual blocks chained on one stream."""
+    if not any(b.kind == "attention" for b in residual):
+        return []
+    # the chain: the add of block i reaches the skip of block i+1 through post-norms only
+    tails: list[int] = []
+    for a, b in zip(residual, residual[1:]):
+        t, hops = graph.nodes[a.add].outputs[0], 0
+        while t is not None and t != b.skip:
+            t, hops = _stream_next(graph, t), hops + 1
+        if t is None:
+            return []  # not one stream (e.g. parallel branches): no layers
+        tails.append(hops)
+    kinds = [b.kind for b in residual]
+    n = len(kinds)
+    period = next((p for p in range(1, n + 1) if n % p == 0
+                   and all(kinds[i] == kinds[i % p] for i in range(n))
+                   and all(tails[i] == tails[i % p] for i in range(len(tails)))), n)
+    if period == n and n > 2:
+        return []
+    last_tail = tails[period - 1] if len(tails) >= period else 0
+    layers: list[Block] = []
+    for j in range(0, n, period):
+        x = residual[j].skip
+        if j + period < n:
+            y = residual[j + period].skip
+        else:
+            y = graph.nodes[residual[-1].add].outputs[0]
+            for _ in range(last_tail):
+                y = y and _stream_next(graph, y)
+        if y is None or graph.shape(y) != graph.shape(x):
+            continue
+        last = graph.tensors[y].producer
+        start = graph.tensors[x].consumers
+        below = set(start).union(*(nx.descendants(g, c) for c in start))
+        nodes = _exclusive(graph, g, nx.ancestors(g, last) & below, last) | {last}
+        layers.append(Block(f"layer{len(layers)}", last, x, y,
+                            sorted(nodes, key=order.__getitem__), "layer"))
+    return layers
 
 
 class BlockNorms:
@@ -107,6 +199,8 @@ class BlockNorms:
                 continue
             f = np.asarray(f, dtype=np.float64)
             x = np.asarray(x, dtype=np.float64)
+            if b.kind == "layer":  # the branch tensor is the layer's output y = x + (y - x)
+                f = f - x
             n = f.shape[0]
             ff, xx = f.reshape(n, -1), x.reshape(n, -1)
             y = xx + ff

@@ -23,12 +23,31 @@ class Cost:
     per_node: dict[str, int] = field(default_factory=dict)
 
 
+def _bias_add(graph: Graph, node, shape) -> int:
+    """A bias added by its own node (ONNX exports MatMul + Add) costs what a linear layer's own
+    bias costs (2 per output element), so both spellings of a layer count the same."""
+    if node.op != "elementwise" or node.attrs.get("fn") != "add" or len(node.present_inputs()) != 2:
+        return 0
+    a, b = node.present_inputs()
+    kinds = (graph.tensors[a].kind, graph.tensors[b].kind)
+    if kinds.count(PARAM) != 1:
+        return 0
+    vec = shape(a if kinds[0] == PARAM else b)
+    act = shape(b if kinds[0] == PARAM else a)
+    producer = graph.tensors[b if kinds[0] == PARAM else a].producer
+    if not vec or len(vec) != 1 or not act or vec[0] != act[-1] or producer is None or \
+            graph.nodes[producer].op != "linear":
+        return 0
+    return 2 * int(np.prod([1 if d is None else d for d in shape(node.outputs[0])], dtype=np.int64))
+
+
 def count(graph: Graph, shape: Callable[[str], tuple] | None = None,
           removed: set[str] | frozenset = frozenset()) -> Cost:
     """Count FLOPs and trainable parameters, optionally under changed tensor ``shape``\\ s and
     without the ``removed`` nodes (bypassed blocks)."""
     shape = shape or graph.shape
-    per_node = {n.name: int(OPS[n.op].cost(n, shape)) for n in graph if n.name not in removed}
+    per_node = {n.name: int(OPS[n.op].cost(n, shape)) + _bias_add(graph, n, shape)
+                for n in graph if n.name not in removed}
     params = 0
     for t in graph.tensors.values():
         if t.kind == PARAM and t.trainable and any(c not in removed for c in t.consumers):

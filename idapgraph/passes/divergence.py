@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.annotations import Coupling
-from ..ir.graph import Graph
+from ..ir.graph import ACTIVATION, Graph
 from ..ir.ops import Space, channel_axis, weight_axes
 from .scoring import combine
 from .stats import ChannelStats
@@ -41,14 +41,61 @@ class Tap:
 
 
 def _follow_chain(graph: Graph, t: str) -> str:
-    while True:
+    """Follow ``t`` through what acts on each channel alone: BatchNorm, activations, stored
+    per-channel or scalar operands (a MatMul's bias, which ONNX exports as its own Add; layer
+    scales), and activations that exporters spell out as several nodes (erf-GELU, SiLU as
+    x·sigmoid(x)), so that both backends measure at the same tensor."""
+    while t not in graph.outputs:
         cons = graph.tensors[t].consumers
-        if t in graph.outputs or len(cons) != 1:
+        n = graph.nodes[cons[0]] if len(cons) == 1 else None
+        if n is not None and len(n.outputs) == 1 and (
+                n.op in _CHAIN and n.inputs[0] == t or _with_stored_operands(graph, n, t)):
+            t = n.outputs[0]
+            continue
+        end = _pointwise_end(graph, t) if len(cons) > 1 else None
+        if end is None:
             return t
-        n = graph.nodes[cons[0]]
-        if n.op not in _CHAIN or n.inputs[0] != t or len(n.outputs) != 1:
-            return t
-        t = n.outputs[0]
+        t = end
+    return t
+
+
+def _with_stored_operands(graph: Graph, n, t: str) -> bool:
+    """An elementwise op of ``t`` and stored tensors only (``t + b``, ``t * 0.5``, ``t * γ``)."""
+    if n.op != "elementwise" or graph.shape(n.outputs[0]) != graph.shape(t):
+        return False
+    others = [x for x in n.present_inputs() if x != t]
+    return t in n.present_inputs() and all(graph.tensors[x].kind != ACTIVATION for x in others)
+
+
+def _pointwise_end(graph: Graph, t: str, limit: int = 12) -> str | None:
+    """If the nodes reading ``t`` start an elementwise sub-graph of ``t`` and stored operands
+    only, of ``t``'s shape, that closes in one tensor (``x * Φ(x)``: Div, Erf, Add, Mul), that
+    tensor."""
+    region: set[str] = set()
+    produced = [t]
+    for _ in range(limit):
+        open_ = [x for x in produced if x in graph.outputs
+                 or any(c not in region for c in graph.tensors[x].consumers)]
+        if len(open_) == 1 and open_[0] != t:
+            return open_[0]
+        ready = None
+        for x in open_:
+            for c in graph.tensors[x].consumers:
+                n = graph.nodes[c]
+                if c in region or n.op not in ("elementwise", "unary") or len(n.outputs) != 1 \
+                        or graph.shape(n.outputs[0]) != graph.shape(t):
+                    continue
+                if all(i in produced or graph.tensors[i].kind != ACTIVATION
+                       for i in n.present_inputs()):
+                    ready = n
+                    break
+            if ready is not None:
+                break
+        if ready is None:
+            return None
+        region.add(ready.name)
+        produced.append(ready.outputs[0])
+    return None
 
 
 def _bn_after(graph: Graph, y: str) -> str | None:
