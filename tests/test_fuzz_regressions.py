@@ -386,3 +386,29 @@ def test_report_counts_biases_added_by_healing(heal):
                            calib=torch.randn(32, 3, 6, 6))
     assert r.report.heal["kept"]  # the premise: healing ran and was kept
     assert sum(p.numel() for p in r.model.parameters()) == r.report.params_after
+
+
+# -- 13. NOT FIXED: mean substitution can grow the model, and 'reached' ignores stage 2 ------------
+
+class SmallResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.f = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1)
+        self.head, self.out = nn.Conv2d(4, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self.out(torch.relu(self.head(s + self.f(s))))
+
+
+@pytest.mark.xfail(strict=True, reason="with healing, a bypassed branch is replaced by its mean "
+                   "output per position, a (1, C, H, W) constant counted as parameters: here 256 "
+                   "values replace a 20-parameter branch, and compress still reports the params "
+                   "target reached because 'reached' comes from channel selection, before "
+                   "stage 2 (api.compress/_truncate)")
+def test_params_target_holds_after_mean_substitution():
+    torch.manual_seed(0)
+    model, x = SmallResidual().eval(), torch.randn(1, 2, 8, 8)
+    r = idapgraph.compress(model, (x,), params=0.9, blocks=1, calib=torch.randn(16, 2, 8, 8))
+    assert r.report.blocks_bypassed == ["b0"]  # the premise: stage 2 ran, with healing
+    assert not r.report.reached or r.report.params_ratio <= 0.9
