@@ -544,6 +544,11 @@ def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error:
         if missing:
             raise InputError(f"plan bypasses block(s) {missing}, which this model does not have")
         chosen = [by_key[k] for k in plan_bypass]
+        for i, b in enumerate(chosen):  # compress never plans these: one would undo the other
+            clash = next((o for o in chosen[:i] if o.overlaps(b)), None)
+            if clash is not None:
+                raise InputError(f"plan bypasses overlapping blocks {clash.key} and {b.key}; "
+                                 "name only one of them")
         alias: dict[str, str] = {}
         args = [_bypass_arg(g, b, None, alias) for b in chosen]
         out = m.bypass(current, args) if chosen else current

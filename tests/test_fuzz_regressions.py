@@ -412,3 +412,42 @@ def test_params_target_holds_after_mean_substitution():
     r = idapgraph.compress(model, (x,), params=0.9, blocks=1, calib=torch.randn(16, 2, 8, 8))
     assert r.report.blocks_bypassed == ["b0"]  # the premise: stage 2 ran, with healing
     assert not r.report.reached or r.report.params_ratio <= 0.9
+
+
+# -- 14. a plan that bypasses overlapping blocks (a residual block and the layer ending in it) -----
+
+class OneAttentionLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 4)
+        self.q, self.k, self.v = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+        self.o, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        att = (self.q(h) @ self.k(h).transpose(1, 2) * 0.5).softmax(-1)
+        return self.head(h + self.o(att @ self.v(h)))
+
+
+@pytest.mark.parametrize("backend", ["fx", "onnx"])
+def test_plan_with_overlapping_blocks_is_refused(backend):
+    """One attention residual is both block b0 and transformer layer layer0, ending in the same
+    Add. Bypassing both removed that Add twice: ONNX IndexError in emit.onnx.bypass. Such a plan
+    is now refused with a clear InputError (compress never makes one); each block alone works."""
+    torch.manual_seed(0)
+    model, x = OneAttentionLayer().eval(), torch.randn(1, 5, 6)
+    src = model if backend == "fx" else export_onnx(model, (x,))
+    ex = (x,) if backend == "fx" else None
+    from idapgraph.passes import blocks as blocks_pass
+
+    found = {b.key: b for b in blocks_pass.find(idapgraph.analyze(src, ex).graph)}
+    assert {"b0", "layer0"} <= set(found) and found["b0"].overlaps(found["layer0"])
+    with pytest.raises(idapgraph.InputError, match="overlapping blocks b0 and layer0"):
+        idapgraph.apply_plan(src, idapgraph.Plan(bypass=["b0", "layer0"]), ex)
+    with torch.no_grad():
+        want = model.head(model.inp(x)).numpy()
+    for keys in (["b0"], ["layer0"]):
+        out = idapgraph.apply_plan(src, idapgraph.Plan(bypass=keys), ex)
+        got = (torch_out(out, (x,)) if backend == "fx"
+               else onnx_out(out, {src.graph.input[0].name: x.numpy()}))[0]
+        assert rel_err(want, got) < 1e-5
