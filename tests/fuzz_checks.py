@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -141,7 +142,7 @@ def zero_branches(model, blocks):
     nodes = list(model.graph.node)
     for b in blocks:
         i = next(k for k, n in enumerate(nodes) if n.name == b.add)
-        zero = f"{b.add}__fuzz_zero"
+        zero = f"{b.add}__fuzz_zero_{b.key}"
         model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.float32), zero))
         if b.kind == "layer":  # the end node now writes y0; y = skip + 0·(y0 − skip)
             y = nodes[i].output[0]
@@ -209,9 +210,16 @@ def check(source, args, data, stats: Stats) -> None:
     rewrite = prune.resolve(a.graph, a.coupling, plan)
     check_frozen(a, rewrite)
     ex = args if is_fx else None
+    by_key = {b.key: b for b in blocks_pass.find(a.graph)}
+    chosen = [by_key[k] for k in plan.bypass]
+    if any(b.overlaps(o) for i, b in enumerate(chosen) for o in chosen[:i]):
+        with pytest.raises(idapgraph.InputError, match="overlapping blocks"):
+            idapgraph.apply_plan(source, plan, ex, mode="remove")
+        stats["overlapping bypass refused"] += 1
+        plan.bypass = [b.key for i, b in enumerate(chosen)
+                       if not any(b.overlaps(o) for o in chosen[:i])]
     zero = idapgraph.apply_plan(source, plan, ex, mode="zero")
     out = idapgraph.apply_plan(source, plan, ex, mode="remove")
-    by_key = {b.key: b for b in blocks_pass.find(a.graph)}
     ref = _run(zero_branches(zero, [by_key[k] for k in plan.bypass]), args, feeds)
     got = _run(out, args, feeds)
     orig = _run(source, args, feeds)
