@@ -301,6 +301,8 @@ class Report:
     heal: dict[str, Any] = field(default_factory=dict)  # healing summary (HealReport)
     blocks_bypassed: list[str] = field(default_factory=list)  # stage 2, in removal order
     block_scores: dict[str, float] = field(default_factory=dict)  # score of each when removed
+    # elements of the mean-substitution constants stage 2 stored (included in params_after)
+    params_constants: int = 0
 
     @property
     def flops_ratio(self) -> float:
@@ -543,16 +545,15 @@ def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error:
         missing = [k for k in plan_bypass if k not in by_key]
         if missing:
             raise InputError(f"plan bypasses block(s) {missing}, which this model does not have")
-        chosen = [by_key[k] for k in plan_bypass]
-        for i, b in enumerate(chosen):  # compress never plans these: one would undo the other
-            clash = next((o for o in chosen[:i] if o.overlaps(b)), None)
-            if clash is not None:
-                raise InputError(f"plan bypasses overlapping blocks {clash.key} and {b.key}; "
-                                 "name only one of them")
+        chosen: list = []  # a block inside a bypassed layer goes with it
+        for b in sorted((by_key[k] for k in plan_bypass), key=lambda b: -len(b.nodes)):
+            if not any(b.overlaps(c) for c in chosen):
+                chosen.append(b)
+        chosen.sort(key=lambda b: plan_bypass.index(b.key))
         alias: dict[str, str] = {}
         args = [_bypass_arg(g, b, None, alias) for b in chosen]
         out = m.bypass(current, args) if chosen else current
-        return out, list(plan_bypass), {n for b in chosen for n in b.nodes}, {}, 0
+        return out, [b.key for b in chosen], {n for b in chosen for n in b.nodes}, {}, 0
     error = m.output_error(batches)
     removed, nodes, scores, alias, stored = [], set(), {}, {}, 0
     while blist and (n_blocks is None or len(removed) < n_blocks):
@@ -680,7 +681,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         groups=len(coupling.groups), groups_pruned=sum(1 for v in plan.remove.values() if v),
         units_removed=plan.n_removed,
         frozen=[asdict(f) for f in coupling.frozen], warnings=warn, calibration=kind, steps=log,
-        heal=asdict(heal_rep), blocks_bypassed=bypassed, block_scores=block_scores)
+        heal=asdict(heal_rep), blocks_bypassed=bypassed, block_scores=block_scores,
+        params_constants=stored)
     return Result(model=out, plan=plan, report=report)
 
 

@@ -28,7 +28,6 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import onnx
-import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -71,6 +70,8 @@ def draw_plan(data, a, stats: Stats) -> idapgraph.Plan:
     stats["with blocks"] += bool(found)
     bypass = []
     if found and data.draw(st.integers(0, 2), label="bypass?") == 0:
+        # any blocks, layers too (zero_branches builds the reference of either kind); a block
+        # inside a bypassed layer goes with the layer
         bypass = sorted(data.draw(st.sets(st.sampled_from([b.key for b in found]), min_size=1),
                                   label="blocks"))
     stats["groups"] += len(a.coupling.groups)
@@ -211,13 +212,6 @@ def check(source, args, data, stats: Stats) -> None:
     check_frozen(a, rewrite)
     ex = args if is_fx else None
     by_key = {b.key: b for b in blocks_pass.find(a.graph)}
-    chosen = [by_key[k] for k in plan.bypass]
-    if any(b.overlaps(o) for i, b in enumerate(chosen) for o in chosen[:i]):
-        with pytest.raises(idapgraph.InputError, match="overlapping blocks"):
-            idapgraph.apply_plan(source, plan, ex, mode="remove")
-        stats["overlapping bypass refused"] += 1
-        plan.bypass = [b.key for i, b in enumerate(chosen)
-                       if not any(b.overlaps(o) for o in chosen[:i])]
     zero = idapgraph.apply_plan(source, plan, ex, mode="zero")
     out = idapgraph.apply_plan(source, plan, ex, mode="remove")
     ref = _run(zero_branches(zero, [by_key[k] for k in plan.bypass]), args, feeds)
@@ -275,21 +269,19 @@ def check_compress(source, args, data, stats: Stats) -> None:
     got, orig = _run(r.model, args, feeds), _run(source, args, feeds)
     assert [g.shape for g in got] == [o.shape for o in orig], "output shapes changed"
     rep = r.report
-    # Known, not fixed (test_fuzz_regressions.py 12 and 13): biases added by healing are not
-    # counted, and a bypassed branch's mean output (a (1, C, H, W) constant) can hold more values
-    # than the branch did while ``reached`` is decided before stage 2. Those cases skip the
-    # params checks below; everything else holds them.
-    means = bool(r.plan.bypass) and kw["heal"] != "none"
+    # a bypassed block healed by mean substitution stores its branch's mean (params_constants):
+    # on a model this small that constant can outweigh what was removed (regression 13); the
+    # biases healing adds are not in the report (regression 12), hence "not kept" below
     assert rep.flops_after <= rep.flops_before, rep
-    assert means or rep.params_after <= rep.params_before, rep
+    assert rep.params_after - rep.params_constants <= rep.params_before, rep
     if rep.reached:  # met, up to the half unit select.py allows for rounding
         for t in target:
             before, after = getattr(rep, f"{t}_before"), getattr(rep, f"{t}_after")
-            assert (t == "params" and means) or after <= ratio * before + 0.5, \
-                f"reached, but {t} not met: {rep}"
-    if is_fx and not rep.heal.get("kept"):  # the report counts what the module holds
-        held = sum(p.numel() for p in r.model.parameters()) + sum(
-            b.numel() for n, b in r.model.named_buffers() if "_idapgraph_mean" in n)
+            after -= rep.params_constants if t == "params" else 0
+            assert after <= ratio * before + 0.5, f"reached, but {t} not met: {rep}"
+    if is_fx and not rep.heal.get("kept"):  # the report counts what the module holds (biases
+        held = sum(p.numel() for p in r.model.parameters())  # healing adds are not counted:
+        held += rep.params_constants  # stored as a buffer by the fx bypass
         assert held == rep.params_after, f"report: {rep.params_after} params, module: {held}"
     if ratio == 1.0 and kw["blocks"] == 0:
         assert r.plan.n_removed == 0 and not r.plan.bypass

@@ -402,10 +402,11 @@ class SmallResidual(nn.Module):
 
 
 @pytest.mark.xfail(strict=True, reason="with healing, a bypassed branch is replaced by its mean "
-                   "output per position, a (1, C, H, W) constant counted as parameters: here 256 "
-                   "values replace a 20-parameter branch, and compress still reports the params "
-                   "target reached because 'reached' comes from channel selection, before "
-                   "stage 2 (api.compress/_truncate)")
+                   "output per position, a (1, C, H, W) constant: here 256 values replace a "
+                   "20-parameter branch. 'reached' is decided by channel selection before stage "
+                   "2, and the params target is checked net of these constants (reported as "
+                   "params_constants), so a 3.5x larger model reports params=0.9 reached. A "
+                   "per-channel mean, or counting constants against the target, would fix it")
 def test_params_target_holds_after_mean_substitution():
     torch.manual_seed(0)
     model, x = SmallResidual().eval(), torch.randn(1, 2, 8, 8)
@@ -430,10 +431,10 @@ class OneAttentionLayer(nn.Module):
 
 
 @pytest.mark.parametrize("backend", ["fx", "onnx"])
-def test_plan_with_overlapping_blocks_is_refused(backend):
+def test_plan_with_overlapping_blocks(backend):
     """One attention residual is both block b0 and transformer layer layer0, ending in the same
-    Add. Bypassing both removed that Add twice: ONNX IndexError in emit.onnx.bypass. Such a plan
-    is now refused with a clear InputError (compress never makes one); each block alone works."""
+    Add. Bypassing both removed that Add twice: ONNX IndexError in emit.onnx.bypass. A block
+    inside a bypassed layer now goes with the layer; every combination gives the same model."""
     torch.manual_seed(0)
     model, x = OneAttentionLayer().eval(), torch.randn(1, 5, 6)
     src = model if backend == "fx" else export_onnx(model, (x,))
@@ -442,12 +443,10 @@ def test_plan_with_overlapping_blocks_is_refused(backend):
 
     found = {b.key: b for b in blocks_pass.find(idapgraph.analyze(src, ex).graph)}
     assert {"b0", "layer0"} <= set(found) and found["b0"].overlaps(found["layer0"])
-    with pytest.raises(idapgraph.InputError, match="overlapping blocks b0 and layer0"):
-        idapgraph.apply_plan(src, idapgraph.Plan(bypass=["b0", "layer0"]), ex)
     with torch.no_grad():
         want = model.head(model.inp(x)).numpy()
-    for keys in (["b0"], ["layer0"]):
+    for keys in (["b0", "layer0"], ["layer0", "b0"], ["b0"], ["layer0"]):
         out = idapgraph.apply_plan(src, idapgraph.Plan(bypass=keys), ex)
         got = (torch_out(out, (x,)) if backend == "fx"
                else onnx_out(out, {src.graph.input[0].name: x.numpy()}))[0]
-        assert rel_err(want, got) < 1e-5
+        assert rel_err(want, got) < 1e-5, keys
