@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 import idapgraph
 from helpers import onnx_out, rel_err, torch_out
 from idapgraph.errors import IdapgraphError
-from idapgraph.ir.ops import Space, weight_axes
+from idapgraph.ir.ops import OPS, Space, weight_axes
 from idapgraph.passes import blocks as blocks_pass
 from idapgraph.passes import prune
 
@@ -67,13 +67,13 @@ def draw_plan(data, a, stats: Stats) -> idapgraph.Plan:
             st.sets(st.integers(0, g.n_units - 1), min_size=1, max_size=g.n_units - 1),
             label=f"units of {g.key}"))
     found = blocks_pass.find(a.graph)
+    stats["with blocks"] += bool(found)
     bypass = []
     if found and data.draw(st.integers(0, 2), label="bypass?") == 0:
-        # residual branches only: their zeroed-branch reference is what bypass must equal
-        # (a whole layer's identity is tested in test_transformers.py)
-        keys = [b.key for b in found if b.kind != "layer"]
-        bypass = sorted(data.draw(st.sets(st.sampled_from(keys), min_size=1),
-                                  label="blocks")) if keys else []
+        # any blocks, layers too (zero_branches builds the reference of either kind); a block
+        # inside a bypassed layer goes with the layer
+        bypass = sorted(data.draw(st.sets(st.sampled_from([b.key for b in found]), min_size=1),
+                                  label="blocks"))
     stats["groups"] += len(a.coupling.groups)
     stats["units_removed"] += sum(len(v) for v in remove.values())
     stats["prunable"] += any(g.n_units > 1 for g in a.coupling.groups)
@@ -115,23 +115,44 @@ def _ir_names(n) -> set[str]:
 
 
 def zero_branches(model, blocks):
-    """The reference for bypassed blocks: each block's branch input of its add multiplied by 0."""
+    """The reference for bypassed blocks, built on the zeroed (not bypassed) model: a residual
+    block's branch input of its add is multiplied by 0; a transformer layer's output ``y``
+    becomes ``x + 0·(y − x)`` (``x``: the stream entering it)."""
     if isinstance(model, torch.fx.GraphModule):
         nodes = {n.name: n for n in model.graph.nodes}
+        by_ir = {k: n for n in model.graph.nodes for k in _ir_names(n)}
         for b in blocks:
-            add = nodes[b.add]
-            arg = next(x for x in add.args if isinstance(x, torch.fx.Node) and b.branch in _ir_names(x))
-            with model.graph.inserting_before(add):
+            end = nodes[b.add]
+            if b.kind == "layer":
+                skip = by_ir[b.skip]
+                with model.graph.inserting_after(end):
+                    d = model.graph.call_function(torch.sub, (end, skip))
+                with model.graph.inserting_after(d):
+                    z = model.graph.call_function(torch.mul, (d, 0.0))
+                with model.graph.inserting_after(z):
+                    y = model.graph.call_function(torch.add, (skip, z))
+                end.replace_all_uses_with(y, delete_user_cb=lambda u: u is not d)
+                continue
+            arg = next(x for x in end.args if isinstance(x, torch.fx.Node) and b.branch in _ir_names(x))
+            with model.graph.inserting_before(end):
                 z = model.graph.call_function(torch.mul, (arg, 0.0))
-            add.replace_input_with(arg, z)
+            end.replace_input_with(arg, z)
         model.recompile()
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())
     nodes = list(model.graph.node)
     for b in blocks:
         i = next(k for k, n in enumerate(nodes) if n.name == b.add)
-        zero = f"{b.add}__fuzz_zero"
+        zero = f"{b.add}__fuzz_zero_{b.key}"
         model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.float32), zero))
+        if b.kind == "layer":  # the end node now writes y0; y = skip + 0·(y0 − skip)
+            y = nodes[i].output[0]
+            nodes[i].output[0] = f"{zero}_y0"
+            new = [onnx.helper.make_node("Sub", [f"{zero}_y0", b.skip], [f"{zero}_d"], name=f"{zero}_sub"),
+                   onnx.helper.make_node("Mul", [f"{zero}_d", zero], [f"{zero}_z"], name=f"{zero}_mul"),
+                   onnx.helper.make_node("Add", [b.skip, f"{zero}_z"], [y], name=f"{zero}_add")]
+            nodes[i + 1:i + 1] = new
+            continue
         mul = onnx.helper.make_node("Mul", [b.branch, zero], [f"{zero}_out"], name=f"{zero}_mul")
         nodes[i].input[list(nodes[i].input).index(b.branch)] = f"{zero}_out"
         nodes.insert(i, mul)
@@ -190,9 +211,9 @@ def check(source, args, data, stats: Stats) -> None:
     rewrite = prune.resolve(a.graph, a.coupling, plan)
     check_frozen(a, rewrite)
     ex = args if is_fx else None
+    by_key = {b.key: b for b in blocks_pass.find(a.graph)}
     zero = idapgraph.apply_plan(source, plan, ex, mode="zero")
     out = idapgraph.apply_plan(source, plan, ex, mode="remove")
-    by_key = {b.key: b for b in blocks_pass.find(a.graph)}
     ref = _run(zero_branches(zero, [by_key[k] for k in plan.bypass]), args, feeds)
     got = _run(out, args, feeds)
     orig = _run(source, args, feeds)
@@ -200,7 +221,8 @@ def check(source, args, data, stats: Stats) -> None:
     errs = [rel_err(r, g) for r, g in zip(ref, got)]
     assert max(errs) < TOL, f"zero-then-remove mismatch: {errs}"
     if not plan.remove and not plan.bypass:
-        assert max(rel_err(o, g) for o, g in zip(orig, got)) < 1e-6, "empty plan changed outputs"
+        # (float tolerance: onnxruntime packs/fuses differently once weights are constants)
+        assert max(rel_err(o, g) for o, g in zip(orig, got)) < TOL, "empty plan changed outputs"
     if plan.remove:
         assert _size(out) < _size(zero), "plan removed units but the model did not shrink"
     stats["checked"] += 1
@@ -223,11 +245,14 @@ def check_compress(source, args, data, stats: Stats) -> None:
                                                  else [])
     kw = dict({t: ratio for t in target},
               method=data.draw(st.sampled_from(methods), label="method"),
-              heal=data.draw(st.sampled_from(["none", "bias", "stats"]), label="heal"),
-              blocks=data.draw(st.sampled_from([0, 0, 1, 2, None]), label="blocks"),
-              block_kinds=["residual", "attention", "mlp"])
+              heal=data.draw(st.sampled_from(["none", "bias", "stats", "lsq"]), label="heal"),
+              blocks=data.draw(st.sampled_from([0, 0, 1, 2, None]), label="blocks"))
     if kw["blocks"] is None:  # stage 2 bounded by the calibration output error instead
         kw["max_error"] = data.draw(st.sampled_from([0.0, 0.05, 0.5]), label="max_error")
+    if kw["blocks"] != 0 and data.draw(st.booleans(), label="block kinds?"):
+        kw["block_kinds"] = data.draw(st.sets(st.sampled_from(
+            ["residual", "attention", "mlp", "layer"]), min_size=1), label="block kinds")
+        kw["block_score"] = data.draw(st.sampled_from(["relative", "influence"]), label="score")
     stats.plan = kw
     try:
         with warnings.catch_warnings():
@@ -245,7 +270,8 @@ def check_compress(source, args, data, stats: Stats) -> None:
     assert [g.shape for g in got] == [o.shape for o in orig], "output shapes changed"
     rep = r.report
     # a bypassed block healed by mean substitution stores its branch's mean (params_constants):
-    # on a model this small that constant can outweigh what was removed
+    # on a model this small that constant can outweigh what was removed (regression 13); the
+    # biases healing adds are not in the report (regression 12), hence "not kept" below
     assert rep.flops_after <= rep.flops_before, rep
     assert rep.params_after - rep.params_constants <= rep.params_before, rep
     if rep.reached:  # met, up to the half unit select.py allows for rounding
@@ -257,7 +283,6 @@ def check_compress(source, args, data, stats: Stats) -> None:
         held = sum(p.numel() for p in r.model.parameters())  # healing adds are not counted:
         held += rep.params_constants  # stored as a buffer by the fx bypass
         assert held == rep.params_after, f"report: {rep.params_after} params, module: {held}"
-        # a known bug, test_fuzz_regressions.py::test_report_counts_biases_added_by_healing
     if ratio == 1.0 and kw["blocks"] == 0:
         assert r.plan.n_removed == 0 and not r.plan.bypass
         assert max(rel_err(o, g) for o, g in zip(orig, got)) < 1e-5, "flops=1.0 changed outputs"
@@ -276,18 +301,27 @@ def check_compress(source, args, data, stats: Stats) -> None:
     stats["examples"] += 1
 
 
+def _layer_uses(a, group) -> int:
+    """How many weighted-layer calls read the group's parameters."""
+    graph = a.graph
+    return sum(1 for s in group.params(graph) for c in graph.tensors[s.tensor].consumers
+               if OPS[graph.nodes[c].op].weighted and graph.nodes[c].inputs[1] == s.tensor)
+
+
 def check_parity(model, args, proto, data, stats: Stats) -> None:
     """Design invariant 2: a plan made on the fx module, applied to the module's ONNX export,
-    gives the same outputs. The plan uses the groups both frontends offer with the same size
-    (frontends may differ in what they can prove, e.g. run-time reshapes on fx)."""
+    gives the same outputs. The plan uses the groups both frontends offer with the same units
+    and the same layer uses: frontends may differ in what they can prove (run-time reshapes on
+    fx), and exporters change structure (a shared conv whose one use is BN-folded becomes two
+    weights in ONNX; dropped or merged calls shift keys, see regression 7)."""
     af, ao = analyze(model, args, stats), analyze(proto, None, stats)
     if af is None or ao is None:
         stats["examples"] += 1
         return
-    units_o = {g.key: g.n_units for g in ao.coupling.groups}
-    common = [g for g in af.coupling.groups if units_o.get(g.key) == g.n_units]
+    shape_o = {g.key: (g.n_units, _layer_uses(ao, g)) for g in ao.coupling.groups}
+    common = [g for g in af.coupling.groups if shape_o.get(g.key) == (g.n_units, _layer_uses(af, g))]
     stats["groups_fx_only"] += len(af.coupling.groups) - len(common)
-    stats["groups_onnx_only"] += len(units_o) - len(common)
+    stats["groups_onnx_only"] += len(shape_o) - len(common)
     remove = {}
     for g in common:
         if g.n_units > 1 and data.draw(st.integers(0, 3), label=f"keep {g.key}?") < 3:

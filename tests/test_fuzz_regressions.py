@@ -386,3 +386,67 @@ def test_report_counts_biases_added_by_healing(heal):
                            calib=torch.randn(32, 3, 6, 6))
     assert r.report.heal["kept"]  # the premise: healing ran and was kept
     assert sum(p.numel() for p in r.model.parameters()) == r.report.params_after
+
+
+# -- 13. NOT FIXED: mean substitution can grow the model, and 'reached' ignores stage 2 ------------
+
+class SmallResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.f = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1)
+        self.head, self.out = nn.Conv2d(4, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self.out(torch.relu(self.head(s + self.f(s))))
+
+
+@pytest.mark.xfail(strict=True, reason="with healing, a bypassed branch is replaced by its mean "
+                   "output per position, a (1, C, H, W) constant: here 256 values replace a "
+                   "20-parameter branch. 'reached' is decided by channel selection before stage "
+                   "2, and the params target is checked net of these constants (reported as "
+                   "params_constants), so a 3.5x larger model reports params=0.9 reached. A "
+                   "per-channel mean, or counting constants against the target, would fix it")
+def test_params_target_holds_after_mean_substitution():
+    torch.manual_seed(0)
+    model, x = SmallResidual().eval(), torch.randn(1, 2, 8, 8)
+    r = idapgraph.compress(model, (x,), params=0.9, blocks=1, calib=torch.randn(16, 2, 8, 8))
+    assert r.report.blocks_bypassed == ["b0"]  # the premise: stage 2 ran, with healing
+    assert not r.report.reached or r.report.params_ratio <= 0.9
+
+
+# -- 14. a plan that bypasses overlapping blocks (a residual block and the layer ending in it) -----
+
+class OneAttentionLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 4)
+        self.q, self.k, self.v = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+        self.o, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        att = (self.q(h) @ self.k(h).transpose(1, 2) * 0.5).softmax(-1)
+        return self.head(h + self.o(att @ self.v(h)))
+
+
+@pytest.mark.parametrize("backend", ["fx", "onnx"])
+def test_plan_with_overlapping_blocks(backend):
+    """One attention residual is both block b0 and transformer layer layer0, ending in the same
+    Add. Bypassing both removed that Add twice: ONNX IndexError in emit.onnx.bypass. A block
+    inside a bypassed layer now goes with the layer; every combination gives the same model."""
+    torch.manual_seed(0)
+    model, x = OneAttentionLayer().eval(), torch.randn(1, 5, 6)
+    src = model if backend == "fx" else export_onnx(model, (x,))
+    ex = (x,) if backend == "fx" else None
+    from idapgraph.passes import blocks as blocks_pass
+
+    found = {b.key: b for b in blocks_pass.find(idapgraph.analyze(src, ex).graph)}
+    assert {"b0", "layer0"} <= set(found) and found["b0"].overlaps(found["layer0"])
+    with torch.no_grad():
+        want = model.head(model.inp(x)).numpy()
+    for keys in (["b0", "layer0"], ["layer0", "b0"], ["b0"], ["layer0"]):
+        out = idapgraph.apply_plan(src, idapgraph.Plan(bypass=keys), ex)
+        got = (torch_out(out, (x,)) if backend == "fx"
+               else onnx_out(out, {src.graph.input[0].name: x.numpy()}))[0]
+        assert rel_err(want, got) < 1e-5, keys
