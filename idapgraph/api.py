@@ -5,6 +5,8 @@ This module wires frontends, passes and emitters together; it holds no op semant
 
 from __future__ import annotations
 
+import json
+
 import math
 import os
 import warnings
@@ -438,11 +440,11 @@ def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8
     rep.error_before = error(pruned)
     current = pruned
     if comp:
-        updates, new_bias = heal_pass.bias_compensation(
+        updates, new_bias, records = heal_pass.bias_compensation(
             comp, ref, lambda n: g.tensors[n].value(), lambda n, c=current: m.get_param(c, n),
             lambda n, c=current: m.can_add_bias(c, n))
-        if updates or new_bias:
-            current = m.set_params(current, updates, new_bias)
+        current = _set_params(a, current, updates, new_bias, rep)
+        rep.corrections += records
         rep.notes.append(f"bias compensation on {len(comp)} layers")
     scales = []
     for chunk in heal_pass.chunks(sites, chunks):
@@ -451,9 +453,9 @@ def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8
         corr = heal_pass.corrections(chunk, ref, cur)
         updates, new_bias = heal_pass.affine_updates(
             corr, lambda n, c=current: m.get_param(c, n), lambda n, c=current: m.can_add_bias(c, n))
-        if updates or new_bias:
-            current = m.set_params(current, updates, new_bias)
+        current = _set_params(a, current, updates, new_bias, rep)
         rep.layers += len(corr)
+        rep.corrections += [heal_pass.affine_record(c) for c in corr]
         scales.extend(float(x) for c in corr for x in (c.scale.min(), c.scale.max()))
     if scales:
         rep.scale_min, rep.scale_max = min(scales), max(scales)
@@ -491,6 +493,7 @@ def _reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, per_pass: 
             if fit is None or not fit.residual_after < fit.residual_before:
                 continue
             updates[s.weight] = recon_pass.weight_update(fit, w)
+            rep.corrections.append(recon_pass.refit_record(fit, w, updates[s.weight]))
             if b is not None:
                 updates[s.bias] = fit.intercept.astype(np.asarray(b).dtype)
             elif pb is not None:
@@ -499,8 +502,7 @@ def _reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, per_pass: 
             elif intercept:
                 new_bias[s.node] = fit.intercept.astype(np.asarray(w).dtype)
             gains.append((fit.residual_before, fit.residual_after))
-        if updates or new_bias:
-            current = m.set_params(current, updates, new_bias)
+        current = _set_params(a, current, updates, new_bias, rep)
     rep.layers = len(gains)
     if gains:
         rep.notes.append("least-squares refit of %d layers: residual %.3g -> %.3g (median)" % (
@@ -509,6 +511,18 @@ def _reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, per_pass: 
     rep.error_after = error(current)
     rep.kept = rep.error_after <= rep.error_before
     return (current if rep.kept else pruned), rep
+
+
+def _set_params(a: Analysis, current, updates: dict, new_bias: dict, rep):
+    """Apply healing's parameter updates; a new bias a BatchNorm can absorb goes into its
+    running mean instead (:func:`passes.heal.absorb_shifts`), the others are recorded in
+    ``rep.bias_added`` (the report counts them)."""
+    if new_bias:
+        means, new_bias = heal_pass.absorb_shifts(a.graph, new_bias,
+                                                  lambda n: a.model.get_param(current, n))
+        updates = {**updates, **means}
+    rep.bias_added.update({k: int(np.size(v)) for k, v in new_bias.items()})
+    return a.model.set_params(current, updates, new_bias) if updates or new_bias else current
 
 
 def _live(alias: dict[str, str], tensor: str) -> str:
@@ -562,6 +576,8 @@ def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error:
         m.run(current, norms.tensors, batches, norms)
         b = min(blist, key=lambda x: norms.score(x.key, score))
         const = norms.mean(b.key) if mean_substitution else None
+        if const is not None:
+            const = blocks_pass.fit_mean(const, g.shape(b.branch), blocks_pass.branch_params(g, b))
         candidate = m.bypass(current, [_bypass_arg(g, b, const, alias)])
         if max_error is not None and error(candidate) > max_error:
             break  # (alias may now name b, which stays: nothing is bypassed after this)
@@ -674,9 +690,24 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
             warnings.warn(msg, stacklevel=2)
         a.model.validate(out)
     after = cost_pass.count(g, lambda t: rewrite.new_shapes[t], removed=gone)
+    bias_flops, bias_params = _added_bias_cost(g, rewrite, heal_rep, gone)
+    if g.backend == "onnx" and heal_rep.kept and heal_rep.corrections:
+        _stamp(out, "idapgraph.healing", {k: v for k, v in asdict(heal_rep).items()
+                                         if k != "bias_added"})
+    final = {"flops": (a.cost.flops, after.flops + bias_flops),
+             "params": (a.cost.params, after.params + stored + bias_params)}
+    for name, ratio in (("flops", flops), ("params", params)):
+        before, now = final[name]
+        if reached and ratio is not None and now > ratio * before + 0.5:
+            reached = False  # healing's added biases (or stored means) pushed it over
+            msg = (f"{name} target {ratio} missed after healing: {now / max(before, 1):.4f} of "
+                   f"the original (biases healing added: {bias_params} parameters; stored means: "
+                   f"{stored}); ask for a little less or use heal='none'")
+            warn.append(msg)
+            warnings.warn(msg, stacklevel=2)
     report = Report(
-        backend=g.backend, flops_before=a.cost.flops, flops_after=after.flops,
-        params_before=a.cost.params, params_after=after.params + stored,
+        backend=g.backend, flops_before=a.cost.flops, flops_after=after.flops + bias_flops,
+        params_before=a.cost.params, params_after=after.params + stored + bias_params,
         target={"flops": flops, "params": params}, reached=reached, method=method,
         groups=len(coupling.groups), groups_pruned=sum(1 for v in plan.remove.values() if v),
         units_removed=plan.n_removed,
@@ -684,6 +715,32 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         heal=asdict(heal_rep), blocks_bypassed=bypassed, block_scores=block_scores,
         params_constants=stored)
     return Result(model=out, plan=plan, report=report)
+
+
+def _added_bias_cost(g, rewrite: Rewrite, rep, gone: set[str]) -> tuple[int, int]:
+    """FLOPs and parameters of the biases healing added to bias-less layers (kept healing only;
+    a layer a later bypass removed counts nothing). A bias costs 2 FLOPs per output element, as
+    in :mod:`idapgraph.passes.cost`."""
+    if not rep.kept:
+        return 0, 0
+    flops = params = 0
+    for node, size in rep.bias_added.items():
+        if node in gone:
+            continue
+        shape = rewrite.new_shapes[g.nodes[node].outputs[0]]
+        flops += 2 * int(np.prod([1 if d is None else d for d in shape], dtype=np.int64))
+        params += size
+    return flops, params
+
+
+def _stamp(model, key: str, value) -> None:
+    """Record ``value`` (JSON) in an ONNX model's ``metadata_props`` under ``key`` (replacing
+    an earlier entry): how ``diff`` learns what healing did to each layer."""
+    for p in list(model.metadata_props):
+        if p.key == key:
+            model.metadata_props.remove(p)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, json.dumps(value, sort_keys=True)
 
 
 def apply_plan(model, plan: Plan, example_inputs=None, mode: str = "remove"):

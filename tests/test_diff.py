@@ -22,6 +22,7 @@ from helpers import export_onnx
 from idapgraph.ir.ops import weight_axes
 from idapgraph.passes import blocks as blocks_pass
 from idapgraph.review import diff
+from idapgraph.review.diff import STATUSES
 from idapgraph.review import explorer
 
 CLI = [sys.executable, "-m", "idapgraph"]
@@ -162,7 +163,10 @@ def test_renamed_nodes_structural_fallback(models, key, tmp_path):
     counts = renamed.matching.counts()
     assert counts["name"] == 0 and counts["structure"] >= 30
     assert sum(counts.values()) == len(renamed.b.graph)  # every node of B found its partner
-    assert renamed.totals() == named.totals() and renamed.blocks == named.blocks
+    # healing records name B's layers; with every name gone there is nothing to put them on
+    drop = lambda t: {k: v for k, v in t.items() if k != "layers_healed"}  # noqa: E731
+    assert drop(renamed.totals()) == drop(named.totals()) and renamed.blocks == named.blocks
+    assert renamed.totals()["layers_healed"] == 0
     for x, y in zip(named.nodes, renamed.nodes, strict=True):
         assert (x.a, x.status, x.channels_b, x.outputs_b, x.weights_b, x.flops_b) == \
             (y.a, y.status, y.channels_b, y.outputs_b, y.weights_b, y.flops_b)
@@ -177,33 +181,80 @@ def test_identity_diff(models):
 
 NODE_KEYS = {"a", "b", "op", "status", "match", "block", "outputs_a", "outputs_b", "weights_a",
              "weights_b", "channels_a", "channels_b", "kept", "flops_a", "flops_b", "params_a",
-             "params_b"}
+             "params_b", "weights_change", "healing"}
 
 
 def test_json_schema(models):
     r = run("diff", models["a"], models["bypass"][0], "--json")
     assert r.returncode == 0, r.stderr
     j = json.loads(r.stdout)
-    assert set(j) == {"schema", "version", "a", "b", "totals", "match", "blocks_bypassed", "nodes"}
-    assert (j["schema"], j["version"]) == ("idapgraph.diff", 1)
+    assert set(j) == {"schema", "version", "a", "b", "totals", "match", "blocks_bypassed",
+                      "healing", "nodes"}
+    assert (j["schema"], j["version"]) == ("idapgraph.diff", 2)
     for side in ("a", "b"):
         assert set(j[side]) == {"path", "nodes", "flops", "params"}
     assert set(j["totals"]) == {"flops_a", "flops_b", "flops_ratio", "params_a", "params_b",
                                 "params_ratio", "nodes", "layers", "layers_pruned",
-                                "channels_a", "channels_b"}
-    assert set(j["totals"]["nodes"]) == {"same", "changed", "removed", "bypassed", "added"}
+                                "layers_healed", "channels_a", "channels_b"}
+    assert set(j["totals"]["nodes"]) == set(STATUSES)
     assert sum(j["totals"]["nodes"].values()) == len(j["nodes"])
     assert set(j["match"]) == {"name", "tensor", "structure", "order"}
     assert set(j["blocks_bypassed"][0]) == {"key", "add", "add_kept", "nodes", "flops"}
     for n in j["nodes"]:
         assert set(n) == NODE_KEYS
-        assert n["status"] in ("same", "changed", "removed", "bypassed", "added")
+        assert n["status"] in STATUSES
+        assert n["weights_change"] is None or n["weights_change"] >= 0
         assert (n["match"] is None) == (n["a"] is None or n["b"] is None)
         for k in ("outputs_a", "outputs_b", "weights_a", "weights_b"):
             assert n[k] is None or all(s is None or all(isinstance(x, int) for x in s)
                                        for s in n[k])
         assert n["kept"] is None or 0 <= n["kept"] <= 1
     assert j["totals"]["flops_b"] == models["bypass"][1].report.flops_after
+
+
+def test_healing_shown_per_layer(models, capsys):
+    """B written by compress (lsq healing) records what healing did to each layer; diff puts
+    each record on its node, and text, Markdown and HTML show them."""
+    b, res = models["pruned"]
+    heal = res.report.heal
+    assert heal["kept"] and heal["method"] == "lsq" and heal["corrections"]
+    d = diff(models["a"], b)
+    shown = {r.b: r.healing for r in d.nodes if r.healing}
+    want = {c["layer"]: {k: v for k, v in c.items() if k != "layer"} for c in heal["corrections"]}
+    assert shown == want and all(v["kind"] == "refit" for v in shown.values())
+    assert all(v["residual_after"] < v["residual_before"] for v in shown.values())
+    assert d.totals()["layers_healed"] == len(want)
+    summary = d.to_dict()["healing"]
+    assert summary["method"] == "lsq" and summary["error_after"] < summary["error_before"]
+    rc, out, err = run_in_process(capsys, "diff", models["a"], b)
+    assert rc == 0, err
+    assert f"healing (lsq, recorded in B): {len(want)} layers changed" in out
+    assert "refit: residual" in out
+    rc, out, err = run_in_process(capsys, "diff", models["a"], b, "--markdown")
+    assert rc == 0 and out.count("refit: residual") == len(want)
+    # a model without idapgraph's metadata (any other tool's) simply has none
+    assert diff(models["a"], models["a"]).to_dict()["healing"] is None
+
+
+def test_retuned_weights_and_bad_metadata(models, tmp_path):
+    """Weights that changed value but not shape make a node ``retuned`` (any tool's output);
+    metadata that is not the JSON it should be is ignored, not trusted."""
+    m = onnx.load(str(models["a"]))
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    init = next(t for t in m.graph.initializer if t.name == conv.input[1])
+    init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 1.1, init.name))
+    p = m.metadata_props.add()
+    p.key, p.value = "idapgraph.healing", "{not json"
+    b = tmp_path / "b.onnx"
+    onnx.save(m, str(b))
+    d = diff(models["a"], b)
+    (r,) = [r for r in d.nodes if r.status != "same"]
+    assert r.a == conv.name and r.status == "retuned"
+    orig = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(models["a"])).graph.initializer}
+    w, bias = orig[conv.input[1]], orig[conv.input[2]]  # the export folded BN into a bias
+    want = 0.1 * np.linalg.norm(w) / np.sqrt(np.sum(w ** 2) + np.sum(bias ** 2))
+    assert r.weights_change == pytest.approx(want, rel=1e-4)
+    assert d.to_dict()["healing"] is None and r.healing is None
 
 
 def test_text_and_markdown(models, capsys):
@@ -217,7 +268,7 @@ def test_text_and_markdown(models, capsys):
     assert "| | A | B | B/A |" in lines and "|---|---:|---:|---:|" in lines
     assert any(line.startswith("| b6 |") for line in lines)
     rows = [line for line in lines if "| bypassed b6 |" in line]
-    assert len(rows) == 3 and all(row.count("|") - row.count("\\|") == 12 for row in rows)
+    assert len(rows) == 3 and all(row.count("|") - row.count("\\|") == 13 for row in rows)
 
 
 def test_html_and_model_explorer(models, tmp_path):
@@ -344,9 +395,11 @@ def test_bad_input(models, tmp_path, name, capsys):
 
 def test_readme_documents_the_schema(models, capsys):
     readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    section = readme.split("### JSON schema (`--json`), version 1", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("### JSON schema (`--json`), version 2", 1)[1].split("\n## ", 1)[0]
     j = diff(models["a"], models["bypass"][0]).to_dict()
     keys = set(j) | set(j["a"]) | set(j["totals"]) | set(j["totals"]["nodes"]) | set(j["match"])
     keys |= set(j["blocks_bypassed"][0]) | set(j["nodes"][0])
+    healed = diff(models["a"], models["pruned"][0]).to_dict()
+    keys |= set(healed["healing"]) | {k for n in healed["nodes"] for k in (n["healing"] or {})}
     missing = sorted(k for k in keys if f'"{k}"' not in section)
     assert not missing, f"README's diff schema lacks {missing}"

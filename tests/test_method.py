@@ -56,6 +56,13 @@ def test_idap_beats_baselines_at_half_flops(net, backend):
         r = idapgraph.compress(src, ex, flops=0.5, method=method, calib=cal, seed=0, heal="stats")
         assert r.report.flops_ratio <= 0.5 + 1e-9 and r.report.heal["kept"]
         acc[method] = accuracy(r.model)
+        # per-layer records; the stem conv reads the unpruned image, so the statistics of its
+        # kept channels are unchanged: an identity correction (scale 1, shift 0 within 1e-6)
+        first = r.report.heal["corrections"][0]
+        assert first["kind"] == "affine" and "stem" in first["layer"]
+        assert abs(first["scale_min"] - 1) <= 1e-6 and abs(first["scale_max"] - 1) <= 1e-6
+        assert first["shift_max"] <= 1e-6
+        assert any(c["scale_max"] - c["scale_min"] > 0.01 for c in r.report.heal["corrections"])
     print(backend, acc)
     assert acc["idap"] >= acc["magnitude"] and acc["idap"] >= acc["random"], acc
     assert acc["idap"] > 0.85, acc

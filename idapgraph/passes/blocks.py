@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from ..ir.graph import ACTIVATION, Graph
+from ..ir.graph import ACTIVATION, PARAM, Graph
 from ..ir.ops import OPS
 
 _ROOT = "\0root"
@@ -217,3 +217,40 @@ class BlockNorms:
 
     def mean(self, key: str) -> np.ndarray | None:
         return self.mean_sum[key] / self.n[key] if key in self.n else None
+
+
+def branch_params(graph: Graph, block: Block) -> int:
+    """Trainable parameters used only by the block's branch (what a bypass removes)."""
+    inside = set(block.nodes)
+    total = 0
+    for t in {t for n in block.nodes for t in graph.nodes[n].present_inputs()}:
+        ten = graph.tensors[t]
+        if ten.kind == PARAM and ten.trainable and set(ten.consumers) <= inside:
+            s = graph.shape(t)
+            total += int(np.prod(s, dtype=np.int64)) if s and all(d is not None for d in s) else 1
+    return total
+
+
+def fit_mean(mean: np.ndarray, shape, budget: int) -> np.ndarray:
+    """The constant that replaces a bypassed branch, from its mean output ``mean`` (batch axis
+    kept as 1): per position when that is no larger than ``budget`` (the branch's parameters, so
+    a bypass never grows the model) and every axis is static in ``shape`` (the IR shape; a
+    symbolic axis such as a sequence length must be averaged out). Otherwise the best
+    one-axis mean (e.g. per channel) within the budget, by squared distance to the full mean,
+    or the scalar mean."""
+    mean = np.asarray(mean)
+    static = [i for i in range(1, mean.ndim)
+              if shape is not None and i < len(shape) and shape[i] is not None]
+    dims = tuple(range(1, mean.ndim))
+    if len(static) == mean.ndim - 1 and mean.size <= budget:
+        return mean
+    best = mean.mean(axis=dims, keepdims=True)
+    err = float(np.sum((mean - best) ** 2))
+    for i in static:
+        if mean.shape[i] > budget:
+            continue
+        cand = mean.mean(axis=tuple(d for d in dims if d != i), keepdims=True)
+        e = float(np.sum((mean - cand) ** 2))
+        if e < err:
+            best, err = cand, e
+    return best

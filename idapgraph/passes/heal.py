@@ -92,6 +92,28 @@ class HealReport:
     error_after: float | None = None
     kept: bool = False  # whether the healed model was kept (it must not be worse)
     notes: list[str] = field(default_factory=list)
+    # one record per layer healing changed (see ``affine_record``, ``bias_record`` and
+    # reconstruct.refit_record): {"layer", "kind", ...numbers}
+    corrections: list[dict] = field(default_factory=list)
+    bias_added: dict[str, int] = field(default_factory=dict)  # layer -> size of a bias it got
+
+
+def _num(x) -> float:
+    return round(float(x), 6)
+
+
+def affine_record(c: "Correction") -> dict:
+    """What statistics matching did to one layer: the range of its per-channel scales and the
+    largest shift (an identity correction is scale 1, shift 0)."""
+    return {"layer": c.site.node, "kind": "affine", "channels": int(len(c.scale)),
+            "scale_min": _num(c.scale.min()), "scale_max": _num(c.scale.max()),
+            "shift_max": _num(np.abs(c.shift).max()) if len(c.shift) else 0.0}
+
+
+def bias_record(node: str, shift: np.ndarray) -> dict:
+    """What bias compensation did to one layer: the largest change of its bias."""
+    return {"layer": node, "kind": "bias", "channels": int(len(shift)),
+            "shift_max": _num(np.abs(shift).max()) if len(shift) else 0.0}
 
 
 class OutputError:
@@ -181,13 +203,16 @@ def compensation_sites(graph: Graph, rewrite: Rewrite) -> list[CompSite]:
 
 
 def bias_compensation(sites: list[CompSite], ref: ChannelStats, original, current,
-                      can_add_bias) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                      can_add_bias) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                             list[dict]]:
     """FLAP-style: ``bias += W[:, removed] · mean(x[removed])`` (summed over kernel taps), so a
     removed channel that is constant on the calibration data changes nothing (exactly so for
     linear layers and 1×1 convs; padding makes k×k convs exact only away from borders).
-    ``original(name)``: parameters before pruning; ``current(name)``: after."""
+    ``original(name)``: parameters before pruning; ``current(name)``: after. Returns (updated
+    parameters, new biases per node name, one :func:`bias_record` per layer changed)."""
     updates: dict[str, np.ndarray] = {}
     new_bias: dict[str, np.ndarray] = {}
+    records: list[dict] = []
     for s in sites:
         ms = ref.mean_std(s.x, s.axis)
         if ms is None:
@@ -207,4 +232,33 @@ def bias_compensation(sites: list[CompSite], ref: ChannelStats, original, curren
             updates[s.bias] = (np.asarray(current(s.bias), dtype=np.float64) + comp).astype(dtype)
         elif np.any(comp != 0) and can_add_bias(s.node):
             new_bias[s.node] = comp.astype(dtype)
-    return updates, new_bias
+        else:
+            continue
+        records.append(bias_record(s.node, comp))
+    return updates, new_bias, records
+
+
+def absorb_shifts(graph: Graph, new_bias: dict[str, np.ndarray], value
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Move a shift meant as a new bias of a bias-less layer into the running mean of the
+    inference BatchNorm that alone reads the layer's output: ``BN(y + b)`` with mean ``μ`` is
+    ``BN(y)`` with mean ``μ − b``, so healing adds no parameter (a conv without bias before a BN
+    is how most CNNs are written). ``value(name)`` reads current parameters. Returns (updated
+    running means, the new biases still needed)."""
+    updates: dict[str, np.ndarray] = {}
+    rest: dict[str, np.ndarray] = {}
+    for node, shift in new_bias.items():
+        y = graph.nodes[node].outputs[0]
+        users = graph.tensors[y].consumers
+        norm = graph.nodes[users[0]] if len(users) == 1 and y not in graph.outputs else None
+        mean = norm.inputs[3] if norm is not None and norm.op == "batchnorm" and \
+            len(norm.inputs) > 3 and norm.inputs[0] == y else None
+        if mean is None or mean in updates:
+            rest[node] = shift
+            continue
+        old = np.asarray(value(mean))
+        if old.shape != np.shape(shift):
+            rest[node] = shift
+            continue
+        updates[mean] = (old.astype(np.float64) - shift).astype(old.dtype)
+    return updates, rest

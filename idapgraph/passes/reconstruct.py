@@ -208,3 +208,14 @@ def weight_update(fit: Fit, like: np.ndarray) -> np.ndarray:
     moved = np.moveaxis(np.asarray(like), s.out_axis, 0)
     w = fit.weight.reshape(moved.shape)
     return np.ascontiguousarray(np.moveaxis(w, 0, s.out_axis)).astype(np.asarray(like).dtype)
+
+
+def refit_record(fit: Fit, old: np.ndarray, new: np.ndarray) -> dict:
+    """What the refit did to one layer: its output residual (relative to ‖Y‖²) before and after,
+    and the relative change ‖W' − W‖/‖W‖ of its (pruned) weight."""
+    old = np.asarray(old, dtype=np.float64)
+    change = np.linalg.norm(np.asarray(new, dtype=np.float64) - old) / max(np.linalg.norm(old), 1e-30)
+    return {"layer": fit.site.node, "kind": "refit",
+            "residual_before": round(float(fit.residual_before), 6),
+            "residual_after": round(float(fit.residual_after), 6),
+            "weight_change": round(float(change), 6)}

@@ -5,17 +5,24 @@ Both files are read with the project's safe loader, normalised and turned into t
 ``analyze`` report (:func:`idapgraph.passes.cost.count`). Nodes are matched with
 :mod:`idapgraph.review.match`; every node of A and every node added in B gets one record.
 
-The JSON form (``Diff.to_dict``) is versioned: ``{"schema": "idapgraph.diff", "version": 1}``;
+Weights whose shapes did not change are compared by value: a node whose weights changed without
+changing shape (healing refits, rescales) is ``retuned``. When B was written by ``compress``, its
+``idapgraph.healing`` metadata (see :func:`idapgraph.api._stamp`) says what healing did to each
+layer, and every record shows it.
+
+The JSON form (``Diff.to_dict``) is versioned: ``{"schema": "idapgraph.diff", "version": 2}``;
 README.md (section ``diff``) documents every key.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 from ..frontends import onnx as onnx_frontend
@@ -27,8 +34,9 @@ from ..passes import cost as cost_pass
 from .match import Matching, match
 
 SCHEMA = "idapgraph.diff"
-VERSION = 1
-STATUSES = ("same", "changed", "removed", "bypassed", "added")
+VERSION = 2
+STATUSES = ("same", "retuned", "changed", "removed", "bypassed", "added")
+HEALING_KEY = "idapgraph.healing"
 
 
 @dataclass
@@ -40,6 +48,7 @@ class Side:
     graph: Graph
     cost: cost_pass.Cost
     real_names: set[str]
+    healing: dict[str, Any] | None = None  # the model's idapgraph.healing metadata, if any
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Side":
@@ -47,7 +56,14 @@ class Side:
         graph = onnx_frontend.to_ir(onnx_frontend.normalize(raw))
         counts = Counter(n.name for n in raw.graph.node if n.name)
         return cls(os.fspath(path), raw, graph, cost_pass.count(graph),
-                   {k for k, v in counts.items() if v == 1})
+                   {k for k, v in counts.items() if v == 1}, _healing(raw))
+
+    def healed(self, node: str) -> dict[str, Any] | None:
+        """The healing record of one node (from the metadata), without its ``layer`` key."""
+        for rec in (self.healing or {}).get("corrections", []):
+            if rec.get("layer") == node:
+                return {k: v for k, v in rec.items() if k != "layer"}
+        return None
 
     def summary(self) -> dict[str, Any]:
         return {"path": self.path, "nodes": len(self.graph), "flops": self.cost.flops,
@@ -73,6 +89,8 @@ class NodeDiff:
     flops_b: int | None
     params_a: int | None
     params_b: int | None
+    weights_change: float | None = None  # ‖W_B − W_A‖/‖W_A‖ over weights of equal shapes
+    healing: dict[str, Any] | None = None  # what compress's healing did to this node (B's record)
 
 
 @dataclass
@@ -95,15 +113,36 @@ class Diff:
             "layers": len(layers),
             "layers_pruned": sum(1 for n in layers if n.channels_b is not None
                                  and n.channels_b < n.channels_a),
+            "layers_healed": sum(1 for n in self.nodes if n.healing),
             "channels_a": sum(n.channels_a for n in layers),
             "channels_b": sum(n.channels_b or 0 for n in layers),
         }
+
+    def healing_summary(self) -> dict[str, Any] | None:
+        """B's healing metadata without the per-layer records (those are on the nodes)."""
+        h = self.b.healing
+        return None if h is None else {k: v for k, v in h.items() if k != "corrections"}
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "version": VERSION, "a": self.a.summary(),
                 "b": self.b.summary(), "totals": self.totals(),
                 "match": self.matching.counts(), "blocks_bypassed": list(self.blocks),
+                "healing": self.healing_summary(),
                 "nodes": [asdict(n) for n in self.nodes]}
+
+
+def _healing(raw: onnx.ModelProto) -> dict[str, Any] | None:
+    """``compress``'s record of what healing did (``None`` for other tools' models, or when the
+    entry is not the JSON object it should be: it is informational, never trusted further)."""
+    for p in raw.metadata_props:
+        if p.key == HEALING_KEY:
+            try:
+                data = json.loads(p.value)
+            except ValueError:
+                return None
+            ok = isinstance(data, dict) and isinstance(data.get("corrections", []), list)
+            return data if ok else None
+    return None
 
 
 def _shape(s) -> list | None:
@@ -149,16 +188,39 @@ def _kept(fa: dict, fb: dict) -> float | None:
     return nb / na if na and nb is not None else None
 
 
+def _weights_change(a: Side, b: Side, na: str, nb: str) -> float | None:
+    """Relative change of the node's trainable weights when their shapes are equal in A and B
+    (0.0: identical values); ``None`` when shapes differ or there are none."""
+    wa, wb = _weights(a.graph, a.graph.nodes[na]), _weights(b.graph, b.graph.nodes[nb])
+    if not wa or len(wa) != len(wb):
+        return None
+    num = den = 0.0
+    for ta, tb in zip(wa, wb):
+        try:
+            va = np.asarray(a.graph.tensors[ta].value(), dtype=np.float64)
+            vb = np.asarray(b.graph.tensors[tb].value(), dtype=np.float64)
+        except ValueError:
+            return None
+        if va.shape != vb.shape:
+            return None
+        num += float(np.sum((va - vb) ** 2))
+        den += float(np.sum(va * va))
+    return round(float(np.sqrt(num / den)) if den else float(num > 0), 6)
+
+
 def _record(a: Side, b: Side, na: str | None, nb: str | None, how: str | None,
             status: str | None = None, block: str | None = None) -> NodeDiff:
     fa = _facts(a, na) if na is not None else None
     fb = _facts(b, nb) if nb is not None else None
     op = (a.graph.nodes[na] if na is not None else b.graph.nodes[nb]).source
+    change = _weights_change(a, b, na, nb) if fa is not None and fb is not None else None
     if status is None:
         if fa is None:
             status = "added"
+        elif fa != fb:
+            status = "changed"
         else:
-            status = "same" if fa == fb else "changed"
+            status = "retuned" if change else "same"
     if fa is not None and fb is not None:
         kept = _kept(fa, fb)
     else:
@@ -167,7 +229,8 @@ def _record(a: Side, b: Side, na: str | None, nb: str | None, how: str | None,
     return NodeDiff(na, nb, op, status, how, block,
                     get(fa, "outputs"), get(fb, "outputs"), get(fa, "weights"),
                     get(fb, "weights"), get(fa, "channels"), get(fb, "channels"), kept,
-                    get(fa, "flops"), get(fb, "flops"), get(fa, "params"), get(fb, "params"))
+                    get(fa, "flops"), get(fb, "flops"), get(fa, "params"), get(fb, "params"),
+                    change, b.healed(nb) if nb is not None else None)
 
 
 def _bypassed(a: Side, m: Matching) -> tuple[dict[str, str], list[dict[str, Any]]]:

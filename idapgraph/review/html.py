@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from .diff import Diff, NodeDiff
-from .text import fmt, summary_rows
+from .text import fmt, healing, healing_line, summary_rows
 
 COLORS = {"channels": "#3b6fb6", "flops": "#e08a1e", "removed": "#d73027", "grid": "#d0d0d0"}
 _ROW = 22
@@ -135,6 +135,8 @@ def report(d: Diff) -> str:
     how = ", ".join(f"{v} by {k}" for k, v in d.matching.counts().items() if v)
     parts.append(f"<p>Nodes: {counts}. Matched {len(d.matching.a_to_b)} ({how or 'none'}). "
                  f"{t['layers_pruned']} of {t['layers']} conv/linear layers lost channels.</p>")
+    if healing_line(d):
+        parts.append(f'<p id="healing">{escape(healing_line(d))}.</p>')
     if d.blocks:
         parts.append("<p>Bypassed residual blocks: " + "; ".join(
             f"<b>{escape(b['key'])}</b> (add <code>{escape(b['add'])}</code>"
@@ -148,7 +150,7 @@ def report(d: Diff) -> str:
     parts.append('<table id="nodes" class="hide-same"><tr><th>#</th><th>node (A)</th>'
                  "<th>node (B)</th><th>op</th><th>status</th><th>match</th><th>channels</th>"
                  "<th>output A</th><th>output B</th><th>FLOPs A</th><th>FLOPs B</th>"
-                 "<th>params A</th><th>params B</th></tr>")
+                 "<th>params A</th><th>params B</th><th>healing</th></tr>")
     for i, r in enumerate(d.nodes):
         ch = "-" if r.channels_a is None and r.channels_b is None else \
             f"{r.channels_a if r.channels_a is not None else '-'} → " \
@@ -161,7 +163,7 @@ def report(d: Diff) -> str:
             f"<td>{r.match or '-'}</td><td>{ch}</td><td>{_shapes(r.outputs_a)}</td>"
             f"<td>{_shapes(r.outputs_b)}</td><td class=\"n\">{fmt(r.flops_a)}</td>"
             f'<td class="n">{fmt(r.flops_b)}</td><td class="n">{fmt(r.params_a)}</td>'
-            f'<td class="n">{fmt(r.params_b)}</td></tr>')
+            f'<td class="n">{fmt(r.params_b)}</td><td>{escape(healing(r))}</td></tr>')
     parts.append("</table>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"

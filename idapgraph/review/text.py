@@ -25,6 +25,36 @@ def _channels(r: NodeDiff) -> str:
            f"{r.channels_b if r.channels_b is not None else '-'}"
 
 
+def healing(r: NodeDiff) -> str:
+    """What healing did to the node (B's metadata), else how much its weights moved."""
+    h = r.healing
+    if h:
+        kind = h.get("kind")
+        if kind == "refit":
+            return (f"refit: residual {h.get('residual_before', 0):.3g} -> "
+                    f"{h.get('residual_after', 0):.3g}")
+        if kind == "affine":
+            return (f"affine: scale {h.get('scale_min', 1):.3g}..{h.get('scale_max', 1):.3g}, "
+                    f"|shift| <= {h.get('shift_max', 0):.3g}")
+        if kind == "bias":
+            return f"bias: |shift| <= {h.get('shift_max', 0):.3g}"
+        return str(kind)
+    if r.weights_change:
+        return f"weights moved {100 * r.weights_change:.3g}%"
+    return "-"
+
+
+def healing_line(d: Diff) -> str | None:
+    h = d.healing_summary()
+    if h is None:
+        return None
+    err = ""
+    if h.get("error_before") is not None and h.get("error_after") is not None:
+        err = f", calibration output error {h['error_before']:.3g} -> {h['error_after']:.3g}"
+    return (f"healing ({h.get('method')}, recorded in B): {d.totals()['layers_healed']} layers "
+            f"changed{err}")
+
+
 def _label(r: NodeDiff) -> str:
     if r.a is None:
         return f"(B) {r.b}"
@@ -63,6 +93,8 @@ def text(d: Diff, top: int = 15) -> str:
     for label, a, b, r in summary_rows(d):
         out.append(f"{label:10}{a:>12}{b:>12}{r:>8}")
     out.append(_status_line(d))
+    if healing_line(d):
+        out.append(healing_line(d))
     for blk in d.blocks:
         out.append(f"bypassed block {blk['key']} (add {blk['add']}"
                    f"{', kept with a constant' if blk['add_kept'] else ', removed'}): "
@@ -74,14 +106,14 @@ def text(d: Diff, top: int = 15) -> str:
                    f"{len(most_changed(d))}):")
         width = min(max(len(_label(r)) for r in rows), 60)
         out.append(f"  {'node':<{width}}  {'op':<12}{'status':<10}{'channels':>14}"
-                   f"{'FLOPs A':>10}{'FLOPs B':>10}{'kept':>7}")
+                   f"{'FLOPs A':>10}{'FLOPs B':>10}{'kept':>7}  healing")
         for r in rows:
             name = _label(r)
             if len(name) > width:
                 name = "…" + name[-(width - 1):]
             kept = "-" if r.kept is None else f"{r.kept:.2f}"
             out.append(f"  {name:<{width}}  {r.op:<12}{r.status:<10}{_channels(r):>14}"
-                       f"{fmt(r.flops_a):>10}{fmt(r.flops_b):>10}{kept:>7}")
+                       f"{fmt(r.flops_a):>10}{fmt(r.flops_b):>10}{kept:>7}  {healing(r)}")
     else:
         out.append("no node changed")
     return "\n".join(out) + "\n"
@@ -104,6 +136,8 @@ def markdown(d: Diff) -> str:
     for label, a, b, r in summary_rows(d):
         out.append(f"| {label} | {a} | {b} | {r} |")
     out += ["", _status_line(d), ""]
+    if healing_line(d):
+        out += [healing_line(d), ""]
     if d.blocks:
         out += ["| bypassed block | add | add kept (constant) | nodes | FLOPs |",
                 "|---|---|---|---:|---:|"]
@@ -117,11 +151,12 @@ def markdown(d: Diff) -> str:
         out.append("No node changed.")
         return "\n".join(out) + "\n"
     out += ["| node (A) | node (B) | op | status | channels | output A | output B | FLOPs A |"
-            " FLOPs B | params A | params B |",
-            "|---|---|---|---|---:|---|---|---:|---:|---:|---:|"]
+            " FLOPs B | params A | params B | healing |",
+            "|---|---|---|---|---:|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         out.append(f"| {_md(r.a or '')} | {_md(r.b or '') if r.b != r.a else '='} | {r.op} | "
                    f"{r.status}{' ' + r.block if r.block else ''} | {_channels(r)} | "
                    f"{_shape(r.outputs_a)} | {_shape(r.outputs_b)} | {fmt(r.flops_a)} | "
-                   f"{fmt(r.flops_b)} | {fmt(r.params_a)} | {fmt(r.params_b)} |")
+                   f"{fmt(r.flops_b)} | {fmt(r.params_a)} | {fmt(r.params_b)} | "
+                   f"{_md(healing(r))} |")
     return "\n".join(out) + "\n"
