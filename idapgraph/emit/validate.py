@@ -30,16 +30,30 @@ def example_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict
 
 
 def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
+    """An onnxruntime CPU session. The external tensors of an in-memory model (see
+    :mod:`idapgraph.frontends.onnx_external`) are handed over as memory-mapped arrays, which
+    onnxruntime uses in place; weight prepacking, which would copy them, is then off."""
     import onnxruntime as ort
+
+    from ..frontends import onnx_external
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    ext = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if ext:
+        arrays = [onnx_external.read(t) for t in ext]
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        so.add_external_initializers([t.name for t in ext], values)
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    if ext:
+        sess._idapgraph_arrays = (arrays, values)  # the maps must outlive the session
+    return sess
 
 
 def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -49,7 +63,9 @@ def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
 def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None) -> None:
     """Full ONNX checker + an onnxruntime run; output shapes must match ``output_shapes``."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        from ..frontends.onnx_external import skeleton
+
+        onnx.checker.check_model(skeleton(model), full_check=True)
     except Exception as e:  # noqa: BLE001
         raise EmitError(f"rewritten model fails onnx.checker: {str(e).splitlines()[0]}") from e
     try:
