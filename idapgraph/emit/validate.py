@@ -30,30 +30,26 @@ def example_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict
 
 
 def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
-    """An onnxruntime CPU session. The external tensors of an in-memory model (see
-    :mod:`idapgraph.frontends.onnx_external`) are handed over as memory-mapped arrays, which
-    onnxruntime uses in place; weight prepacking, which would copy them, is then off."""
+    """An onnxruntime CPU session. An in-memory model with external tensors (see
+    :mod:`idapgraph.frontends.onnx_external`) is given the folder of its data files, which
+    onnxruntime memory-maps; weight prepacking, which would copy the weights, is then off."""
     import onnxruntime as ort
 
     from ..frontends import onnx_external
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    ext = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if ext:
-        arrays = [onnx_external.read(t) for t in ext]
-        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
-        so.add_external_initializers([t.name for t in ext], values)
+    data, folder = onnx_external.for_runtime(model)
+    if folder is not None:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                    folder)
         so.add_session_config_entry("session.disable_prepacking", "1")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    if ext:
-        sess._idapgraph_arrays = (arrays, values)  # the maps must outlive the session
-    return sess
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

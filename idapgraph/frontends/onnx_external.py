@@ -5,8 +5,8 @@ A model read from a file whose tensors live in external data files is held as a 
 norm parameters), every larger one keeps its external reference with the location rewritten to
 the resolved absolute path of its data file. Such a reference never leaves idapgraph:
 :func:`idapgraph.emit.save.save_onnx` writes a fresh data file beside the output, the checker
-is given a :func:`skeleton` and onnxruntime gets the arrays themselves
-(:func:`idapgraph.emit.validate.session`).
+is given a :func:`skeleton`, and onnxruntime a copy with locations inside a scratch folder
+where the data files are hard-linked (:func:`for_runtime`), so it maps them itself.
 
 Reading an external tensor maps just its byte range (``np.memmap``, read-only); nothing is
 cached, so the pages leave the process when the array is dropped. A tensor that a rewrite
@@ -188,19 +188,59 @@ def set_values(c: gs.Constant, value: np.ndarray, external: bool) -> None:
 # -- scratch data -------------------------------------------------------------------------------
 
 _scratch: dict[str, object] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()
+
+
+def scratch_dir() -> str:
+    """The process's scratch folder (under ``TMPDIR``), removed at exit."""
+    with _lock:
+        if "dir" not in _scratch:
+            d = tempfile.mkdtemp(prefix="idapgraph-")
+            atexit.register(shutil.rmtree, d, True)
+            _scratch["dir"], _scratch["links"] = d, {}
+        return _scratch["dir"]
 
 
 def _scratch_file():
-    """The process's append-only scratch data file (removed at exit)."""
+    """The process's append-only scratch data file."""
     with _lock:
         if "file" not in _scratch:
-            d = tempfile.mkdtemp(prefix="idapgraph-")
-            atexit.register(shutil.rmtree, d, True)
-            path = os.path.join(d, "tensors.data")
-            _scratch["path"] = path
-            _scratch["file"] = open(path, "w+b")
+            path = os.path.join(scratch_dir(), "tensors.data")
+            _scratch["path"], _scratch["file"] = path, open(path, "w+b")
         return _scratch["path"], _scratch["file"]
+
+
+def _in_scratch(path: str) -> str:
+    """The name, inside :func:`scratch_dir`, of data file ``path``: its own for a scratch file,
+    else a hard link to it made once (a copy across file systems)."""
+    d = scratch_dir()
+    if os.path.dirname(path) == d:
+        return os.path.basename(path)
+    with _lock:
+        links = _scratch["links"]
+        if path not in links:
+            name = f"input{len(links)}-{os.path.basename(path)}"
+            try:
+                os.link(path, os.path.join(d, name))
+            except OSError:
+                shutil.copyfile(path, os.path.join(d, name))
+            links[path] = name
+        return links[path]
+
+
+def for_runtime(model: onnx.ModelProto) -> tuple[bytes, str | None]:
+    """The serialised model for an onnxruntime session, and the folder its external tensors
+    are read from (``None`` without any): locations relative to :func:`scratch_dir`, where the
+    data files are linked, so onnxruntime maps them itself (handing it arrays makes it copy)."""
+    if not uses_external(model):
+        return model.SerializeToString(), None
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for t in external_tensors(m):
+        e = _entries(t)
+        e["location"] = _in_scratch(e["location"])
+        _set_entries(t, e)
+    return m.SerializeToString(), scratch_dir()
 
 
 def spill(name: str, value: np.ndarray) -> onnx.TensorProto:
