@@ -74,7 +74,7 @@ class _Builder:
 def build(n_nodes: int, channels: int = 8, size: int = 4, seed: int = 0) -> onnx.ModelProto:
     """A model of about ``n_nodes`` nodes (whole blocks; at least one of each kind)."""
     b = _Builder(channels, seed)
-    x = "input"
+    x = b.node("Relu", [b.conv("input", channels, channels, 3)])[0]  # a stem
     kinds = (b.residual, b.split, b.mlp)
     i = 0
     while len(b.nodes) < n_nodes or i < len(kinds):
