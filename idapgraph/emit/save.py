@@ -105,11 +105,12 @@ def _save_external(model, path: Path) -> None:
     from ..frontends import onnx_external
 
     data = data_path(path)
-    for t in onnx_external.external_tensors(model):
-        src = next((e.value for e in t.external_data if e.key == "location"), "")
-        if Path(src).exists() and data.exists() and os.path.samefile(src, data):
-            raise InputError(f"output data file {data.name} is read by the model being written; "
-                             "choose another output name")
+    sources = {next((e.value for e in t.external_data if e.key == "location"), "")
+               for t in onnx_external.external_tensors(model)}
+    sources |= {str(f) for f in onnx_external.read_files()}
+    if data.exists() and any(Path(s).exists() and os.path.samefile(s, data) for s in sources):
+        raise InputError(f"output data file {data.name} would overwrite the external data of a "
+                         "model read in this process; choose another output name")
     fd, tmp_data = _temp(data)
     tmp_model, saved = None, []
     try:
@@ -167,7 +168,7 @@ def _detach(t):
     from ..frontends import onnx_external
 
     entries = onnx_external._entries(t) if t.external_data else None
-    state = (t.data_location, entries)
+    state = (t.data_location if t.HasField("data_location") else None, entries)
     for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
                   "uint64_data"):
         t.ClearField(field)
@@ -178,17 +179,17 @@ def _detach(t):
 def _restore(saved: list, data_file: str | None) -> None:
     """Put back what :func:`_detach` cleared: external references as they were, in-memory
     data read back from ``data_file``, where it was just written."""
-    import onnx
-
     for t, (location, entries), offset in saved:
         del t.external_data[:]
-        t.data_location = onnx.TensorProto.DEFAULT
         if entries is not None:
             for k, v in entries.items():
                 t.external_data.add(key=k, value=v)
-            t.data_location = location
         else:
             with open(data_file, "rb") as f:
                 f.seek(offset)
                 t.raw_data = f.read(_byte_size(t))
+        if location is None:
+            t.ClearField("data_location")
+        else:
+            t.data_location = location
     saved.clear()

@@ -68,6 +68,14 @@ def _nbytes(t: onnx.TensorProto) -> int | None:
     return None if dt is None else int(np.prod(t.dims, dtype=np.int64)) * np.dtype(dt).itemsize
 
 
+_inputs: set[Path] = set()  # every external data file read in this process
+
+
+def read_files() -> set[Path]:
+    """The external data files of every model loaded in this process (never to be written)."""
+    return set(_inputs)
+
+
 def prepare(model: onnx.ModelProto, base: str | os.PathLike) -> None:
     """Check every external reference of ``model`` (read from folder ``base``) before any data
     is read, then read small tensors in and point large ones at their absolute data path.
@@ -103,6 +111,7 @@ def prepare(model: onnx.ModelProto, base: str | os.PathLike) -> None:
             raise InputError(f"tensor {t.name!r}: external data range {offset}..{offset + want} "
                              f"runs past the end of {loc!r} ({size} bytes)")
         where.append((t, target, offset, want))
+    _inputs.update(target for _, target, _, _ in where)
     for t, target, offset, want in where:
         if want <= INLINE_BYTES:
             with open(target, "rb") as f:
