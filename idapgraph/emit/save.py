@@ -22,13 +22,12 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None = No
         i = Path(inp)
         if o.resolve() == i.resolve() or (o.exists() and i.exists() and os.path.samefile(o, i)):
             raise InputError(f"output path {o} is the input file; choose another path")
-        if str(i).endswith(".onnx"):
-            from ..frontends.onnx_file import data_files
+        from ..frontends.onnx_file import data_files
 
-            data = data_path(o).resolve()
-            if data in data_files(i) or data == i.resolve():
-                raise InputError(f"output data file {data.name} would overwrite the input's "
-                                 "external data; choose another output name")
+        data = data_path(o).resolve()
+        if data == i.resolve() or (i.is_file() and data in data_files(i)):
+            raise InputError(f"output data file {data.name} would overwrite the input's "
+                             "external data; choose another output name")
     parent = o.resolve().parent
     if not parent.is_dir():
         raise InputError(f"output folder {parent} does not exist")
