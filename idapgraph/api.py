@@ -207,6 +207,12 @@ class OnnxModel(Model):
             model = onnx_file.load(model)
         else:
             self.path = None
+            from .frontends.onnx_external import external_tensors
+
+            if any(not os.path.isabs(e.value) for t in external_tensors(model)
+                   for e in t.external_data if e.key == "location"):
+                raise InputError("this ModelProto refers to external data files: pass the "
+                                 "model's path instead (its data is then read from its folder)")
         self.original = model
         self.source = onnx_frontend.normalize(model)
         self.graph = onnx_frontend.to_ir(self.source)

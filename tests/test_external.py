@@ -177,3 +177,8 @@ def test_output_never_overwrites_the_input_data(tmp_path):
     with pytest.raises(InputError):
         save_onnx(res.model, folder / "small.onnx")
     assert digest(folder / "small.onnx.data") == before
+
+
+def test_proto_with_relative_external_refs_is_refused(ext_model):
+    with pytest.raises(InputError, match="pass the model's path"):
+        idapgraph.analyze(onnx.load(str(ext_model), load_external_data=False))
