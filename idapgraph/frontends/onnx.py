@@ -56,6 +56,8 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             out = node.outputs[0]
             node.outputs.clear()
             out.to_constant(value)
+            if isinstance(value, onnx_external.ExternalValues):
+                out._idapgraph_source = value  # exported as a reference even once read
     _untie_small_constants(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
     # Shape arithmetic on static dimensions (Shape -> Gather -> Concat -> Reshape, chunk bounds)
