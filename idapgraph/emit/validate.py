@@ -31,7 +31,7 @@ def example_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict
 
 def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
     """An onnxruntime CPU session. An in-memory model with external tensors (see
-    :mod:`idapgraph.frontends.onnx_external`) is given the folder of its data files, which
+    :mod:`idapgraph.frontends.onnx_external`) is loaded from a file beside its data files, which
     onnxruntime memory-maps; weight prepacking, which would copy the weights, is then off."""
     import onnxruntime as ort
 
@@ -41,15 +41,25 @@ def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
     so.log_severity_level = 3
     data, folder = onnx_external.for_runtime(model)
     if folder is not None:
-        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                    folder)
         so.add_session_config_entry("session.disable_prepacking", "1")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    if folder is None:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    # from a model file in the data files' folder: onnxruntime resolves them against it
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=".onnx", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    finally:
+        os.unlink(path)
 
 
 def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
