@@ -5,8 +5,9 @@ This module wires frontends, passes and emitters together; it holds no op semant
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
-
 import math
 import os
 import warnings
@@ -207,6 +208,12 @@ class OnnxModel(Model):
             model = onnx_file.load(model)
         else:
             self.path = None
+            from .frontends.onnx_external import external_tensors
+
+            if any(not os.path.isabs(e.value) for t in external_tensors(model)
+                   for e in t.external_data if e.key == "location"):
+                raise InputError("this ModelProto refers to external data files: pass the "
+                                 "model's path instead (its data is then read from its folder)")
         self.original = model
         self.source = onnx_frontend.normalize(model)
         self.graph = onnx_frontend.to_ir(self.source)
@@ -342,13 +349,28 @@ class Analysis:
         return self.model.graph
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Loading and coupling build ~10^6 small objects that hold no garbage cycles; the cyclic
+    collector's repeated full passes over them made analysis time grow faster than the graph
+    (measured: 5.4x the time for 4x the nodes with it, 4.7x without)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def analyze(model, example_inputs=None, *, calib=None, divergence_scores: bool = False,
             seed: int = 0) -> Analysis:
     """Trace/load ``model`` and run coupling and cost analysis; with ``calib`` (or
     ``divergence_scores=True``, then on seeded random inputs) also the IDAP++ divergence
     annotation: δ per output channel of every weighted layer and per unit of every group."""
-    m = load(model, example_inputs)
-    a = Analysis(m, coupling_pass.analyze(m.graph), cost_pass.count(m.graph))
+    with _gc_paused():
+        m = load(model, example_inputs)
+        a = Analysis(m, coupling_pass.analyze(m.graph), cost_pass.count(m.graph))
     if calib is not None or divergence_scores:
         batches, real = m.calibration(calib, seed)
         a.calibration = "data" if real else "random"

@@ -130,16 +130,18 @@ def cmd_compress(args) -> int:
                                    else args.blocks),
                            max_error=args.max_error, block_score=args.block_score,
                            block_kinds=args.block_kinds, plan=plan)
-    if not args.dry_run:
-        save_onnx(res.model, out)
+    from .frontends.onnx_file import data_files, disk_size
+
+    if not args.dry_run:  # external data in, external data out
+        save_onnx(res.model, out, external=True if data_files(args.input) else None)
     if args.plan_out:
         from .emit.save import write_bytes_atomic
 
         write_bytes_atomic(args.plan_out, res.plan.to_json().encode())
     rep = res.report.to_dict()
     rep["output"] = None if args.dry_run else str(out)
-    rep["size_before"] = os.path.getsize(args.input)
-    rep["size_after"] = res.model.ByteSize() if args.dry_run else os.path.getsize(out)
+    rep["size_before"] = disk_size(args.input)
+    rep["size_after"] = res.model.ByteSize() if args.dry_run else disk_size(out)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0

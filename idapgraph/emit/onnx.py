@@ -8,6 +8,7 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
 from ..errors import EmitError
+from ..frontends import onnx_external
 from ..frontends.onnx import export_like
 from ..ir.graph import PARAM, Graph
 from ..ir.plan import Rewrite
@@ -43,14 +44,17 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
     ``mode="remove"`` slices initializers and rewrites attributes and shape constants;
     ``mode="zero"`` only zeroes the removed initializer entries.
     """
-    g = gs.import_onnx(model)
+    g = onnx_external.import_graph(model)
+    external = onnx_external.uses_external(model)
     tensors = g.tensors()
     table = rewrite.keep if mode == "remove" else rewrite.removed
     for name, axes in table.items():
         if graph.tensors[name].kind != PARAM:
             continue
         c = tensors[name]
-        v = np.array(c.values)
+        v = onnx_external.values(c)  # a memory map for an external tensor: take reads the kept part
+        if mode != "remove":
+            v = np.array(v)
         for ax, idx in sorted(axes.items()):
             if mode == "remove":
                 v = np.take(v, idx, axis=ax)
@@ -58,7 +62,8 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
                 sl = [slice(None)] * v.ndim
                 sl[ax] = idx
                 v[tuple(sl)] = 0
-        c.values = np.ascontiguousarray(v)
+        onnx_external.set_values(c, v, external)
+        del v
     if mode == "remove":
         for node in graph:
             upd = rewrite.attrs.get(node.name)
@@ -102,7 +107,7 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
 def get_param(model: onnx.ModelProto, name: str) -> np.ndarray:
     for t in model.graph.initializer:
         if t.name == name:
-            return onnx.numpy_helper.to_array(t)
+            return np.array(onnx_external.read(t))
     raise KeyError(name)
 
 
@@ -113,10 +118,11 @@ def can_add_bias(graph: Graph, node_name: str) -> bool:
 
 def set_params(model: onnx.ModelProto, graph: Graph, updates: dict, new_bias: dict) -> onnx.ModelProto:
     """A new model with initializers replaced and biases added to bias-less Conv/Gemm nodes."""
-    g = gs.import_onnx(model)
+    g = onnx_external.import_graph(model)
+    external = onnx_external.uses_external(model)
     tensors = g.tensors()
     for name, value in updates.items():
-        tensors[name].values = np.ascontiguousarray(value)
+        onnx_external.set_values(tensors[name], value, external)
     by_name = {n.name: n for n in g.nodes}
     for node_name, value in new_bias.items():
         gn = by_name.get(node_name)
@@ -135,7 +141,7 @@ def bypass(model: onnx.ModelProto, blocks: list[tuple[str, str, object]]) -> onn
     """A new model where each ``(node, skip tensor, constant or None)`` node — a residual Add, or
     a layer's last node — becomes its skip input (plus the constant: mean substitution); the dead
     branch is removed."""
-    g = gs.import_onnx(model)
+    g = onnx_external.import_graph(model)
     tensors = g.tensors()
     by_name = {n.name: n for n in g.nodes}
     for add, skip, const in blocks:

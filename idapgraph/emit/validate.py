@@ -30,16 +30,36 @@ def example_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict
 
 
 def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
+    """An onnxruntime CPU session. An in-memory model with external tensors (see
+    :mod:`idapgraph.frontends.onnx_external`) is loaded from a file beside its data files, which
+    onnxruntime memory-maps; weight prepacking, which would copy the weights, is then off."""
     import onnxruntime as ort
+
+    from ..frontends import onnx_external
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    data, folder = onnx_external.for_runtime(model)
+    if folder is not None:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    if folder is None:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    # from a model file in the data files' folder: onnxruntime resolves them against it
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=".onnx", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    finally:
+        os.unlink(path)
 
 
 def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -49,7 +69,9 @@ def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
 def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None) -> None:
     """Full ONNX checker + an onnxruntime run; output shapes must match ``output_shapes``."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        from ..frontends.onnx_external import skeleton
+
+        onnx.checker.check_model(skeleton(model), full_check=True)
     except Exception as e:  # noqa: BLE001
         raise EmitError(f"rewritten model fails onnx.checker: {str(e).splitlines()[0]}") from e
     try:

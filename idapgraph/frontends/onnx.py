@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import InputError
 from ..ir.graph import ACTIVATION, META, PARAM, Graph, Node, Tensor
+from . import onnx_external
 
 _UNARY = {
     "Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -40,7 +41,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         if model.functions:
             model = onnx.inliner.inline_local_functions(model)
-        graph = gs.import_onnx(_infer(model))
+        graph = onnx_external.import_graph(_infer(model))
     except Exception as e:  # noqa: BLE001 - protobuf/graphsurgeon raise many kinds
         raise InputError(f"cannot read the ONNX graph: {e}") from e
     for node in graph.nodes:
@@ -50,11 +51,13 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op == "Constant":
             value = _constant_value(node)
         elif node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
-            value = np.asarray(node.inputs[0].values)  # exporters alias shared weights this way
+            value = _alias_value(node.inputs[0])  # exporters alias shared weights this way
         if value is not None and node.outputs[0] not in graph.outputs:
             out = node.outputs[0]
             node.outputs.clear()
             out.to_constant(value)
+            if isinstance(value, onnx_external.ExternalValues):
+                out._idapgraph_source = value  # exported as a reference even once read
     _untie_small_constants(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
     # Shape arithmetic on static dimensions (Shape -> Gather -> Concat -> Reshape, chunk bounds)
@@ -79,8 +82,20 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     return _infer(export_like(graph, model))
 
 
+def _alias_value(c: gs.Constant):
+    """The values for a copy of constant ``c``: its array, or for an external tensor a lazy
+    reference to the same bytes (under its own proto, as export renames the proto)."""
+    if isinstance(c._values, onnx_external.ExternalValues):
+        t = onnx.TensorProto()
+        t.CopyFrom(c._values.tensor)
+        return onnx_external.ExternalValues(t)
+    return np.asarray(c.values)
+
+
 def export_like(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph`` keeping ``like``'s IR version, producer and metadata."""
+    """Export ``graph`` keeping ``like``'s IR version, producer and metadata; external tensors
+    that were read but not replaced stay references (see :mod:`.onnx_external`)."""
+    onnx_external.relazy(graph)
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = like.ir_version
     out.producer_name, out.producer_version = like.producer_name, like.producer_version
@@ -198,7 +213,7 @@ def _shape_target(t: gs.Tensor) -> list | None:
 
 class _Builder:
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.gsg = gs.import_onnx(model)
+        self.gsg = onnx_external.import_graph(model)
         self.g = Graph(backend="onnx")
         self.meta = self._meta_tensors()
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -222,10 +237,12 @@ class _Builder:
         if t.name in self.g.tensors:
             return t.name
         if isinstance(t, gs.Constant):
-            v = t.values
-            dt = np.dtype(v.dtype) if hasattr(v, "dtype") else np.dtype(np.float32)
+            try:
+                dt = np.dtype(t.dtype)  # from the proto: reading the values is left to ``load``
+            except TypeError:
+                dt = np.dtype(np.float32)
             self.g.add_tensor(Tensor(t.name, tuple(int(d) for d in t.shape), str(dt), PARAM,
-                                     load=lambda c=t: np.asarray(c.values),
+                                     load=lambda c=t: onnx_external.values(c),
                                      trainable=dt in _FLOAT and len(t.shape) >= 1
                                      and t.name not in self.not_trainable))
         else:
@@ -347,7 +364,7 @@ class _Builder:
             v = _const(ins[1])
             return "expand", [ins[0]], {"target": None if v is None else [int(x) for x in v.ravel()]}
         if op == "Gather" and ins[0].shape is not None and isinstance(ins[1], gs.Constant) \
-                and ins[1].values.ndim == 0:
+                and len(ins[1].shape) == 0:
             r = len(ins[0].shape)
             axis = a.get("axis", 0) % r
             mp = [(ax, 0, ins[0].shape[ax], 1) for ax in range(r) if ax != axis]

@@ -1,4 +1,5 @@
-"""Safe reading of ONNX files: one clear error for every kind of bad input."""
+"""Safe reading of ONNX files: one clear error for every kind of bad input. External data stays
+on disk (see :mod:`idapgraph.frontends.onnx_external`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from ..errors import InputError
+from . import onnx_external
 
 
 def load(path: str | os.PathLike) -> onnx.ModelProto:
@@ -26,33 +28,32 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
         raise InputError(f"{p}: not a valid ONNX model (truncated or corrupt: {e})") from None
     if not model.graph.node or not model.opset_import:
         raise InputError(f"{p}: not a valid ONNX model (no graph or opset)")
-    _load_external(model, p.resolve().parent)
+    onnx_external.prepare(model, p.resolve().parent)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(onnx_external.skeleton(model))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{p}: invalid ONNX model: {str(e).splitlines()[0]}") from None
     return model
 
 
-def _load_external(model: onnx.ModelProto, base: Path) -> None:
-    """Resolve external tensors against the model's folder; refuse paths that escape it."""
-    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, \
-        uses_external_data
-
-    ext = [t for t in _get_all_tensors(model) if uses_external_data(t)]
-    for t in ext:
+def data_files(path: str | os.PathLike) -> set[Path]:
+    """The external data files (in its own folder) that the ONNX file at ``path`` names; empty
+    for a file that cannot be read."""
+    p = Path(path)
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001
+        return set()
+    base = p.resolve().parent
+    out = set()
+    for t in onnx_external.external_tensors(model):
         loc = next((e.value for e in t.external_data if e.key == "location"), None)
-        if loc is None:
-            raise InputError(f"tensor {t.name!r} has external data without a location")
-        target = (base / loc).resolve()
-        if os.path.isabs(loc) or base not in target.parents:
-            raise InputError(f"external data path {loc!r} of tensor {t.name!r} escapes the model's folder")
-        if not target.is_file():
-            raise InputError(f"external data file {loc!r} of tensor {t.name!r} is missing")
-    for t in ext:
-        try:
-            load_external_data_for_tensor(t, str(base))
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"cannot read external data of tensor {t.name!r}: {e}") from None
-        t.data_location = onnx.TensorProto.DEFAULT
-        del t.external_data[:]
+        f = (base / loc).resolve() if loc else None
+        if f is not None and base in f.parents and f.is_file():
+            out.add(f)
+    return out
+
+
+def disk_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of an ONNX file and of the external data files it names."""
+    return Path(path).stat().st_size + sum(f.stat().st_size for f in data_files(path))

@@ -63,6 +63,7 @@ def find(graph: Graph) -> list[Block]:
         return []
     idom = nx.immediate_dominators(g, _ROOT)
     order = {n: i for i, n in enumerate(graph.nodes)}
+    pos = {n: i for i, n in enumerate(nx.topological_sort(g))}
     blocks: list[Block] = []
     for node in graph:
         if node.op != "elementwise" or node.attrs.get("fn") != "add":
@@ -83,11 +84,12 @@ def find(graph: Graph) -> list[Block]:
                 d = graph.tensors[sk].producer
             if d is None:
                 continue
-            below = nx.descendants(g, d)
             prod = graph.tensors[br].producer
-            if prod is None or prod == d or prod not in below:
+            if prod is None or prod == d:
                 continue
-            nodes = (nx.ancestors(g, prod) & below) | {prod}
+            nodes = _between(g, pos, list(g.successors(d)), prod)  # below d, up to prod
+            if prod not in nodes:
+                continue
             nodes.discard(node.name)
             sk_prod = graph.tensors[sk].producer
             if sk_prod in nodes:
@@ -101,7 +103,32 @@ def find(graph: Graph) -> list[Block]:
         if best is not None:
             blocks.append(Block(f"b{len(blocks)}", node.name, best[0], best[1],
                                 sorted(best[2], key=order.__getitem__), _kind(graph, best[2])))
-    return blocks + _layers(graph, g, blocks, order)
+    return blocks + _layers(graph, g, blocks, order, pos)
+
+
+def _between(g: nx.DiGraph, pos: dict[str, int], sources: list[str], sink: str) -> set[str]:
+    """The nodes that are ``sources`` or their descendants and also ``sink`` or its ancestors.
+    Walks back from ``sink`` only through nodes not before the earliest source in topological
+    order ``pos``, then forward from the sources inside what it found: the cost is the size of
+    that window, not of the graph (``nx.descendants``/``ancestors`` per block made the pass
+    quadratic in a stack of blocks)."""
+    if not sources:
+        return set()
+    lo = min(pos[s] for s in sources)
+    up, stack = {sink}, [sink]
+    while stack:
+        for p in g.predecessors(stack.pop()):
+            if p not in up and pos[p] >= lo:
+                up.add(p)
+                stack.append(p)
+    out = {s for s in sources if s in up}
+    stack = list(out)
+    while stack:
+        for c in g.successors(stack.pop()):
+            if c in up and c not in out:
+                out.add(c)
+                stack.append(c)
+    return out
 
 
 def _exclusive(graph: Graph, g: nx.DiGraph, nodes: set[str], sink: str) -> set[str]:
@@ -109,8 +136,9 @@ def _exclusive(graph: Graph, g: nx.DiGraph, nodes: set[str], sink: str) -> set[s
     elsewhere (or are model outputs) — e.g. shape arithmetic or an attention mask shared by
     every layer — stay, with everything they need, and are not part of the block."""
     outputs = set(graph.outputs)
+    inside = nodes | {sink}
     shared = [n for n in nodes for t in graph.nodes[n].outputs
-              if t in outputs or not set(graph.tensors[t].consumers) <= nodes | {sink}]
+              if t in outputs or not set(graph.tensors[t].consumers) <= inside]
     stay: set[str] = set()
     while shared:
         n = shared.pop()
@@ -134,7 +162,7 @@ def _stream_next(graph: Graph, tensor: str) -> str | None:
     return node.outputs[0]
 
 
-def _layers(graph: Graph, g: nx.DiGraph, residual: list[Block], order) -> list[Block]:
+def _layers(graph: Graph, g: nx.DiGraph, residual: list[Block], order, pos) -> list[Block]:
     """Transformer layers: periodic runs of attention/MLP residual blocks chained on one stream."""
     if not any(b.kind == "attention" for b in residual):
         return []
@@ -168,8 +196,7 @@ def _layers(graph: Graph, g: nx.DiGraph, residual: list[Block], order) -> list[B
             continue
         last = graph.tensors[y].producer
         start = graph.tensors[x].consumers
-        below = set(start).union(*(nx.descendants(g, c) for c in start))
-        nodes = _exclusive(graph, g, nx.ancestors(g, last) & below, last) | {last}
+        nodes = _exclusive(graph, g, _between(g, pos, start, last) - {last}, last) | {last}
         layers.append(Block(f"layer{len(layers)}", last, x, y,
                             sorted(nodes, key=order.__getitem__), "layer"))
     return layers

@@ -10,6 +10,7 @@ axis (model inputs/outputs, ops without a rule, LayerNorm axes, run-time reshape
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import islice
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -66,8 +67,9 @@ def collect_relations(graph: Graph) -> Relations:
                 s = Space(t, ax)
                 if s not in rel.described:
                     rel.frozen.setdefault(s, f"axis not described by the {node.op} rule")
-        # attach the location to the reasons this node added
-        for s in list(rel.frozen)[n_frozen:]:
+        # attach the location to the reasons this node added (the newest keys: dicts keep
+        # insertion order; walking back from the end keeps this linear in the graph's size)
+        for s in islice(reversed(rel.frozen), len(rel.frozen) - n_frozen):
             if " (at " not in rel.frozen[s]:
                 rel.frozen[s] += where
     for t in graph.inputs:
