@@ -322,3 +322,15 @@ def test_two_inputs_two_outputs(dynamo):
     assert [o.name for o in r.model.graph.output] == ["logits", "feat"]
     assert onnx_out(r.model, feeds[1])[1].shape == (4, 24, 8, 8)  # the feature output is whole
     assert any(f["reason"] == "model output" for f in r.report.frozen)
+
+
+def test_non_tensor_input_refused():
+    from onnx import helper
+
+    seq = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, [2, 8])
+    nodes = [helper.make_node("SequenceAt", ["s", "i"], ["x"]), helper.make_node("Relu", ["x"], ["y"])]
+    g = helper.make_graph(nodes, "seq", [seq], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [onnx.numpy_helper.from_array(np.array(0, np.int64), "i")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InputError, match="not a tensor"):
+        _compress(proto, flops=0.5)

@@ -63,8 +63,8 @@ def _dtype_name(dtype) -> str:
 
 
 def stored_casts(graph: gs.Graph) -> dict[str, gs.Constant]:
-    """Cast nodes that widen a stored float weight (fp16/bf16 initializers computed in fp32):
-    their output name -> the stored constant. The IR reads the constant in the cast's place, so
+    """Cast nodes that convert a stored float weight to another float type (fp16/bf16
+    initializers widened for fp32 compute): their output name -> the stored constant. The IR reads the constant in the cast's place, so
     the weight is pruned (and written back) in its stored dtype."""
     outs = {t.name for t in graph.outputs}
     found = {}
@@ -164,8 +164,13 @@ def check_runnable(model: onnx.ModelProto) -> None:
     weights in bfloat16 and widen them with a Cast before computing run, and are handled."""
     init = {t.name for t in model.graph.initializer}
     for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        if not vi.type.HasField("tensor_type"):
+            raise InputError(f"model input {vi.name!r} is not a tensor ({vi.type.WhichOneof('value')}"
+                             "): idapgraph calibrates with tensors only")
         et = vi.type.tensor_type.elem_type
-        if vi.name not in init and et not in _COMMON_TYPES:
+        if et not in _COMMON_TYPES:
             raise InputError(f"model input {vi.name!r} is {_type_name(et)}: onnxruntime cannot be "
                              "fed it from numpy, and idapgraph calibrates and validates there; "
                              "export the model with float32 or float16 inputs")
