@@ -216,6 +216,7 @@ class OnnxModel(Model):
                                  "model's path instead (its data is then read from its folder)")
         self.original = model
         self.source = onnx_frontend.normalize(model)
+        onnx_frontend.check_runnable(self.source)
         self.graph = onnx_frontend.to_ir(self.source)
         self.output_shapes = None
         dims = {self.graph.shape(t)[0] for t in self.graph.inputs if self.graph.shape(t)}

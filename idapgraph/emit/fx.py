@@ -134,8 +134,11 @@ def _rewrite_view(fxn: fx.Node, target: list) -> None:
 
 
 def get_param(gm: fx.GraphModule, name: str):
+    """The parameter as numpy (bfloat16, which numpy lacks, as float32; :func:`set_params` casts
+    updates back to the parameter's dtype)."""
     mod, attr = _owner(gm, name)
-    return getattr(mod, attr).detach().cpu().numpy()
+    t = getattr(mod, attr).detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def can_add_bias(gm: fx.GraphModule, node_name: str) -> bool:

@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import EmitError
 from ..frontends import onnx_external
-from ..frontends.onnx import export_like
+from ..frontends.onnx import export_like, quiet
 from ..ir.graph import PARAM, Graph
 from ..ir.plan import Rewrite
 
@@ -42,8 +42,14 @@ def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "re
     """Return a new ModelProto; ``model`` is the normalised model the IR was built from.
 
     ``mode="remove"`` slices initializers and rewrites attributes and shape constants;
-    ``mode="zero"`` only zeroes the removed initializer entries.
+    ``mode="zero"`` only zeroes the removed initializer entries. Initializers keep their stored
+    dtype (float16, bfloat16, …).
     """
+    with quiet():
+        return _emit(model, graph, rewrite, mode)
+
+
+def _emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str) -> onnx.ModelProto:
     g = onnx_external.import_graph(model)
     external = onnx_external.uses_external(model)
     tensors = g.tensors()
@@ -116,19 +122,40 @@ def can_add_bias(graph: Graph, node_name: str) -> bool:
     return node.source in ("Conv", "Gemm") and (len(node.inputs) < 3 or node.inputs[2] is None)
 
 
+def _np_dtype(t: gs.Tensor, default=np.float32):
+    """The numpy dtype of a graphsurgeon tensor (stored values for a constant)."""
+    if isinstance(t, gs.Constant):
+        if isinstance(t._values, onnx_external.ExternalValues):  # without reading the data
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t._values.tensor.data_type))
+        return np.asarray(t.values).dtype
+    try:
+        return np.dtype(t.dtype) if t.dtype is not None else np.dtype(default)
+    except TypeError:
+        return np.dtype(default)
+
+
 def set_params(model: onnx.ModelProto, graph: Graph, updates: dict, new_bias: dict) -> onnx.ModelProto:
-    """A new model with initializers replaced and biases added to bias-less Conv/Gemm nodes."""
+    """A new model with initializers replaced (in their stored dtype) and biases added to
+    bias-less Conv/Gemm nodes (in the dtype the node computes in: a weight stored as fp16 and
+    widened by a Cast gets an fp32 bias)."""
+    with quiet():
+        return _set_params(model, updates, new_bias)
+
+
+def _set_params(model: onnx.ModelProto, updates: dict, new_bias: dict) -> onnx.ModelProto:
     g = onnx_external.import_graph(model)
     external = onnx_external.uses_external(model)
     tensors = g.tensors()
     for name, value in updates.items():
-        onnx_external.set_values(tensors[name], value, external)
+        t = tensors[name]
+        onnx_external.set_values(t, np.asarray(value).astype(_np_dtype(t)), external)
     by_name = {n.name: n for n in g.nodes}
     for node_name, value in new_bias.items():
         gn = by_name.get(node_name)
         if gn is None or len(gn.inputs) < 2:
             continue
-        const = gs.Constant(f"{node_name}__idapgraph_bias", np.ascontiguousarray(value))
+        const = gs.Constant(f"{node_name}__idapgraph_bias",
+                            np.ascontiguousarray(np.asarray(value).astype(_np_dtype(gn.inputs[1]))))
         if len(gn.inputs) == 2:
             gn.inputs.append(const)
         else:
@@ -139,8 +166,13 @@ def set_params(model: onnx.ModelProto, graph: Graph, updates: dict, new_bias: di
 
 def bypass(model: onnx.ModelProto, blocks: list[tuple[str, str, object]]) -> onnx.ModelProto:
     """A new model where each ``(node, skip tensor, constant or None)`` node — a residual Add, or
-    a layer's last node — becomes its skip input (plus the constant: mean substitution); the dead
-    branch is removed."""
+    a layer's last node — becomes its skip input (plus the constant: mean substitution, in the
+    skip's dtype); the dead branch is removed."""
+    with quiet():
+        return _bypass(model, blocks)
+
+
+def _bypass(model: onnx.ModelProto, blocks: list[tuple[str, str, object]]) -> onnx.ModelProto:
     g = onnx_external.import_graph(model)
     tensors = g.tensors()
     by_name = {n.name: n for n in g.nodes}
@@ -150,7 +182,7 @@ def bypass(model: onnx.ModelProto, blocks: list[tuple[str, str, object]]) -> onn
         if const is not None:  # the add (or a layer's last node) becomes skip + mean
             node.op, node.attrs, node.domain = "Add", {}, None
             node.inputs = [sk, gs.Constant(f"{add}__idapgraph_mean",
-                                           np.ascontiguousarray(const, dtype=np.float32))]
+                                           np.ascontiguousarray(const, dtype=_np_dtype(sk)))]
             while len(node.outputs) > 1:  # e.g. LayerNormalization's optional mean/std
                 node.outputs.pop()
             continue

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner
 import onnx_graphsurgeon as gs
 
 from ..errors import InputError
@@ -33,11 +34,59 @@ _POOL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool
 _REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
            "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare"}
 _META_SOURCES = {"Shape", "Size"}
-_FLOAT = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+_FLOAT = {"float16", "bfloat16", "float32", "float64"}  # numpy dtype names (bfloat16: ml_dtypes)
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                onnx.TensorProto.DOUBLE}
+
+
+@contextlib.contextmanager
+def quiet():
+    """onnx-graphsurgeon prints warnings on stdout (one per bfloat16 constant, although it
+    loads them losslessly through ml_dtypes); keep stdout clean for ``--json``."""
+    log = gs.logger.G_LOGGER
+    old = log.severity
+    log.severity = max(old, log.ERROR)
+    try:
+        yield
+    finally:
+        log.severity = old
+
+
+def _dtype_name(dtype) -> str:
+    """numpy name of a graphsurgeon dtype (a numpy dtype, or an ONNX type number for types
+    graphsurgeon does not map, such as bfloat16)."""
+    try:
+        if isinstance(dtype, (int, np.integer)):
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(int(dtype))
+        return np.dtype(dtype).name
+    except (TypeError, KeyError, ValueError):
+        return ""
+
+
+def stored_casts(graph: gs.Graph) -> dict[str, gs.Constant]:
+    """Cast nodes that convert a stored float weight to another float type (fp16/bf16
+    initializers widened for fp32 compute): their output name -> the stored constant. The IR reads the constant in the cast's place, so
+    the weight is pruned (and written back) in its stored dtype."""
+    outs = {t.name for t in graph.outputs}
+    found = {}
+    for n in graph.nodes:
+        if n.op != "Cast" or (n.domain or "") not in ("", "ai.onnx") or len(n.inputs) != 1:
+            continue
+        c, y = n.inputs[0], n.outputs[0]
+        if isinstance(c, gs.Constant) and c.shape is not None and len(c.shape) >= 1 \
+                and _dtype_name(c.dtype) in _FLOAT and n.attrs.get("to") in _FLOAT_TYPES \
+                and y.name not in outs:
+            found[y.name] = c
+    return found
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Inline local functions, turn Constant nodes into initializers, infer shapes."""
+    with quiet():
+        return _normalize(model)
+
+
+def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         if model.functions:
             model = onnx.inliner.inline_local_functions(model)
@@ -62,15 +111,19 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.cleanup(remove_unused_graph_inputs=False)
     # Shape arithmetic on static dimensions (Shape -> Gather -> Concat -> Reshape, chunk bounds)
     # becomes constants, so reshape targets and slice bounds can be rewritten. Runs onnxruntime on
-    # constant subgraphs only; large constants are not folded.
+    # constant subgraphs only; large constants are not folded. Casts of stored weights are held
+    # out: folding them would store fp16/bf16 weights as fp32.
+    held = _hold_stored_casts(graph)
     try:
         import onnxruntime
 
         onnxruntime.set_default_logger_severity(3)
         graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=1 << 16)
-        graph.cleanup(remove_unused_graph_inputs=False)
     except Exception:  # noqa: BLE001 - folding is an optimisation; the unfolded graph is valid
         pass
+    for node, const in held:
+        node.inputs[0] = const
+    graph.cleanup(remove_unused_graph_inputs=False)
     used: set[str] = set()
     for i, node in enumerate(graph.nodes):  # unique, stable node names for plans and healing
         if not node.name or node.name in used:
@@ -90,6 +143,69 @@ def _alias_value(c: gs.Constant):
         t.CopyFrom(c._values.tensor)
         return onnx_external.ExternalValues(t)
     return np.asarray(c.values)
+
+
+def _hold_stored_casts(graph: gs.Graph) -> list[tuple[gs.Node, gs.Constant]]:
+    """Detach the constants of :func:`stored_casts` (a placeholder takes their place) so
+    constant folding leaves those casts alone; the caller puts them back."""
+    held = []
+    names = set(stored_casts(graph))
+    for n in graph.nodes:
+        if n.op == "Cast" and n.outputs and n.outputs[0].name in names:
+            const = n.inputs[0]
+            n.inputs[0] = gs.Variable(f"{const.name}__idapgraph_held", dtype=const.dtype,
+                                      shape=const.shape)
+            held.append((n, const))
+    return held
+
+
+# element types onnxruntime's Python API feeds from numpy and its CPU kernels widely cover
+_COMMON_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                 onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
+                 onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+                 onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
+
+
+def _type_name(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def check_runnable(model: onnx.ModelProto) -> None:
+    """idapgraph calibrates and validates every model in onnxruntime (CPU). Refuse, with one
+    line, a model whose inputs it cannot feed from numpy (bfloat16, float8, …) or that uses
+    such types and does not load there (bfloat16 compute: few CPU kernels). Models that store
+    weights in bfloat16 and widen them with a Cast before computing run, and are handled."""
+    init = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        if not vi.type.HasField("tensor_type"):
+            raise InputError(f"model input {vi.name!r} is not a tensor ({vi.type.WhichOneof('value')}"
+                             "): idapgraph calibrates with tensors only")
+        et = vi.type.tensor_type.elem_type
+        if et not in _COMMON_TYPES:
+            raise InputError(f"model input {vi.name!r} is {_type_name(et)}: onnxruntime cannot be "
+                             "fed it from numpy, and idapgraph calibrates and validates there; "
+                             "export the model with float32 or float16 inputs")
+    g = model.graph
+    types = {t.data_type for t in g.initializer} | {
+        v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output)} | {
+        a.i for n in g.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
+    rare = sorted(t for t in types - _COMMON_TYPES if t)
+    if not rare:
+        return
+    try:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own kinds
+        first = " ".join(str(e).split())[:240]
+        raise InputError(f"model does not run in onnxruntime on CPU, which idapgraph needs to "
+                         f"calibrate and validate ({', '.join(map(_type_name, rare))} compute has "
+                         f"few CPU kernels; storing weights in it and computing in float32 "
+                         f"works): {first}") from None
 
 
 def export_like(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
@@ -162,16 +278,36 @@ def _type_same_shape_outputs(model: onnx.ModelProto) -> bool:
 def _untie_small_constants(graph: gs.Graph) -> None:
     """Exporters deduplicate equal initializers (the zero biases of BN-folded convs, LayerNorm
     ones/zeros), which would falsely tie unrelated channels together. Vectors and scalars shared
-    by several nodes get one copy per consumer; real weight tying (matrices) stays tied."""
+    by several nodes get one copy per consumer — also when they are read through one widening
+    Cast (fp16/bf16 storage): the copy gets its own Cast. Real weight tying (matrices) stays."""
     seen: dict[str, int] = {}
-    for node in graph.nodes:
+    casts = stored_casts(graph)
+    cast_nodes = {n.outputs[0].name: n for n in graph.nodes
+                  if n.op == "Cast" and n.outputs and n.outputs[0].name in casts}
+    added = False
+    for node in list(graph.nodes):
+        if node.op == "Cast" and node.outputs and node.outputs[0].name in casts:
+            continue
         for i, t in enumerate(node.inputs):
-            if not isinstance(t, gs.Constant) or len(t.shape) > 1:
+            cast = cast_nodes.get(t.name)
+            const = casts[t.name] if cast is not None else t
+            if not isinstance(const, gs.Constant) or len(const.shape) > 1:
                 continue
             k = seen.get(t.name, 0)
             seen[t.name] = k + 1
-            if k:
-                node.inputs[i] = gs.Constant(f"{t.name}__idapgraph_copy{k}", np.array(t.values))
+            if not k:
+                continue
+            copy = gs.Constant(f"{const.name}__idapgraph_copy{k}", np.array(const.values))
+            if cast is None:
+                node.inputs[i] = copy
+                continue
+            out = gs.Variable(f"{t.name}__idapgraph_copy{k}", dtype=t.dtype, shape=t.shape)
+            graph.nodes.append(gs.Node("Cast", f"{cast.name}__idapgraph_copy{k}", dict(cast.attrs),
+                                       [copy], [out]))
+            node.inputs[i] = out
+            added = True
+    if added:
+        graph.toposort()
 
 
 def _constant_value(node: gs.Node) -> np.ndarray | None:
@@ -183,6 +319,11 @@ def _constant_value(node: gs.Node) -> np.ndarray | None:
         if key in a:
             return np.asarray(a[key], dtype=dt)
     return None
+
+
+def _values(c: gs.Constant) -> np.ndarray:
+    with quiet():  # an external tensor is memory-mapped, not cached (see .onnx_external)
+        return onnx_external.values(c)
 
 
 def _const(t: gs.Tensor) -> np.ndarray | None:
@@ -217,10 +358,11 @@ class _Builder:
         self.g = Graph(backend="onnx")
         self.meta = self._meta_tensors()
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.alias = stored_casts(self.gsg)  # fp16/bf16 weights read through a widening Cast
         self.not_trainable: set[str] = set()
         for n in self.gsg.nodes:
             if n.op == "BatchNormalization":
-                self.not_trainable.update(t.name for t in n.inputs[3:5])
+                self.not_trainable.update(self.alias.get(t.name, t).name for t in n.inputs[3:5])
 
     def _meta_tensors(self) -> set[str]:
         meta: set[str] = set()
@@ -234,23 +376,21 @@ class _Builder:
     def tensor(self, t: gs.Tensor | None) -> str | None:
         if t is None or not t.name:
             return None
+        t = self.alias.get(t.name, t)
         if t.name in self.g.tensors:
             return t.name
         if isinstance(t, gs.Constant):
-            try:
-                dt = np.dtype(t.dtype)  # from the proto: reading the values is left to ``load``
-            except TypeError:
-                dt = np.dtype(np.float32)
-            self.g.add_tensor(Tensor(t.name, tuple(int(d) for d in t.shape), str(dt), PARAM,
-                                     load=lambda c=t: onnx_external.values(c),
+            dt = _dtype_name(t.dtype) or "float32"  # from the proto: values are read by load
+            self.g.add_tensor(Tensor(t.name, tuple(int(d) for d in t.shape), dt, PARAM,
+                                     load=lambda c=t: _values(c),
                                      trainable=dt in _FLOAT and len(t.shape) >= 1
                                      and t.name not in self.not_trainable))
         else:
             shape = None if t.shape is None else tuple(
                 int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in t.shape)
             kind = META if t.name in self.meta else ACTIVATION
-            self.g.add_tensor(Tensor(t.name, shape, str(t.dtype) if t.dtype is not None else "",
-                                     kind))
+            self.g.add_tensor(Tensor(t.name, shape, _dtype_name(t.dtype) if t.dtype is not None
+                                     else "", kind))
         return t.name
 
     def build(self) -> Graph:
@@ -258,6 +398,8 @@ class _Builder:
             self.g.inputs.append(self.tensor(t))
         used: set[str] = set()
         for i, n in enumerate(self.gsg.nodes):
+            if n.op == "Cast" and n.outputs and n.outputs[0].name in self.alias:
+                continue  # its consumers read the stored weight itself
             op, ins, attrs = self._canon(n)
             name = n.name or f"{n.op}_{i}"
             while name in used:
@@ -276,7 +418,7 @@ class _Builder:
     # -- op mapping ------------------------------------------------------------------------
     def _canon(self, n: gs.Node) -> tuple[str, list, dict[str, Any]]:
         op, a = n.op, n.attrs
-        ins = list(n.inputs)
+        ins = [self.alias.get(t.name, t) if t.name else t for t in n.inputs]
         data = [t for t in ins if t.name]
         if (n.domain or "") not in ("", "ai.onnx"):
             return "unknown", data, {"reason": f"op {n.domain}.{op} from a custom domain"}
@@ -395,4 +537,5 @@ class _Builder:
 
 def to_ir(model: onnx.ModelProto) -> Graph:
     """Build the IR of a normalised model (see :func:`normalize`)."""
-    return _Builder(model).build()
+    with quiet():
+        return _Builder(model).build()

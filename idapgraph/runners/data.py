@@ -15,7 +15,10 @@ Batches = list[tuple[np.ndarray, ...]]
 
 def _to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.dtype.itemsize == 2 and str(x.dtype) != "torch.float16":
+            x = x.float()  # bfloat16: numpy has no such type; the torch runner casts back
+        return x.numpy()
     return np.asarray(x)
 
 
@@ -45,12 +48,41 @@ def calibration_batches(calib: Any, inputs: Sequence[tuple[str, tuple, str]], *,
             batch = []
             for _, shape, dtype in inputs:
                 shp = [batch_size if (d is None or i == 0) else d for i, d in enumerate(shape)]
-                if np.issubdtype(np.dtype(dtype), np.floating):
-                    batch.append(rng.standard_normal(shp).astype(dtype))
+                dt = _dtype(dtype) or np.dtype(np.float32)
+                if np.issubdtype(dt, np.floating):
+                    batch.append(rng.standard_normal(shp).astype(dt))
                 else:
-                    batch.append(np.zeros(shp, dtype=dtype))
+                    batch.append(np.zeros(shp, dtype=dt))
             out.append(tuple(batch))
         return out, False
+    batches = _real_batches(calib, inputs, n_inputs=n_inputs, drop_labels=drop_labels,
+                            batch_size=batch_size)
+    return _match_dtypes(batches, inputs), True
+
+
+def _match_dtypes(batches: Batches, inputs) -> Batches:
+    """Float arrays take the float dtype of their model input (float32 data for a float16
+    model, as a DataLoader gives it); other kinds are left for onnxruntime to judge."""
+    want = [_dtype(d) for _, _, d in inputs]
+    out = []
+    for b in batches:
+        out.append(tuple(a.astype(w) if w is not None and a.dtype != w and a.dtype.kind == "f"
+                         and w.kind == "f" else a for a, w in zip(b, want + [None] * len(b))))
+    return out
+
+
+def _dtype(name: str):
+    """numpy dtype of a model input for calibration arrays; float32 stands in for float types
+    numpy lacks (bfloat16, float8)."""
+    if name and (name == "bfloat16" or name.startswith("float8")):
+        return np.dtype(np.float32)
+    try:
+        return np.dtype(name) if name else None
+    except TypeError:
+        return None
+
+
+def _real_batches(calib, inputs, *, n_inputs, drop_labels, batch_size) -> Batches:
     if isinstance(calib, (str, os.PathLike)):
         calib = _load_npz(os.fspath(calib), inputs)
     if isinstance(calib, dict):
@@ -62,10 +94,10 @@ def calibration_batches(calib: Any, inputs: Sequence[tuple[str, tuple, str]], *,
             if missing:
                 raise InputError(f"calibration data lacks model input(s) {missing}; has {sorted(calib)}")
             arrays = [_to_numpy(calib[n]) for n in names]
-        return _split(arrays, batch_size), True
+        return _split(arrays, batch_size)
     if hasattr(calib, "shape") or (isinstance(calib, tuple) and calib and all(hasattr(c, "shape") for c in calib)):
         arrays = [_to_numpy(a) for a in _as_tuple(calib)]
-        return _split(arrays, batch_size), True
+        return _split(arrays, batch_size)
     if isinstance(calib, Iterable):
         out = []
         for b in calib:
@@ -77,7 +109,7 @@ def calibration_batches(calib: Any, inputs: Sequence[tuple[str, tuple, str]], *,
             out.append(t)
         if not out:
             raise InputError("calibration data is empty")
-        return out, True
+        return out
     raise InputError(f"unsupported calibration data of type {type(calib).__name__}")
 
 

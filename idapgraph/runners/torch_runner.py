@@ -23,6 +23,23 @@ def eval_mode(module: torch.nn.Module) -> None:
         pass
 
 
+def _args(gm: fx.GraphModule, batch) -> tuple:
+    """A batch as tensors in the dtypes the module takes: calibration arrays are numpy, which has
+    no bfloat16, so a bfloat16 module's float inputs arrive as float32 and are cast here (the
+    placeholder's recorded dtype, else the module's first float parameter's)."""
+    metas = [n.meta.get("tensor_meta") for n in gm.graph.nodes if n.op == "placeholder"]
+    first = next((q.dtype for q in gm.parameters() if q.dtype.is_floating_point), None)
+    out = []
+    for i, b in enumerate(batch):
+        t = torch.from_numpy(np.ascontiguousarray(b))
+        want = getattr(metas[i], "dtype", None) if i < len(metas) else None
+        want = want if want is not None else first
+        if t.is_floating_point() and want is not None and want.is_floating_point and t.dtype != want:
+            t = t.to(want)
+        out.append(t)
+    return tuple(out)
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
         super().__init__(gm)
@@ -50,7 +67,7 @@ def run(gm: fx.GraphModule, names: list[str], batches: Batches, reduce: Reducer 
     eval_mode(gm)
     with torch.no_grad():
         for batch in batches:
-            args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
+            args = _args(gm, batch)
             rec = _Recorder(gm, wanted)
             out = rec.run(*args)
             if reduce is not None:
@@ -77,7 +94,7 @@ def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
         for batch in batches:
             if not wrt:  # no parameter to score (every group frozen): all zeros
                 break
-            args = tuple(torch.from_numpy(np.ascontiguousarray(b)) for b in batch)
+            args = _args(gm, batch)
             out = gm(*args)
             if loss is not None:
                 value = loss(out, args)
