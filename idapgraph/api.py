@@ -121,6 +121,9 @@ class Model:
     def bypass(self, model: Any, blocks: list[tuple[str, str, Any]]) -> Any:
         raise NotImplementedError
 
+    def check_runnable(self) -> None:
+        """Refuse a model the backend cannot run (nothing to check for torch)."""
+
     def node_aliases(self) -> dict[str, list[str]]:
         """Other names of IR nodes that ``keep`` patterns may use (none by default)."""
         return {}
@@ -267,6 +270,12 @@ class OnnxModel(Model):
         from .emit import onnx as onnx_emit
 
         return onnx_emit.emit(self.source, self.graph, rewrite, mode)
+
+    def check_runnable(self) -> None:
+        """Refuse (bad input) a model onnxruntime cannot run: its outputs could not be checked."""
+        from .runners.ort_ops import check_runnable
+
+        check_runnable(self.original)
 
     def validate(self, model) -> None:
         from .emit.validate import check_onnx, example_feeds, run_onnx
@@ -695,6 +704,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         raise InputError(f"round_to must be an integer >= 1, got {round_to!r}")
     keep = [keep] if isinstance(keep, str) else list(keep or [])
     a = analyze(model, example_inputs)
+    a.model.check_runnable()
     kept_nodes: set[str] = set()
     a.model.progress = progress
     if keep:
@@ -775,6 +785,7 @@ def apply_plan(model, plan: Plan, example_inputs=None, mode: str = "remove"):
     """Apply ``plan`` to ``model`` and return the emitted model (``mode="zero"`` zeroes the
     planned channels instead of removing them: the reference for equivalence checks)."""
     a = analyze(model, example_inputs)
+    a.model.check_runnable()
     try:
         rewrite = prune_pass.resolve(a.graph, a.coupling, plan)
     except prune_pass.PlanError as e:
