@@ -4,6 +4,7 @@ untouched), JSON report on request."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -64,7 +65,8 @@ def test_compress_ok_json(model_path, tmp_path):
 
 
 def test_compress_human_output(model_path, tmp_path):
-    r = run("compress", model_path, "-o", tmp_path / "s.onnx", "--params", "0.7")
+    r = run("compress", model_path, "-o", tmp_path / "s.onnx", "--params", "0.7", "--method",
+            "magnitude", "--heal", "none")
     assert r.returncode == 0, r.stderr
     for word in ("FLOPs", "params", "size on disk", "most-changed layers", "/layer", "wrote"):
         assert word in r.stdout, word
@@ -79,7 +81,8 @@ def test_quiet(model_path, tmp_path):
             "magnitude", "--heal", "none", "--quiet")
     assert r.returncode == 0 and (r.stdout, r.stderr) == ("", ""), r.stderr
     assert (tmp_path / "s.onnx").exists()
-    r = run("compress", model_path, "--dry-run", "--flops", "0.8", "--quiet", "--json")
+    r = run("compress", model_path, "--dry-run", "--flops", "0.8", "--heal", "none", "--quiet",
+            "--json")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     schemas.check(json.loads(r.stdout), schemas.COMPRESS)  # warnings stay in the report
     assert json.loads(r.stdout)["warnings"]
@@ -296,7 +299,7 @@ def test_analyze_json(model_path, tmp_path):
 def test_diff_json(model_path, tmp_path):
     small = tmp_path / "small.onnx"
     r = run("compress", model_path, "-o", small, "--flops", "0.7", "--blocks", "1", "--method",
-            "magnitude", "--quiet")
+            "magnitude", "--heal", "none", "--quiet")
     assert r.returncode == 0, r.stderr
     r = run("diff", model_path, small, "--json")
     assert r.returncode == 0, r.stderr
@@ -352,7 +355,7 @@ def test_plan_round_trip_and_dry_run(model_path, tmp_path):
     --dry-run reports without writing a model."""
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     r = run("compress", model_path, "-o", a, "--flops", "0.6", "--heal", "none", "--json",
-            "--plan-out", tmp_path / "plan.json")
+            "--method", "magnitude", "--plan-out", tmp_path / "plan.json")
     assert r.returncode == 0, r.stderr
     r2 = run("compress", model_path, "-o", b, "--plan-in", tmp_path / "plan.json", "--heal",
              "none", "--json")
@@ -360,8 +363,31 @@ def test_plan_round_trip_and_dry_run(model_path, tmp_path):
     ra, rb = json.loads(r.stdout), json.loads(r2.stdout)
     assert (ra["flops_after"], ra["params_after"]) == (rb["flops_after"], rb["params_after"])
     assert a.read_bytes() == b.read_bytes()
-    r3 = run("compress", model_path, "--flops", "0.6", "--dry-run", "--json")
+    r3 = run("compress", model_path, "--flops", "0.6", "--dry-run", "--json", "--method",
+             "magnitude", "--heal", "none")
     assert r3.returncode == 0, r3.stderr
     rep = json.loads(r3.stdout)
     assert rep["output"] is None and rep["size_after"] < rep["size_before"]
     assert sorted(os.listdir(tmp_path)) == ["a.onnx", "b.onnx", "plan.json"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_a_terminal():
+    from idapgraph.report_view import ProgressView
+
+    term = _Terminal()
+    with ProgressView(stream=term) as bar:
+        for p in range(2):
+            for i in range(3):
+                bar("calibration", i + 1, 3)
+        bar("step", 1, None)
+    text = term.getvalue()
+    assert "calibration pass 2" in text and "pruning step 1" in text
+    for stream, enabled in ((io.StringIO(), True), (_Terminal(), False)):
+        with ProgressView(enabled=enabled, stream=stream) as bar:
+            bar("calibration", 1, 3)
+        assert stream.getvalue() == ""
