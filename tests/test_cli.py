@@ -103,6 +103,21 @@ def test_round_to_and_keep(model_path):
     assert all(n.startswith("/layer1/") for n in rep["kept_nodes"]) and rep["kept_nodes"]
     kept = {f["layer"] for f in rep["frozen"] if f["reason"] == "kept by --keep"}
     assert {n for n in rep["kept_nodes"] if n.endswith("/Conv")} <= kept
+    # the plain-text fallback (no rich) says the same things
+    from idapgraph import report_view
+
+    for have_rich in (True, False):
+        buf = io.StringIO()
+        report_view.HAVE_RICH, saved = have_rich, report_view.HAVE_RICH
+        try:
+            report_view.print_compress(rep, buf)
+        finally:
+            report_view.HAVE_RICH = saved
+        text = buf.getvalue()
+        top = min(rep["layers"], key=lambda x: x["flops_after"] - x["flops_before"])["layer"]
+        for word in ("size on disk", "most-changed layers", top,
+                     "rounded to 16", "kept by --keep", "dry run"):
+            assert word in text, (have_rich, word)
 
 
 def _tiny(nodes, inits=(), domains=()) -> onnx.ModelProto:
