@@ -27,6 +27,7 @@ from .passes import blocks as blocks_pass
 from .passes import reconstruct as recon_pass
 from .passes import divergence, scoring
 from .passes import heal as heal_pass, select as select_pass
+from .passes import keep as keep_pass
 
 
 class Model:
@@ -38,6 +39,20 @@ class Model:
 
     batch_size: int = 1
     exact_batch: bool = True  # the model only takes batches of exactly ``batch_size``
+    progress: Any = None  # progress(stage, done, total) after every calibration batch, or None
+
+    def ticking(self, batches):
+        """``batches``, reporting each one to :attr:`progress` as it has been run."""
+        if self.progress is None:
+            return batches
+        total = len(batches) if hasattr(batches, "__len__") else None
+
+        def each():
+            for i, b in enumerate(batches):
+                yield b
+                self.progress("calibration", i + 1, total)
+
+        return each()
 
     def emit(self, rewrite: Rewrite, mode: str = "remove") -> Any:
         raise NotImplementedError
@@ -109,6 +124,13 @@ class Model:
     def bypass(self, model: Any, blocks: list[tuple[str, str, Any]]) -> Any:
         raise NotImplementedError
 
+    def check_runnable(self) -> None:
+        """Refuse a model the backend cannot run (nothing to check for torch)."""
+
+    def node_aliases(self) -> dict[str, list[str]]:
+        """Other names of IR nodes that ``keep`` patterns may use (none by default)."""
+        return {}
+
 
 class TorchModel(Model):
     backend = "fx"
@@ -158,7 +180,7 @@ class TorchModel(Model):
     def run(self, model, names, batches, reduce, outputs=False):
         from .runners import torch_runner
 
-        return torch_runner.run(model, names, batches, reduce, outputs)
+        return torch_runner.run(model, names, self.ticking(batches), reduce, outputs)
 
     def get_param(self, model, name):
         from .emit.fx import get_param
@@ -179,6 +201,11 @@ class TorchModel(Model):
         from .emit.fx import bypass
 
         return bypass(model, blocks)
+
+    def node_aliases(self):
+        """The module path of every ``call_module`` node (``layer1.0.conv1``)."""
+        return {n.name: [str(n.handle.target)] for n in self.graph
+                if getattr(n.handle, "op", None) == "call_module"}
 
     def taylor(self, model, params: list[str], batches, loss=None):
         from .runners import torch_runner
@@ -227,7 +254,7 @@ class OnnxModel(Model):
     def run(self, model, names, batches, reduce, outputs=False):
         from .runners import onnx_runner
 
-        return onnx_runner.run(model, names, batches, reduce, outputs)
+        return onnx_runner.run(model, names, self.ticking(batches), reduce, outputs)
 
     def get_param(self, model, name):
         from .emit.onnx import get_param
@@ -253,6 +280,12 @@ class OnnxModel(Model):
         from .emit import onnx as onnx_emit
 
         return onnx_emit.emit(self.source, self.graph, rewrite, mode)
+
+    def check_runnable(self) -> None:
+        """Refuse (bad input) a model onnxruntime cannot run: its outputs could not be checked."""
+        from .runners.ort_ops import check_runnable
+
+        check_runnable(self.original)
 
     def validate(self, model) -> None:
         from .emit.validate import check_onnx, example_feeds, run_onnx
@@ -313,6 +346,10 @@ class Report:
     block_scores: dict[str, float] = field(default_factory=dict)  # score of each when removed
     # elements of the mean-substitution constants stage 2 stored (included in params_after)
     params_constants: int = 0
+    round_to: int = 1
+    keep: list[str] = field(default_factory=list)  # --keep patterns
+    kept_nodes: list[str] = field(default_factory=list)  # IR nodes they matched
+    layers: list[dict[str, Any]] = field(default_factory=list)  # changed conv/linear layers
 
     @property
     def flops_ratio(self) -> float:
@@ -344,6 +381,13 @@ class Analysis:
     divergence: dict[str, Any] | None = None  # layer -> δ per output channel (with calib)
     group_scores: dict[str, Any] | None = None  # group key -> idap unit scores (with calib)
     calibration: str = "none"
+
+    @property
+    def blocks(self) -> list:
+        """Bypassable blocks (:class:`idapgraph.passes.blocks.Block`), found on first use."""
+        if "_blocks" not in self.__dict__:
+            self.__dict__["_blocks"] = blocks_pass.find(self.graph)
+        return self.__dict__["_blocks"]
 
     @property
     def graph(self) -> Graph:
@@ -383,6 +427,25 @@ def analyze(model, example_inputs=None, *, calib=None, divergence_scores: bool =
     return a
 
 
+def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1) -> dict[str, Any]:
+    """onnxruntime CPU latency of an ONNX model (path or ``ModelProto``) on seeded random inputs
+    (batch 1 where the batch is symbolic): ``threads`` intra-op threads, ``warmup`` untimed runs,
+    then the median/min/max of ``runs`` timed ones, in milliseconds."""
+    from .runners.bench import latency as ort_latency
+
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise InputError("need runs >= 1, warmup >= 0 and threads >= 1")
+    if isinstance(model, (str, os.PathLike)):
+        from .frontends import onnx_file
+
+        model = onnx_file.load(model)
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        raise InputError("latency is measured on ONNX models (a path or an onnx.ModelProto)")
+    return ort_latency(model, runs=runs, warmup=warmup, threads=threads).to_dict()
+
+
 def _check_ratio(name: str, r: float | None) -> None:
     if r is None:
         return
@@ -391,7 +454,8 @@ def _check_ratio(name: str, r: float | None) -> None:
 
 
 def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_keep, steps,
-                 alpha, base, loss, warn: list[str], log: list[dict]):
+                 alpha, base, loss, warn: list[str], log: list[dict], round_to: int = 1,
+                 progress=None):
     """Scores + selection. ``idap`` runs the iterative schedule with re-scoring; the others
     select in one shot. Returns (plan, reached, calibration kind)."""
     g, coupling = a.graph, a.coupling
@@ -408,7 +472,7 @@ def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_ke
                    "are weaker; pass calib= (API) or --calib FILE.npz (CLI)")
             warn.append(msg)
             warnings.warn(msg, stacklevel=3)
-    target = {"flops": flops, "params": params, "min_keep": min_keep}
+    target = {"flops": flops, "params": params, "min_keep": min_keep, "round_to": round_to}
     if method == "random":
         sel = select_pass.select(g, coupling, scoring.random(coupling, seed), **target)
     elif method == "magnitude":
@@ -440,6 +504,8 @@ def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_ke
             plan = sel.plan
             log.append({"step": t, "fraction": round(frac, 4), "removed": added,
                         "flops": sel.flops, "params": sel.params})
+            if progress is not None:
+                progress("step", t + 1, None)
             if sel.reached or added == 0:
                 break
     return sel, kind
@@ -568,7 +634,7 @@ def _bypass_arg(g: Graph, b, const, alias: dict[str, str]) -> tuple:
 
 def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: float | None,
               score: str, mean_substitution: bool, plan_bypass: list[str] | None = None,
-              kinds=None):
+              kinds=None, keep_nodes: set[str] = frozenset()):
     """Stage 2: bypass the blocks with the smallest score one at a time, re-measuring after each,
     while the calibration output error stays within ``max_error`` or until ``n_blocks`` are gone.
     With ``plan_bypass`` the given blocks are bypassed (no data needed, no mean substitution).
@@ -578,10 +644,14 @@ def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error:
     by_key = {b.key: b for b in blist}
     if kinds is not None:
         blist = [b for b in blist if b.kind in kinds]
+    blist = [b for b in blist if keep_nodes.isdisjoint(b.nodes)]
     if plan_bypass is not None:
         missing = [k for k in plan_bypass if k not in by_key]
         if missing:
             raise InputError(f"plan bypasses block(s) {missing}, which this model does not have")
+        kept = [k for k in plan_bypass if not keep_nodes.isdisjoint(by_key[k].nodes)]
+        if kept:
+            raise InputError(f"plan bypasses block(s) {kept}, which hold nodes kept by --keep")
         chosen: list = []  # a block inside a bypassed layer goes with it
         for b in sorted((by_key[k] for k in plan_bypass), key=lambda b: -len(b.nodes)):
             if not any(b.overlaps(c) for c in chosen):
@@ -618,7 +688,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
              min_keep: float = 0.1, steps: int = 10, alpha: float = 1.5, base: float = 1.0,
              loss=None, heal: str = "lsq", blocks: int | None = 0,
              max_error: float | None = None, block_score: str = "relative",
-             block_kinds=None) -> Result:
+             block_kinds=None, round_to: int = 1, keep=None, progress=None) -> Result:
     """Compress ``model`` to ``flops``/``params`` (fractions of the original to keep).
 
     Returns a :class:`Result` whose ``model`` is of the same kind as the input (an fx
@@ -640,6 +710,12 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     ``block_kinds`` limits the candidates to some of ``residual`` (convolutional branches),
     ``attention``, ``mlp`` (transformer sub-blocks) and ``layer`` (whole transformer layers);
     default all.
+    ``round_to=N``: every pruned channel group keeps a multiple of ``N`` units (at least ``N``;
+    a group of ``N`` units or fewer stays whole). ``keep``: node-name patterns (fnmatch globs,
+    matched against IR node names, the backend's own node names and the names of their
+    parameters); channel groups touching a matching node are frozen (reason "kept by --keep")
+    and blocks containing one are never bypassed. ``progress(stage, step, total)`` is called
+    as selection steps and calibration passes complete (``total`` may be None).
     """
     _check_ratio("flops", flops)
     _check_ratio("params", params)
@@ -663,7 +739,24 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         raise InputError(f"unknown heal mode {heal!r} (choose from none, bias, stats, lsq)")
     if not (steps >= 1 and alpha >= 0 and 0 < base <= 1 and 0 <= min_keep < 1):
         raise InputError("need steps >= 1, alpha >= 0, 0 < base <= 1 and 0 <= min_keep < 1")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise InputError(f"round_to must be an integer >= 1, got {round_to!r}")
+    keep = [keep] if isinstance(keep, str) else list(keep or [])
     a = analyze(model, example_inputs)
+    a.model.check_runnable()
+    kept_nodes: set[str] = set()
+    a.model.progress = progress
+    if keep:
+        aliases = a.model.node_aliases()
+        unmatched = [p for p in keep if not keep_pass.matching(a.graph, [p], aliases)]
+        if unmatched:
+            raise InputError(f"keep pattern(s) {unmatched} match no node of the model")
+        kept_nodes = keep_pass.matching(a.graph, keep, aliases)
+        held = set(keep_pass.touched_groups(a.graph, a.coupling, kept_nodes))
+        if plan is not None and held & {k for k, v in plan.remove.items() if v}:
+            raise InputError(f"plan removes channels of group(s) "
+                             f"{sorted(held & set(plan.remove))}, kept by --keep")
+        a.coupling = keep_pass.protect(a.graph, a.coupling, kept_nodes)
     g, coupling = a.graph, a.coupling
     warn: list[str] = []
     log: list[dict] = []
@@ -671,7 +764,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     if plan is None:
         sel, kind = _select_plan(a, method, flops=flops, params=params, calib=calib, seed=seed,
                                  min_keep=min_keep, steps=steps, alpha=alpha, base=base, loss=loss,
-                                 warn=warn, log=log)
+                                 warn=warn, log=log, round_to=round_to, progress=progress)
         plan, reached = sel.plan, sel.reached
         if not reached:
             msg = (f"target not reachable: frozen channels and the per-group minimum "
@@ -705,7 +798,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         out, bypassed, gone, block_scores, stored = _truncate(
             a, out, stage2_batches, n_blocks=blocks, max_error=max_error, score=block_score,
             mean_substitution=heal != "none", plan_bypass=plan.bypass or None,
-            kinds=block_kinds)
+            kinds=block_kinds, keep_nodes=kept_nodes)
         plan.bypass = list(bypassed)
         if blocks and len(bypassed) < blocks:
             msg = f"bypassed {len(bypassed)} of the {blocks} blocks asked for (no more found or error bound hit)"
@@ -736,7 +829,9 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         units_removed=plan.n_removed,
         frozen=[asdict(f) for f in coupling.frozen], warnings=warn, calibration=kind, steps=log,
         heal=asdict(heal_rep), blocks_bypassed=bypassed, block_scores=block_scores,
-        params_constants=stored)
+        params_constants=stored, round_to=round_to, keep=keep,
+        kept_nodes=[n for n in g.nodes if n in kept_nodes],
+        layers=cost_pass.layer_changes(g, a.cost, after, lambda t: rewrite.new_shapes[t], gone))
     return Result(model=out, plan=plan, report=report)
 
 
@@ -770,6 +865,7 @@ def apply_plan(model, plan: Plan, example_inputs=None, mode: str = "remove"):
     """Apply ``plan`` to ``model`` and return the emitted model (``mode="zero"`` zeroes the
     planned channels instead of removing them: the reference for equivalence checks)."""
     a = analyze(model, example_inputs)
+    a.model.check_runnable()
     try:
         rewrite = prune_pass.resolve(a.graph, a.coupling, plan)
     except prune_pass.PlanError as e:

@@ -74,7 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      "instead of selecting one; no target needed")
     c.add_argument("--dry-run", action="store_true",
                    help="compute and report everything, write no model")
-    c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    c.add_argument("--round-to", type=_at_least(1), default=1, metavar="N",
+                   help="every pruned channel group keeps a multiple of N channels (at least N; "
+                        "groups of N or fewer stay whole); default 1")
+    c.add_argument("--keep", nargs="+", action="extend", metavar="PATTERN",
+                   help="protect nodes by name or glob (fnmatch on node names, fx module paths "
+                        "and parameter names): their channel groups are frozen and blocks "
+                        "holding them are not bypassed (repeatable)")
+    c.add_argument("--bench", action="store_true",
+                   help="measure onnxruntime CPU latency before and after (1 thread, 5 warm-up "
+                        "runs, median of --bench-runs)")
+    c.add_argument("--bench-runs", type=_at_least(20), default=20, metavar="N",
+                   help="timed runs of --bench (default and minimum 20)")
+    c.add_argument("--json", action="store_true",
+                   help="print the report as JSON on stdout (human output goes to stderr)")
+    c.add_argument("-q", "--quiet", action="store_true",
+                   help="no human output (errors only); with --json, only the JSON")
 
     a = sub.add_parser("analyze", help="show channel groups, frozen spots, cost and divergence")
     a.add_argument("input")
@@ -98,16 +113,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fmt(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
+def _at_least(low: int):
+    def count(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return n
+
+    return count
+
+
+def _writable(path: str, inp: str) -> Path:
+    """Refuse ``path`` before any work when it is the input or its folder cannot take a file
+    (also read-only file systems, which ``os.access`` misses for root)."""
+    import tempfile
+
+    from .emit.save import check_output_path
+
+    out = check_output_path(path, inp)
+    try:
+        with tempfile.TemporaryFile(dir=out.resolve().parent):
+            pass
+    except OSError as e:
+        raise _UserError(f"output folder {out.resolve().parent} is not writable: "
+                         f"{e.strerror or e}") from None
+    return out
 
 
 def cmd_compress(args) -> int:
     from . import api
-    from .emit.save import check_output_path, save_onnx
+    from .emit.save import save_onnx, write_bytes_atomic
+    from .report_view import ProgressView, print_compress
 
     plan = _read_plan(args.plan_in) if args.plan_in else None
     if plan is None and args.flops is None and args.params is None and not args.blocks \
@@ -118,10 +157,11 @@ def cmd_compress(args) -> int:
         raise _UserError("give an output file with -o OUT.onnx (or --dry-run)")
     if args.blocks < 0:
         raise _UserError(f"--blocks must be >= 0, got {args.blocks}")
-    out = check_output_path(args.output, args.input) if args.output else None
+    out = _writable(args.output, args.input) if args.output and not args.dry_run else None
     if args.plan_out:
-        check_output_path(args.plan_out, args.input)
-    with warnings.catch_warnings():
+        _writable(args.plan_out, args.input)
+    human = None if args.quiet else (sys.stderr if args.json else sys.stdout)
+    with warnings.catch_warnings(), ProgressView(enabled=not (args.quiet or args.json)) as bar:
         warnings.simplefilter("ignore")
         res = api.compress(args.input, flops=args.flops, params=args.params, method=args.method,
                            seed=args.seed, calib=args.calib, heal=args.heal, steps=args.steps,
@@ -129,37 +169,31 @@ def cmd_compress(args) -> int:
                            blocks=(None if args.max_error is not None and not args.blocks
                                    else args.blocks),
                            max_error=args.max_error, block_score=args.block_score,
-                           block_kinds=args.block_kinds, plan=plan)
+                           block_kinds=args.block_kinds, plan=plan, round_to=args.round_to,
+                           keep=args.keep, progress=bar)
+        lat = None
+        if args.bench:
+            before = api.latency(args.input, runs=args.bench_runs)
+            after = api.latency(res.model, runs=args.bench_runs)
+            lat = {"before": before, "after": after,
+                   "speedup": before["median_ms"] / after["median_ms"]}
     from .frontends.onnx_file import data_files, disk_size
 
-    if not args.dry_run:  # external data in, external data out
+    if out is not None:  # external data in, external data out
         save_onnx(res.model, out, external=True if data_files(args.input) else None)
     if args.plan_out:
-        from .emit.save import write_bytes_atomic
-
         write_bytes_atomic(args.plan_out, res.plan.to_json().encode())
     rep = res.report.to_dict()
-    rep["output"] = None if args.dry_run else str(out)
+    rep["output"] = None if out is None else str(out)
     rep["size_before"] = disk_size(args.input)
-    rep["size_after"] = res.model.ByteSize() if args.dry_run else disk_size(out)
+    rep["size_after"] = res.model.ByteSize() if out is None else disk_size(out)
+    rep["latency"] = lat
+    if human is not None:
+        for w in rep["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+        print_compress(rep, human)
     if args.json:
         print(json.dumps(rep, indent=2))
-        return 0
-    print(f"{'':12}{'before':>12}{'after':>12}{'ratio':>8}")
-    for key, label in (("flops", "FLOPs"), ("params", "params"), ("size", "file size")):
-        b, a = rep[f"{key}_before"], rep[f"{key}_after"]
-        print(f"{label:12}{_fmt(b):>12}{_fmt(a):>12}{a / b if b else 1:>8.3f}")
-    print(f"groups pruned: {rep['groups_pruned']} of {rep['groups']}, units removed: "
-          f"{rep['units_removed']}, frozen spots: {len(rep['frozen'])}")
-    if rep["blocks_bypassed"]:
-        print(f"blocks bypassed: {', '.join(rep['blocks_bypassed'])}")
-    h = rep["heal"]
-    if h.get("method") in ("lsq", "stats", "bias"):
-        print(f"healing: {h['layers']} layers, calibration error {h['error_before']:.4g} -> "
-              f"{h['error_after']:.4g} ({'kept' if h['kept'] else 'not kept: no better'})")
-    for w in rep["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
-    print("dry run: nothing written" if args.dry_run else f"wrote {out}")
     return 0
 
 
@@ -179,6 +213,7 @@ def _read_plan(path: str):
 
 def cmd_analyze(args) -> int:
     from . import api
+    from .review.text import fmt
 
     a = api.analyze(args.input, calib=args.calib)
     g = a.graph
@@ -194,13 +229,18 @@ def cmd_analyze(args) -> int:
 
     rep = {"backend": g.backend, "nodes": len(g), "flops": a.cost.flops, "params": a.cost.params,
            "ops": g.summary(), "groups": groups, "frozen": [asdict(f) for f in a.coupling.frozen],
+           "blocks": [{"key": b.key, "kind": b.kind, "add": b.add, "nodes": len(b.nodes),
+                       "flops": sum(a.cost.per_node.get(n, 0) for n in b.nodes)}
+                      for b in a.blocks],
+           "cost": [{"node": n.name, "op": n.op, "source": n.source,
+                     "flops": a.cost.per_node.get(n.name, 0)} for n in g],
            "calibration": a.calibration}
     if a.divergence is not None:
         rep["divergence"] = {k: [float(x) for x in v] for k, v in a.divergence.items()}
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
-    print(f"{len(g)} nodes, {_fmt(a.cost.flops)} FLOPs (1 MAC = 1 FLOP), {_fmt(a.cost.params)} params")
+    print(f"{len(g)} nodes, {fmt(a.cost.flops)} FLOPs (1 MAC = 1 FLOP), {fmt(a.cost.params)} params")
     print(f"{len(groups)} channel groups:")
     for gr in groups:
         score = f"  idap score {gr['score']['min']:.3g}..{gr['score']['max']:.3g}" if "score" in gr else ""
@@ -209,6 +249,10 @@ def cmd_analyze(args) -> int:
         print("divergence δ per layer (mean over output channels):")
         for k, v in a.divergence.items():
             print(f"  {k:<40} {float(v.mean()):.4g}")
+    if rep["blocks"]:
+        print(f"{len(rep['blocks'])} bypassable blocks:")
+        for b in rep["blocks"]:
+            print(f"  {b['key']:<8} {b['kind']:<10} {b['nodes']:>4} nodes  {fmt(b['flops'])} FLOPs")
     print(f"{len(rep['frozen'])} frozen spots:")
     for f in rep["frozen"]:
         print(f"  {f['layer']} ({f['source']}) {f['role']} channels: {f['reason']}")

@@ -4,24 +4,9 @@ to ONNX, compressed, and compared before/after."""
 from __future__ import annotations
 
 import os
-import statistics
 import time
 import warnings
 from pathlib import Path
-
-
-def _latency_ms(model, feeds, runs: int = 20, threads: int = 2) -> float:
-    from .emit.validate import session
-
-    sess = session(model, threads=threads)
-    for _ in range(3):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def run_demo(out_dir: Path, flops: float = 0.5) -> int:
@@ -57,7 +42,10 @@ def run_demo(out_dir: Path, flops: float = 0.5) -> int:
     write_bytes_atomic(out_dir / "plan.json", res.plan.to_json().encode())
     original = onnx.load(str(src))
     feeds = example_feeds(original)
-    lat_b, lat_a = _latency_ms(original, feeds), _latency_ms(res.model, feeds)
+    from .runners.bench import latency
+
+    lat_b, lat_a = (latency(m, feeds, runs=20, warmup=3, threads=2).median_ms
+                    for m in (original, res.model))
     r = res.report
     rows = [("params", r.params_before, r.params_after), ("FLOPs (MACs)", r.flops_before, r.flops_after),
             ("file size (MB)", os.path.getsize(src) / 1e6, os.path.getsize(dst) / 1e6),

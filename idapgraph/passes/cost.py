@@ -55,3 +55,29 @@ def count(graph: Graph, shape: Callable[[str], tuple] | None = None,
             if s is not None and all(d is not None for d in s):
                 params += int(np.prod(s, dtype=np.int64)) if s else 1
     return Cost(flops=sum(per_node.values()), params=params, per_node=per_node)
+
+
+def layer_changes(graph: Graph, before: Cost, after: Cost, shape: Callable[[str], tuple],
+                  removed: set[str] | frozenset = frozenset()) -> list[dict]:
+    """Every conv/linear layer whose output channels or FLOPs differ between ``before`` and
+    ``after`` (``shape``: the tensor shapes after; ``removed``: bypassed nodes), in execution
+    order: ``{"layer", "source", "channels_before", "channels_after", "flops_before",
+    "flops_after", "bypassed"}``."""
+    from ..ir.ops import weight_axes
+
+    out = []
+    for n in graph.weighted_nodes():
+        w = n.inputs[1]
+        ws = graph.shape(w) if w is not None else None
+        if not ws:
+            continue
+        ax = weight_axes(n)[0]
+        gone = n.name in removed
+        cb = ws[ax]
+        ca = 0 if gone else (shape(w) or ws)[ax]
+        fb, fa = before.per_node.get(n.name, 0), after.per_node.get(n.name, 0)
+        if (cb, fb) != (ca, fa) or gone:
+            out.append({"layer": n.name, "source": n.source, "channels_before": cb,
+                        "channels_after": ca, "flops_before": fb, "flops_after": fa,
+                        "bypassed": gone})
+    return out

@@ -79,7 +79,7 @@ def collect_relations(graph: Graph) -> Relations:
     return rel
 
 
-def _weight_axes(graph: Graph) -> dict[Space, tuple[int, str, str]]:
+def weight_roles(graph: Graph) -> dict[Space, tuple[int, str, str]]:
     """(weight tensor, axis) -> (ordinal among weighted ops, 'out'|'in', node name)."""
     roles: dict[Space, tuple[int, str, str]] = {}
     for i, node in enumerate(graph.weighted_nodes()):
@@ -171,7 +171,7 @@ def analyze(graph: Graph) -> Coupling:
     np.logical_or.at(comp_param, label, has_param_cls[elem_cls])
 
     # -- units and groups --------------------------------------------------------------------
-    roles = _weight_axes(graph)
+    roles = weight_roles(graph)
     order = np.lexsort((elem_idx, elem_cls, label))
     lab_sorted = label[order]
     bounds = np.flatnonzero(np.diff(lab_sorted)) + 1

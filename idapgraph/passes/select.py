@@ -29,24 +29,43 @@ def schedule_fraction(step: int, *, base: float, steps: int, alpha: float) -> fl
     return min(1.0, base * (1 + step / steps) ** alpha)
 
 
+def min_kept(n: int, min_keep: float = 0.1, round_to: int = 1) -> int:
+    """The fewest units a group of ``n`` may keep: ``max(1, ceil(min_keep·n))`` rounded up to a
+    multiple of ``round_to``, never below ``round_to`` and never more than ``n``."""
+    return min(n, rounded_keep(max(1, math.ceil(min_keep * n)), round_to))
+
+
+def rounded_keep(kept: int, round_to: int) -> int:
+    """``kept`` rounded up to a multiple of ``round_to`` (at least ``round_to``)."""
+    return max(round_to, -(-kept // round_to) * round_to)
+
+
 def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
            flops: float | None = None, params: float | None = None, min_keep: float = 0.1,
-           removed: Plan | None = None, max_new: int | None = None) -> Selection:
+           removed: Plan | None = None, max_new: int | None = None,
+           round_to: int = 1) -> Selection:
     """Remove the lowest-scoring units (global ranking) until ``flops``/``params`` (fractions of
     the original to keep) are met, on top of the units ``removed`` already, adding at most
-    ``max_new``. Every group keeps at least ``max(1, ceil(min_keep·n))`` units."""
+    ``max_new``. Every group keeps at least :func:`min_kept` units, and a pruned group keeps a
+    multiple of ``round_to`` (a group of at most ``round_to`` units is left whole); ``max_new``
+    then counts units actually removed, and a step that would remove none takes the smallest
+    whole rounding step instead."""
+    if not (isinstance(round_to, (int, np.integer)) and round_to >= 1):
+        raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
     base = cost_pass.count(graph)
     n_cls = len(coupling.class_size)
     prev = {k: set(v) for k, v in (removed.remove if removed else {}).items()}
     g_cls = [[(coupling.space_class[m.spaces[0]], m.index.shape[1]) for m in g.members]
              for g in coupling.groups]
     base_removed = np.zeros(n_cls, dtype=np.int64)
+    n_units = np.array([g.n_units for g in coupling.groups], dtype=np.int64)
+    n_prev = np.array([len(prev.get(g.key, ())) for g in coupling.groups], dtype=np.int64)
     cand_score, cand_group, cand_unit = [], [], []
     for gi, (g, s) in enumerate(zip(coupling.groups, scores)):
         already = prev.get(g.key, set())
         for c, n in g_cls[gi]:
             base_removed[c] += n * len(already)
-        room = g.n_units - max(1, math.ceil(min_keep * g.n_units)) - len(already)
+        room = g.n_units - min_kept(g.n_units, min_keep, round_to) - len(already)
         order = [u for u in np.argsort(s, kind="stable") if int(u) not in already][:max(room, 0)]
         order = np.asarray(order, dtype=np.int64)
         cand_score.append(s[order])
@@ -60,11 +79,24 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
     order = np.lexsort((cu, cg, cs))
     cg, cu = cg[order], cu[order]
 
+    def taken(k: int) -> np.ndarray:
+        """Units each group loses when the first ``k`` candidates are chosen, after rounding
+        what it keeps up to a multiple of ``round_to``."""
+        picked = np.bincount(cg[:k].astype(np.int64), minlength=len(n_units))[:len(n_units)]
+        if round_to == 1:
+            return picked
+        kept = n_units - n_prev - picked
+        kept = np.where(picked > 0, np.minimum(n_units - n_prev,
+                                               np.maximum(round_to, -(-kept // round_to) * round_to)),
+                        n_units - n_prev)
+        return n_units - n_prev - kept
+
     def cost_at(k: int):
         rem = base_removed.copy()
-        for gi in cg[:k]:
-            for c, n in g_cls[gi]:
-                rem[c] += n
+        for gi, t in enumerate(taken(k)):
+            if t:
+                for c, n in g_cls[gi]:
+                    rem[c] += n * int(t)
         c = cost_pass.count(graph, shape_fn(graph, coupling, rem))
         return c.flops, c.params
 
@@ -72,7 +104,8 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
         return ((flops is None or f <= flops * base.flops + 0.5)
                 and (params is None or p <= params * base.params + 0.5))
 
-    hi = len(cg) if max_new is None else min(len(cg), max_new)
+    hi = len(cg) if max_new is None else _prefix_for(lambda k: int(taken(k).sum()), len(cg),
+                                                     max_new)
     lo = 0
     if ok(*cost_at(0)):
         hi = 0
@@ -85,9 +118,36 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
                 lo = mid + 1
     f_k, p_k = cost_at(hi)
     remove = {k: set(v) for k, v in prev.items()}
-    for gi, u in zip(cg[:hi], cu[:hi]):
-        remove.setdefault(coupling.groups[gi].key, set()).add(int(u))
+    left = taken(hi)
+    for gi, u in zip(cg[:hi], cu[:hi]):  # a group's candidates come lowest score first
+        if left[gi] > 0:
+            remove.setdefault(coupling.groups[gi].key, set()).add(int(u))
+            left[gi] -= 1
     plan = Plan(remove={k: sorted(v) for k, v in remove.items() if v},
                 units={g.key: g.n_units for g in coupling.groups if remove.get(g.key)},
                 meta=dict(removed.meta) if removed else {"backend": graph.backend})
     return Selection(plan=plan, flops=f_k, params=p_k, reached=ok(f_k, p_k), candidates=len(cg))
+
+
+def _prefix_for(removed_at, n: int, max_new: int) -> int:
+    """The longest candidate prefix removing at most ``max_new`` units (``removed_at`` grows with
+    the prefix), or, when even one unit is more than rounding allows, the shortest removing any."""
+    if removed_at(n) <= max_new:
+        return n
+    lo, hi = 0, n
+    while lo < hi:  # largest k with removed_at(k) <= max_new
+        mid = (lo + hi + 1) // 2
+        if removed_at(mid) <= max_new:
+            lo = mid
+        else:
+            hi = mid - 1
+    if removed_at(lo) > 0:
+        return lo
+    hi = n
+    while lo < hi:  # smallest k with removed_at(k) > 0
+        mid = (lo + hi) // 2
+        if removed_at(mid) > 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

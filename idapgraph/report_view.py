@@ -1,0 +1,164 @@
+"""Human output of the CLI: the ``compress`` summary table and progress bars.
+
+Uses ``rich`` when it is installed (tables, live progress), plain text otherwise. Nothing here
+computes anything: it renders the report dictionaries the API returns.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from .review.text import fmt
+
+try:  # optional: plain text without it
+    import rich  # noqa: F401
+
+    HAVE_RICH = True
+except ImportError:  # pragma: no cover - rich is a dependency; the fallback is for trimmed installs
+    HAVE_RICH = False
+
+TOP_LAYERS = 8
+
+
+def _ratio(before: float, after: float) -> str:
+    return f"{after / before:.3f}" if before else "-"
+
+
+def summary_rows(rep: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(quantity, before, after, after/before) rows of the ``compress`` summary."""
+    rows = []
+    for key, label in (("params", "params"), ("flops", "FLOPs (1 MAC = 1)"),
+                       ("size", "size on disk")):
+        b, a = rep[f"{key}_before"], rep[f"{key}_after"]
+        unit = "B" if key == "size" else ""
+        rows.append((label, fmt(b) + unit, fmt(a) + unit, _ratio(b, a)))
+    lat = rep.get("latency")
+    if lat:
+        b, a = lat["before"]["median_ms"], lat["after"]["median_ms"]
+        rows.append(("latency (ms)", f"{b:.2f}", f"{a:.2f}", _ratio(b, a)))
+    return rows
+
+
+def layer_rows(rep: dict[str, Any], top: int = TOP_LAYERS) -> list[tuple[str, str, str, str]]:
+    """(layer, channels before -> after, FLOPs before -> after, FLOPs kept) of the most-changed
+    conv/linear layers: the largest FLOPs reduction first."""
+    layers = sorted(rep.get("layers", []), key=lambda r: r["flops_after"] - r["flops_before"])
+    rows = []
+    for r in layers[:top]:
+        ch = "bypassed" if r["bypassed"] else f"{r['channels_before']} -> {r['channels_after']}"
+        rows.append((r["layer"], ch, f"{fmt(r['flops_before'])} -> {fmt(r['flops_after'])}",
+                     _ratio(r["flops_before"], r["flops_after"])))
+    return rows
+
+
+def notes(rep: dict[str, Any]) -> list[str]:
+    """One-line facts under the table."""
+    out = [f"groups pruned: {rep['groups_pruned']} of {rep['groups']}, units removed: "
+           f"{rep['units_removed']}" + (f" (kept counts rounded to {rep['round_to']})"
+                                        if rep.get("round_to", 1) > 1 else "")]
+    kept = [f for f in rep["frozen"] if f["reason"] == "kept by --keep"]
+    out.append(f"frozen spots: {len(rep['frozen'])}"
+               + (f" ({len(kept)} kept by --keep: {len(rep['kept_nodes'])} nodes)" if rep.get("keep")
+                  else ""))
+    lat = rep.get("latency")
+    if lat:
+        out.append(f"latency: onnxruntime CPU, {lat['before']['threads']} thread, "
+                   f"{lat['before']['warmup']} warm-up runs, median of {lat['before']['runs']}; "
+                   f"speedup {lat['speedup']:.2f}x")
+    if rep["blocks_bypassed"]:
+        out.append(f"blocks bypassed: {', '.join(rep['blocks_bypassed'])}")
+    h = rep["heal"]
+    if h.get("method") in ("lsq", "stats", "bias"):
+        out.append(f"healing ({h['method']}): {h['layers']} layers, calibration error "
+                   f"{h['error_before']:.4g} -> {h['error_after']:.4g} "
+                   f"({'kept' if h['kept'] else 'not kept: no better'})")
+    if not rep["reached"]:
+        out.append("target not reached (see warning)")
+    out.append("dry run: nothing written" if rep["output"] is None else f"wrote {rep['output']}")
+    return out
+
+
+def print_compress(rep: dict[str, Any], file: TextIO) -> None:
+    """The ``compress`` summary: one table of totals, one of the most-changed layers, notes."""
+    totals = summary_rows(rep)
+    layers = layer_rows(rep)
+    if HAVE_RICH:
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console(file=file, highlight=False, soft_wrap=False)
+        t = Table(title="compress", title_justify="left")
+        for col, just in (("", "left"), ("before", "right"), ("after", "right"),
+                          ("after/before", "right")):
+            t.add_column(col, justify=just)
+        for row in totals:
+            t.add_row(*row)
+        con.print(t)
+        if layers:
+            lt = Table(title="most-changed layers", title_justify="left")
+            for col, just in (("layer", "left"), ("channels", "right"), ("FLOPs", "right"),
+                              ("kept", "right")):
+                lt.add_column(col, justify=just, overflow="fold")
+            for row in layers:
+                lt.add_row(*row)
+            con.print(lt)
+        for line in notes(rep):
+            con.print(line, markup=False)
+        return
+    print(f"{'':44}{'before':>12}{'after':>12}{'after/before':>14}", file=file)
+    for label, b, a, r in totals:
+        print(f"{label:44}{b:>12}{a:>12}{r:>14}", file=file)
+    if layers:
+        print("most-changed layers:", file=file)
+        for name, ch, fl, r in layers:
+            print(f"  {name:<40} {ch:>14} {fl:>22} {r:>7}", file=file)
+    for line in notes(rep):
+        print(line, file=file)
+
+
+class ProgressView:
+    """A ``progress(stage, done, total)`` callback for :func:`idapgraph.compress` that draws
+    progress bars on ``stream`` (stderr) while used as a context manager; a no-op when disabled
+    or when ``stream`` is not a terminal."""
+
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+        stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and HAVE_RICH and stream.isatty()
+        self.stream = stream
+        self._bar = None
+        self._tasks: dict[str, Any] = {}
+        self._passes = 0
+
+    def __enter__(self) -> "ProgressView":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                                       TextColumn, TimeElapsedColumn)
+
+            self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
+                                 console=Console(file=self.stream))
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if self._bar is None:
+            return
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bar.add_task(stage, total=total)
+        task = self._tasks[stage]
+        if stage == "calibration":
+            if done == 1:
+                self._passes += 1
+                self._bar.reset(task, total=total,
+                                description=f"calibration pass {self._passes}")
+            self._bar.update(task, completed=done)
+        else:
+            self._bar.update(task, completed=done, total=total,
+                             description=f"pruning step {done}")

@@ -1,0 +1,40 @@
+"""onnxruntime CPU latency: a fixed thread count, warm-up runs, the median of timed runs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import onnx
+
+
+@dataclass
+class Latency:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    warmup: int
+    threads: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def latency(model: onnx.ModelProto, feeds=None, *, runs: int = 20, warmup: int = 5,
+            threads: int = 1) -> Latency:
+    """Time ``model`` on ``feeds`` (default: seeded random inputs, batch 1) in onnxruntime's CPU
+    provider with ``threads`` intra-op threads and full graph optimisation."""
+    from ..emit.validate import example_feeds, session
+
+    feeds = example_feeds(model) if feeds is None else feeds
+    sess = session(model, threads=threads)
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t) * 1e3)
+    return Latency(statistics.median(times), min(times), max(times), runs, warmup, threads)
