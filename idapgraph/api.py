@@ -350,6 +350,8 @@ class Report:
     keep: list[str] = field(default_factory=list)  # --keep patterns
     kept_nodes: list[str] = field(default_factory=list)  # IR nodes they matched
     layers: list[dict[str, Any]] = field(default_factory=list)  # changed conv/linear layers
+    # with finetune/evaluate: one entry per step (see idapgraph.pipeline)
+    pipeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def flops_ratio(self) -> float:
@@ -688,7 +690,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
              min_keep: float = 0.1, steps: int = 10, alpha: float = 1.5, base: float = 1.0,
              loss=None, heal: str = "lsq", blocks: int | None = 0,
              max_error: float | None = None, block_score: str = "relative",
-             block_kinds=None, round_to: int = 1, keep=None, progress=None) -> Result:
+             block_kinds=None, round_to: int = 1, keep=None, progress=None,
+             finetune=None, evaluate=None, finetune_steps: int = 3) -> Result:
     """Compress ``model`` to ``flops``/``params`` (fractions of the original to keep).
 
     Returns a :class:`Result` whose ``model`` is of the same kind as the input (an fx
@@ -716,6 +719,10 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     parameters); channel groups touching a matching node are frozen (reason "kept by --keep")
     and blocks containing one are never bypassed. ``progress(stage, step, total)`` is called
     as selection steps and calibration passes complete (``total`` may be None).
+    ``finetune(student, teacher)`` (torch): prune in ``finetune_steps`` steps (each toward
+    ``target^(t/finetune_steps)``), then the blocks of stage 2, fine-tuning after every step;
+    the teacher is the previous step's model (:func:`idapgraph.finetune.distill` builds one).
+    ``evaluate(model) -> float`` adds a metric to each step's entry in ``report.pipeline``.
     """
     _check_ratio("flops", flops)
     _check_ratio("params", params)
@@ -741,6 +748,19 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         raise InputError("need steps >= 1, alpha >= 0, 0 < base <= 1 and 0 <= min_keep < 1")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise InputError(f"round_to must be an integer >= 1, got {round_to!r}")
+    if finetune is not None or evaluate is not None:
+        if plan is not None:
+            raise InputError("a given plan is applied in one step: it cannot be fine-tuned "
+                             "step by step (drop plan= or finetune=/evaluate=)")
+        from . import pipeline
+
+        return pipeline.run(model, example_inputs, flops=flops, params=params,
+                            steps=finetune_steps, finetune=finetune, evaluate=evaluate,
+                            kw=dict(method=method, calib=calib, seed=seed, min_keep=min_keep,
+                                    steps=steps, alpha=alpha, base=base, loss=loss, heal=heal,
+                                    blocks=blocks, max_error=max_error,
+                                    block_score=block_score, block_kinds=block_kinds,
+                                    round_to=round_to, keep=keep, progress=progress))
     keep = [keep] if isinstance(keep, str) else list(keep or [])
     a = analyze(model, example_inputs)
     a.model.check_runnable()

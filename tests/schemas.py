@@ -39,6 +39,9 @@ COMPRESS = {
     "heal": {"method": str, "layers": int, "scale_min": float, "scale_max": float,
              "error_before": (float, None), "error_after": (float, None), "kept": bool,
              "notes": [str], "corrections": [CORRECTION], "bias_added": {str: int}},
+    "pipeline": [({"step": int, "stage": str, "flops": int, "params": int, "error": float},
+                  {"step": int, "stage": str, "flops": int, "params": int, "error": float,
+                   "metric": float})],
     "warnings": [str],
 }
 

@@ -332,7 +332,7 @@ def _readme_section(title: str) -> str:
 @pytest.mark.parametrize("title,schema", [
     ("### JSON schema (`compress --json`), version 1", schemas.COMPRESS),
     ("### JSON schema (`analyze --json`), version 1", schemas.ANALYZE_CALIB),
-    ("### JSON schema (`--json`), version 1", schemas.DIFF)])
+    ("### JSON schema (`--json`), version 2", schemas.DIFF)])
 def test_readme_documents_the_schemas(title, schema):
     """README's schema blocks name exactly the keys the outputs have (tests/schemas.py)."""
     import re
