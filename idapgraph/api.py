@@ -636,10 +636,11 @@ def _bypass_arg(g: Graph, b, const, alias: dict[str, str]) -> tuple:
 
 def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: float | None,
               score: str, mean_substitution: bool, plan_bypass: list[str] | None = None,
-              kinds=None, keep_nodes: set[str] = frozenset()):
+              kinds=None, keep_nodes: set[str] = frozenset(), sized: bool = False):
     """Stage 2: bypass the blocks with the smallest score one at a time, re-measuring after each,
     while the calibration output error stays within ``max_error`` or until ``n_blocks`` are gone.
     With ``plan_bypass`` the given blocks are bypassed (no data needed, no mean substitution).
+    ``sized``: a params target is set, so a stored mean is never larger than its branch.
     ``kinds`` limits the candidates (see :data:`passes.blocks.BLOCK_KINDS`)."""
     g, m = a.graph, a.model
     blist = blocks_pass.find(g)
@@ -670,14 +671,29 @@ def _truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error:
         norms = blocks_pass.BlockNorms(blist)
         m.run(current, norms.tensors, batches, norms)
         b = min(blist, key=lambda x: norms.score(x.key, score))
-        const = norms.mean(b.key) if mean_substitution else None
-        if const is not None:
-            const = blocks_pass.fit_mean(const, g.shape(b.branch), blocks_pass.branch_params(g, b))
-        candidate = m.bypass(current, [_bypass_arg(g, b, const, alias)])
-        if max_error is not None and error(candidate) > max_error:
-            break  # (alias may now name b, which stays: nothing is bypassed after this)
+        # healing: the branch's mean output as a constant -- no larger than the branch under a
+        # params target (blocks.fit_mean), per position otherwise where shapes allow -- or no
+        # constant, whichever gives the lowest calibration output error
+        consts: list = []
+        mean = norms.mean(b.key) if mean_substitution else None
+        if mean is not None:
+            budget = blocks_pass.branch_params(g, b)
+            for cap in (budget, math.inf if not sized else budget):
+                c = blocks_pass.fit_mean(mean, g.shape(b.branch), cap)
+                if not any(np.shape(c) == np.shape(x) for x in consts):
+                    consts.append(c)
+        best = None
+        for const in consts + [None]:
+            trial = dict(alias)  # only the chosen variant's alias is kept
+            cand = m.bypass(current, [_bypass_arg(g, b, const, trial)])
+            err = error(cand) if max_error is not None or len(consts) else None
+            if best is None or (err is not None and err < best[0]):
+                best = (err, const, cand, trial)
+        err, const, candidate, trial = best
+        if max_error is not None and err > max_error:
+            break
         scores[b.key] = norms.score(b.key, score)
-        current = candidate
+        current, alias = candidate, trial
         stored += 0 if const is None else int(np.size(const))  # the mean is a stored tensor
         removed.append(b.key)
         nodes |= set(b.nodes)
@@ -818,7 +834,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         out, bypassed, gone, block_scores, stored = _truncate(
             a, out, stage2_batches, n_blocks=blocks, max_error=max_error, score=block_score,
             mean_substitution=heal != "none", plan_bypass=plan.bypass or None,
-            kinds=block_kinds, keep_nodes=kept_nodes)
+            kinds=block_kinds, keep_nodes=kept_nodes, sized=params is not None)
         plan.bypass = list(bypassed)
         if blocks and len(bypassed) < blocks:
             msg = f"bypassed {len(bypassed)} of the {blocks} blocks asked for (no more found or error bound hit)"

@@ -391,8 +391,8 @@ def test_report_counts_biases_added_by_healing(heal):
 # -- 13. mean substitution could grow the model ------------------------------------------------------
 # With healing, a bypassed branch was replaced by its mean output per position, a (1, C, H, W)
 # constant: here 256 values replaced a 20-parameter branch, and a 3.5x larger model reported
-# params=0.9 reached. The constant is now at most the branch's size (per channel here:
-# blocks.fit_mean), and 'reached' is checked on the final counts.
+# params=0.9 reached. Under a params target the constant is now at most the branch's size (per
+# channel here: blocks.fit_mean), and 'reached' is checked on the final counts.
 
 class SmallResidual(nn.Module):
     def __init__(self):
