@@ -88,7 +88,9 @@ def test_peer_pruned_model_is_rejected_by_onnxruntime(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_idapgraph_prunes_same_model_and_it_runs(name):
     c = _case(name)
-    r = idapgraph.compress(c["proto"], params=c["peer_ratio"], method="magnitude")
+    # the claim is structural (the peer's model, pruned, valid, runs): healing is tested
+    # elsewhere and least-squares refits of resnet50 cost minutes here
+    r = idapgraph.compress(c["proto"], params=c["peer_ratio"], method="magnitude", heal="none")
     out = r.model
     assert isinstance(out, onnx.ModelProto)
     ratio = _float_params(out) / _float_params(c["proto"])
