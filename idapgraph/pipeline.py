@@ -34,22 +34,22 @@ def run(model, example_inputs, *, flops: float | None, params: float | None, ste
     batches, _ = ref.model.calibration(kw.get("calib"), kw.get("seed", 0))
     error = ref.model.output_error(batches)
     base_flops, base_params = ref.cost.flops, ref.cost.params
-    teacher, current = model, model
+    teacher, current, now = model, model, ref.cost  # ``now``: the current model's cost
     log: list[dict[str, Any]] = []
     first = last = None
     units = groups = stored = 0
 
     def record(stage: str, res) -> None:
-        nonlocal current, teacher
+        nonlocal current, teacher, now
         current = res.model
         if finetune is not None:
             tuned = finetune(current, teacher)
             current = tuned if tuned is not None else current
             current.eval()
         teacher = copy.deepcopy(current)
-        a = api.analyze(current, example_inputs)
-        entry = {"step": len(log) + 1, "stage": stage, "flops": a.cost.flops,
-                 "params": a.cost.params, "error": error(current)}
+        now = api.analyze(current, example_inputs).cost  # once per step, reused below
+        entry = {"step": len(log) + 1, "stage": stage, "flops": now.flops,
+                 "params": now.params, "error": error(current)}
         if evaluate is not None:
             entry["metric"] = float(evaluate(current))
         log.append(entry)
@@ -57,7 +57,6 @@ def run(model, example_inputs, *, flops: float | None, params: float | None, ste
     targets = (flops, params)
     if any(t is not None for t in targets):
         for t in range(1, steps + 1):
-            now = api.analyze(current, example_inputs).cost
             step_kw = {}
             for name, ratio, base, cur in (("flops", flops, base_flops, now.flops),
                                            ("params", params, base_params, now.params)):
@@ -77,8 +76,7 @@ def run(model, example_inputs, *, flops: float | None, params: float | None, ste
         record("blocks", res)
     if last is None:
         raise InputError("give a target: flops=R and/or params=R, or blocks=N / max_error=E")
-    final = api.analyze(current, example_inputs).cost
-    after = {"flops": final.flops, "params": final.params + stored}
+    after = {"flops": now.flops, "params": now.params + stored}
     reached = all(r is None or after[n] <= r * b + 0.5 for n, r, b in
                   (("flops", flops, base_flops), ("params", params, base_params)))
     rep = replace(last.report, flops_before=base_flops, params_before=base_params,

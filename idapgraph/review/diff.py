@@ -20,6 +20,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,12 +59,15 @@ class Side:
         return cls(os.fspath(path), raw, graph, cost_pass.count(graph),
                    {k for k, v in counts.items() if v == 1}, _healing(raw))
 
+    @cached_property
+    def _by_layer(self) -> dict[str, dict[str, Any]]:
+        """Healing records by layer name, without the ``layer`` key."""
+        return {rec.get("layer"): {k: v for k, v in rec.items() if k != "layer"}
+                for rec in (self.healing or {}).get("corrections", []) if isinstance(rec, dict)}
+
     def healed(self, node: str) -> dict[str, Any] | None:
-        """The healing record of one node (from the metadata), without its ``layer`` key."""
-        for rec in (self.healing or {}).get("corrections", []):
-            if rec.get("layer") == node:
-                return {k: v for k, v in rec.items() if k != "layer"}
-        return None
+        """The healing record of one node (from the metadata), or ``None``."""
+        return self._by_layer.get(node)
 
     def summary(self) -> dict[str, Any]:
         return {"path": self.path, "nodes": len(self.graph), "flops": self.cost.flops,

@@ -135,8 +135,8 @@ def report(d: Diff) -> str:
     how = ", ".join(f"{v} by {k}" for k, v in d.matching.counts().items() if v)
     parts.append(f"<p>Nodes: {counts}. Matched {len(d.matching.a_to_b)} ({how or 'none'}). "
                  f"{t['layers_pruned']} of {t['layers']} conv/linear layers lost channels.</p>")
-    if healing_line(d):
-        parts.append(f'<p id="healing">{escape(healing_line(d))}.</p>')
+    if heal := healing_line(d):
+        parts.append(f'<p id="healing">{escape(heal)}.</p>')
     if d.blocks:
         parts.append("<p>Bypassed residual blocks: " + "; ".join(
             f"<b>{escape(b['key'])}</b> (add <code>{escape(b['add'])}</code>"

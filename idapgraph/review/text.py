@@ -93,8 +93,8 @@ def text(d: Diff, top: int = 15) -> str:
     for label, a, b, r in summary_rows(d):
         out.append(f"{label:10}{a:>12}{b:>12}{r:>8}")
     out.append(_status_line(d))
-    if healing_line(d):
-        out.append(healing_line(d))
+    if heal := healing_line(d):
+        out.append(heal)
     for blk in d.blocks:
         out.append(f"bypassed block {blk['key']} (add {blk['add']}"
                    f"{', kept with a constant' if blk['add_kept'] else ', removed'}): "
@@ -136,8 +136,8 @@ def markdown(d: Diff) -> str:
     for label, a, b, r in summary_rows(d):
         out.append(f"| {label} | {a} | {b} | {r} |")
     out += ["", _status_line(d), ""]
-    if healing_line(d):
-        out += [healing_line(d), ""]
+    if heal := healing_line(d):
+        out += [heal, ""]
     if d.blocks:
         out += ["| bypassed block | add | add kept (constant) | nodes | FLOPs |",
                 "|---|---|---|---:|---:|"]
