@@ -60,6 +60,10 @@ class Model:
     def validate(self, model: Any) -> None:
         raise NotImplementedError
 
+    def as_onnx(self, model: Any):
+        """``model`` (this backend's) as an ``onnx.ModelProto``, for onnxruntime timing."""
+        return model
+
     def input_specs(self) -> list[tuple[str, tuple, str]]:
         """(name, shape, numpy dtype) of every model input."""
         return [(t, self.graph.shape(t), _np_dtype(self.graph.tensors[t].dtype))
@@ -212,6 +216,20 @@ class TorchModel(Model):
 
         return torch_runner.taylor_importance(model, params, batches, loss)
 
+    def as_onnx(self, model):
+        """The module exported by torch's TorchScript exporter (opset 17), for timing."""
+        import io
+        import warnings as _w
+
+        import onnx
+        import torch
+
+        buf = io.BytesIO()
+        with _w.catch_warnings(), torch.no_grad():
+            _w.simplefilter("ignore")
+            torch.onnx.export(model, self.example_inputs, buf, dynamo=False, opset_version=17)
+        return onnx.load_from_string(buf.getvalue())
+
     def emit(self, rewrite: Rewrite, mode: str = "remove"):
         from .emit import fx as fx_emit
 
@@ -352,6 +370,8 @@ class Report:
     layers: list[dict[str, Any]] = field(default_factory=list)  # changed conv/linear layers
     # with finetune/evaluate: one entry per step (see idapgraph.pipeline)
     pipeline: list[dict[str, Any]] = field(default_factory=list)
+    # with latency=R: the measured budget, the solver's rounds, the table (latency_target)
+    latency_target: dict[str, Any] | None = None
 
     @property
     def flops_ratio(self) -> float:
@@ -448,11 +468,74 @@ def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1) -> dict
     return ort_latency(model, runs=runs, warmup=warmup, threads=threads).to_dict()
 
 
+def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = False,
+            min_keep: float = 0.1, round_to: int = 1, progress=None,
+            table_path=None) -> dict[str, Any]:
+    """Build (or, with ``refresh``, re-time) the onnxruntime latency tables ``latency=R`` reads
+    for ``model``'s conv/linear layers at every channel count the selection may choose, cached
+    on disk per machine and thread count (``$IDAPGRAPH_CACHE``, default ``~/.cache/idapgraph``),
+    and time the whole model. Returns what was timed, reused and measured."""
+    from . import latency_target
+    from .passes import latency as lat
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+    if not 0 <= min_keep < 1:
+        raise InputError(f"min_keep must be in [0, 1), got {min_keep!r}")
+    a = analyze(model, example_inputs)
+    a.model.check_runnable()
+    table = latency_target.table_for(threads, table_path)
+    lm, info = latency_target.latency_model(a, a.blocks, table, min_keep=min_keep,
+                                            quantum=max(8, round_to), progress=progress,
+                                            refresh=refresh)
+    measured = latency_target.measure(a.model.as_onnx(a.model.source), threads)
+    tables_ms, _ = lm.raw(lm.full_choice())
+    layers = sum(len(t.nodes) for t in lm.terms if t.kind == "lut")
+    return {**info, "layers": layers, "model_ms": round(measured, 4),
+            "tables_ms": round(tables_ms, 4), "threads": threads, "machine": table.machine}
+
+
 def _check_ratio(name: str, r: float | None) -> None:
     if r is None:
         return
     if not isinstance(r, (int, float)) or not (0 < r <= 1):
         raise InputError(f"{name} must be a fraction to keep in (0, 1], got {r!r}")
+
+
+def _scoring_data(a: Analysis, method: str, calib, seed: int, warn: list[str]):
+    """Calibration batches for ``method`` (None when it needs none) and their kind."""
+    if method not in scoring.NEEDS_DATA:
+        return None, "none"
+    batches, real = a.model.calibration(calib, seed)
+    if not real:
+        msg = (f"no calibration data: {method} scores use seeded standard-normal inputs and "
+               "are weaker; pass calib= (API) or --calib FILE.npz (CLI)")
+        warn.append(msg)
+        warnings.warn(msg, stacklevel=4)
+    return batches, "data" if real else "random"
+
+
+def _scores(a: Analysis, method: str, batches, loss, seed: int, current=None) -> list[np.ndarray]:
+    """One-shot unit scores of every group by ``method`` (idap: on ``current``, default the
+    original model)."""
+    g, coupling = a.graph, a.coupling
+    if method == "random":
+        return scoring.random(coupling, seed)
+    if method == "magnitude":
+        return scoring.magnitude(g, coupling)
+    if method == "taylor":
+        if not hasattr(a.model, "taylor"):
+            raise InputError("method 'taylor' needs gradients: pass a torch module, not ONNX")
+        params_ = sorted({s.tensor for gr in coupling.groups for s in gr.params(g)})
+        imp = a.model.taylor(a.model.source, params_, batches, loss)
+        return scoring.taylor(g, coupling, imp)
+    current = a.model.source if current is None else current
+    used, _ = divergence.requests(g, coupling)
+    norms = heal_pass.ChannelStats({(tp.tensor, tp.axis) for tp in used.values()})
+    a.model.run(current, norms.tensors, batches, norms)
+    scores, _ = divergence.scores(g, coupling, used, norms,
+                                  lambda n, c=current: a.model.get_param(c, n))
+    return scores
 
 
 def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_keep, steps,
@@ -462,42 +545,22 @@ def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_ke
     select in one shot. Returns (plan, reached, calibration kind)."""
     g, coupling = a.graph, a.coupling
     kind = "none"
-    batches = None
     if (flops is None or flops >= 1) and (params is None or params >= 1):  # identity: no scoring
         return select_pass.select(g, coupling, [np.zeros(gr.n_units) for gr in coupling.groups],
                                   flops=flops, params=params), kind
-    if method in scoring.NEEDS_DATA:
-        batches, real = a.model.calibration(calib, seed)
-        kind = "data" if real else "random"
-        if not real:
-            msg = (f"no calibration data: {method} scores use seeded standard-normal inputs and "
-                   "are weaker; pass calib= (API) or --calib FILE.npz (CLI)")
-            warn.append(msg)
-            warnings.warn(msg, stacklevel=3)
+    batches, kind = _scoring_data(a, method, calib, seed, warn)
     target = {"flops": flops, "params": params, "min_keep": min_keep, "round_to": round_to}
-    if method == "random":
-        sel = select_pass.select(g, coupling, scoring.random(coupling, seed), **target)
-    elif method == "magnitude":
-        sel = select_pass.select(g, coupling, scoring.magnitude(g, coupling), **target)
-    elif method == "taylor":
-        if not hasattr(a.model, "taylor"):
-            raise InputError("method 'taylor' needs gradients: pass a torch module, not ONNX")
-        params_ = sorted({s.tensor for gr in coupling.groups for s in gr.params(g)})
-        imp = a.model.taylor(a.model.source, params_, batches, loss)
-        sel = select_pass.select(g, coupling, scoring.taylor(g, coupling, imp), **target)
+    if method != "idap":
+        sel = select_pass.select(g, coupling, _scores(a, method, batches, loss, seed), **target)
     else:  # idap: p_t = base·(1 + t/T)^alpha of what remains, re-scored after every step
         sel = None
         plan = Plan(meta={"backend": g.backend})
-        used, _ = divergence.requests(g, coupling)
         for t in range(10_000):
             rewrite = prune_pass.resolve(g, coupling, plan)
             current = a.model.source
             if plan.remove:  # re-score on the masked model, healed so activations are realistic
                 current, _ = _heal(a, a.model.emit(rewrite, "zero"), None, batches)
-            norms = heal_pass.ChannelStats({(tp.tensor, tp.axis) for tp in used.values()})
-            a.model.run(current, norms.tensors, batches, norms)
-            scores, _ = divergence.scores(g, coupling, used, norms,
-                                          lambda n, c=current: a.model.get_param(c, n))
+            scores = _scores(a, method, batches, loss, seed, current)
             remaining = sum(gr.n_units - len(plan.remove.get(gr.key, ())) for gr in coupling.groups)
             frac = select_pass.schedule_fraction(t, base=base, steps=steps, alpha=alpha)
             sel = select_pass.select(g, coupling, scores, removed=plan,
@@ -511,6 +574,37 @@ def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_ke
             if sel.reached or added == 0:
                 break
     return sel, kind
+
+
+def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss, warn, min_keep,
+                  round_to, threads, gates, kinds, keep_nodes, solver, progress):
+    """``latency=R`` selection (see :mod:`idapgraph.latency_target`): one-shot scores of
+    ``method``, then the MILP over measured tables with closed-loop timing of the candidates.
+    Returns (plan, latency record, calibration kind)."""
+    from . import latency_target
+
+    batches, kind = _scoring_data(a, method, calib, seed, warn)
+    scores = _scores(a, method, batches, loss, seed)
+    blocks = []
+    if gates:
+        blocks = [b for b in a.blocks if (kinds is None or b.kind in kinds)
+                  and keep_nodes.isdisjoint(b.nodes)]
+
+    def realize(plan: Plan):
+        out = a.model.emit(prune_pass.resolve(a.graph, a.coupling, plan), "remove")
+        if plan.bypass:
+            out = _truncate(a, out, None, n_blocks=None, max_error=None, score="relative",
+                            mean_substitution=False, plan_bypass=plan.bypass)[0]
+        return a.model.as_onnx(out)
+
+    plan, info = latency_target.select(a, scores, target=target, threads=threads, blocks=blocks,
+                                       realize=realize, min_keep=min_keep,
+                                       quantum=max(8, round_to), solver=solver,
+                                       progress=progress)
+    for note in info["notes"]:
+        warn.append(note)
+        warnings.warn(note, stacklevel=3)
+    return plan, info, kind
 
 
 def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
@@ -707,7 +801,9 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
              loss=None, heal: str = "lsq", blocks: int | None = 0,
              max_error: float | None = None, block_score: str = "relative",
              block_kinds=None, round_to: int = 1, keep=None, progress=None,
-             finetune=None, evaluate=None, finetune_steps: int = 3) -> Result:
+             finetune=None, evaluate=None, finetune_steps: int = 3,
+             latency: float | None = None, threads: int = 1, block_gates: bool = True,
+             solver: str = "milp") -> Result:
     """Compress ``model`` to ``flops``/``params`` (fractions of the original to keep).
 
     Returns a :class:`Result` whose ``model`` is of the same kind as the input (an fx
@@ -739,13 +835,32 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     ``target^(t/finetune_steps)``), then the blocks of stage 2, fine-tuning after every step;
     the teacher is the previous step's model (:func:`idapgraph.finetune.distill` builds one).
     ``evaluate(model) -> float`` adds a metric to each step's entry in ``report.pipeline``.
+    ``latency=R``: keep ``R`` of the unpruned model's onnxruntime latency, measured with
+    ``threads`` intra-op threads. Channel counts (kernel-friendly: multiples of 8/16/32
+    channels, or of ``round_to`` when larger) and, with ``block_gates``, bypasses of blocks
+    that hold channel groups of their own are chosen together by a MILP (``solver="milp"``,
+    HiGHS; ``"greedy"``: the fallback heuristic) over measured per-layer latency tables cached
+    on disk (see :func:`profile`), the emitted candidate timed and the budget corrected up to
+    3 times; ``report.latency`` has the figures.
     """
     _check_ratio("flops", flops)
     _check_ratio("params", params)
+    _check_ratio("latency", latency)
+    if latency is not None:
+        if flops is not None or params is not None or plan is not None:
+            raise InputError("latency= is a target of its own: drop flops=/params=/plan=")
+        if finetune is not None or evaluate is not None:
+            raise InputError("latency= does not combine with finetune=/evaluate= yet")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+        if solver not in ("milp", "greedy"):
+            raise InputError(f"unknown solver {solver!r} (choose from milp, greedy)")
     if method not in scoring.METHODS:
         raise InputError(f"unknown method {method!r} (choose from {', '.join(scoring.METHODS)})")
-    if plan is None and flops is None and params is None and not blocks and max_error is None:
-        raise InputError("give a target: flops=R and/or params=R, or blocks=N / max_error=E")
+    if plan is None and flops is None and params is None and latency is None and not blocks \
+            and max_error is None:
+        raise InputError("give a target: flops=R and/or params=R, latency=R, or blocks=N / "
+                         "max_error=E")
     if block_score not in ("relative", "influence"):
         raise InputError(f"unknown block score {block_score!r} (choose from relative, influence)")
     if blocks is not None and (not isinstance(blocks, int) or blocks < 0):
@@ -797,7 +912,15 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     warn: list[str] = []
     log: list[dict] = []
     reached, kind = True, "none"
-    if plan is None:
+    lat_info = None
+    if latency is not None:
+        plan, lat_info, kind = _latency_plan(a, method, latency, calib=calib, seed=seed,
+                                             loss=loss, warn=warn, min_keep=min_keep,
+                                             round_to=round_to, threads=threads,
+                                             gates=block_gates, kinds=block_kinds,
+                                             keep_nodes=kept_nodes, solver=solver,
+                                             progress=progress)
+    elif plan is None:
         sel, kind = _select_plan(a, method, flops=flops, params=params, calib=calib, seed=seed,
                                  min_keep=min_keep, steps=steps, alpha=alpha, base=base, loss=loss,
                                  warn=warn, log=log, round_to=round_to, progress=progress)
@@ -809,7 +932,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
             warn.append(msg)
             warnings.warn(msg, stacklevel=2)
     plan.meta.update({"backend": g.backend, "method": method, "seed": seed,
-                      "target": {"flops": flops, "params": params}})
+                      "target": {"flops": flops, "params": params,
+                                 **({"latency": latency} if latency else {})}})
     try:
         rewrite = prune_pass.resolve(g, coupling, plan)
     except prune_pass.PlanError as e:
@@ -841,6 +965,18 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
             warn.append(msg)
             warnings.warn(msg, stacklevel=2)
         a.model.validate(out)
+    if lat_info is not None:
+        from .latency_target import measure
+
+        lat_info["after_ms"] = round(measure(a.model.as_onnx(out), threads), 4)
+        lat_info["ratio"] = round(lat_info["after_ms"] / lat_info["before_ms"], 4)
+        if lat_info["after_ms"] > 1.1 * lat_info["goal_ms"]:
+            reached = False
+            msg = (f"latency target {latency} missed: the compressed model runs in "
+                   f"{lat_info['ratio']:.3f} of the original's time (measured); frozen channels, "
+                   "the per-group minimum or timing noise")
+            warn.append(msg)
+            warnings.warn(msg, stacklevel=2)
     after = cost_pass.count(g, lambda t: rewrite.new_shapes[t], removed=gone)
     bias_flops, bias_params = _added_bias_cost(g, rewrite, heal_rep, gone)
     if g.backend == "onnx" and heal_rep.kept and heal_rep.corrections:
@@ -860,7 +996,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     report = Report(
         backend=g.backend, flops_before=a.cost.flops, flops_after=after.flops + bias_flops,
         params_before=a.cost.params, params_after=after.params + stored + bias_params,
-        target={"flops": flops, "params": params}, reached=reached, method=method,
+        target={"flops": flops, "params": params, **({"latency": latency} if latency else {})},
+        reached=reached, method=method, latency_target=lat_info,
         groups=len(coupling.groups), groups_pruned=sum(1 for v in plan.remove.values() if v),
         units_removed=plan.n_removed,
         frozen=[asdict(f) for f in coupling.frozen], warnings=warn, calibration=kind, steps=log,

@@ -1,4 +1,4 @@
-"""Command line: ``idapgraph compress | analyze | diff | demo``. A thin layer over the public API.
+"""Command line: ``idapgraph compress | analyze | profile | diff | demo``. A thin layer over the public API.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 """
@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "unless --dry-run)")
     c.add_argument("--flops", type=_ratio, help="fraction of FLOPs to keep, in (0, 1]")
     c.add_argument("--params", type=_ratio, help="fraction of parameters to keep, in (0, 1]")
+    c.add_argument("--latency", type=_ratio, metavar="R",
+                   help="fraction of the measured onnxruntime latency to keep, in (0, 1]: channel "
+                        "counts and block bypasses chosen together by a MILP over measured "
+                        "per-layer latency tables (cached; see `idapgraph profile`)")
+    c.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
+                   help="onnxruntime intra-op threads for --latency and --bench (default 1)")
+    c.add_argument("--solver", default="milp", choices=["milp", "greedy"],
+                   help="--latency selection: milp (HiGHS, default) or greedy (the fallback)")
+    c.add_argument("--no-block-gates", action="store_true",
+                   help="--latency: channels only, never bypass a block")
     c.add_argument("--method", default="idap",
                    help="idap (default: information-flow divergence) | magnitude | random")
     c.add_argument("--calib", help="calibration data: .npz with arrays named by model input "
@@ -95,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("input")
     a.add_argument("--calib", help="calibration .npz: also measure IDAP++ divergence")
     a.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("profile", help="build or refresh the latency tables of a model's layers "
+                                        "(onnxruntime, cached on disk for --latency)")
+    pr.add_argument("input")
+    pr.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
+                    help="onnxruntime intra-op threads (default 1); tables are kept per count")
+    pr.add_argument("--refresh", action="store_true", help="time every entry again")
+    pr.add_argument("--min-keep", type=float, default=0.1,
+                    help="smallest fraction of a group the table covers (default 0.1)")
+    pr.add_argument("--json", action="store_true")
 
     df = sub.add_parser("diff", help="compare two ONNX models node by node (shapes, channels, "
                                      "FLOPs, removed and bypassed nodes)")
@@ -149,10 +169,10 @@ def cmd_compress(args) -> int:
     from .report_view import ProgressView, print_compress
 
     plan = _read_plan(args.plan_in) if args.plan_in else None
-    if plan is None and args.flops is None and args.params is None and not args.blocks \
-            and args.max_error is None:
-        raise _UserError("give a target: --flops R and/or --params R, or --blocks N / "
-                         "--max-error E, or --plan-in PLAN")
+    if plan is None and args.flops is None and args.params is None and args.latency is None \
+            and not args.blocks and args.max_error is None:
+        raise _UserError("give a target: --flops R and/or --params R, --latency R, or --blocks N "
+                         "/ --max-error E, or --plan-in PLAN")
     if not args.output and not args.dry_run:
         raise _UserError("give an output file with -o OUT.onnx (or --dry-run)")
     if args.blocks < 0:
@@ -170,11 +190,13 @@ def cmd_compress(args) -> int:
                                    else args.blocks),
                            max_error=args.max_error, block_score=args.block_score,
                            block_kinds=args.block_kinds, plan=plan, round_to=args.round_to,
-                           keep=args.keep, progress=bar)
+                           keep=args.keep, progress=bar, latency=args.latency,
+                           threads=args.threads, solver=args.solver,
+                           block_gates=not args.no_block_gates)
         lat = None
         if args.bench:
-            before = api.latency(args.input, runs=args.bench_runs)
-            after = api.latency(res.model, runs=args.bench_runs)
+            before = api.latency(args.input, runs=args.bench_runs, threads=args.threads)
+            after = api.latency(res.model, runs=args.bench_runs, threads=args.threads)
             lat = {"before": before, "after": after,
                    "speedup": before["median_ms"] / after["median_ms"]}
     from .frontends.onnx_file import data_files, disk_size
@@ -259,6 +281,25 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from . import api
+    from .report_view import ProgressView
+
+    with warnings.catch_warnings(), ProgressView(enabled=not args.json) as bar:
+        warnings.simplefilter("ignore")
+        rep = api.profile(args.input, threads=args.threads, refresh=args.refresh,
+                          min_keep=args.min_keep, progress=bar)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"{rep['layers']} timed layers, {rep['needed']} table entries: {rep['timed']} timed now, "
+          f"{rep['reused']} from the cache, in {rep['seconds']:.1f} s")
+    print(f"whole model: {rep['model_ms']:.3f} ms measured, tables sum to {rep['tables_ms']:.3f} ms "
+          f"({rep['threads']} thread(s), {rep['machine']['cpu']})")
+    print(f"table: {rep['path']} ({rep['entries']} entries)")
+    return 0
+
+
 def cmd_diff(args) -> int:
     from . import review
     from .emit.save import check_output_path, write_bytes_atomic
@@ -303,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_analyze(args)
         if args.cmd == "diff":
             return cmd_diff(args)
+        if args.cmd == "profile":
+            return cmd_profile(args)
         if args.cmd == "demo":
             from .demo import run_demo
 

@@ -22,13 +22,27 @@ FROZEN = {"layer": str, "source": str, "role": str, "channels": int, "reason": s
 LATENCY = {"median_ms": float, "min_ms": float, "max_ms": float, "runs": int, "warmup": int,
            "threads": int}
 
+LATENCY_ROUND = {"round": int, "budget_ms": float, "predicted_ms": float, "measured_ms": float,
+                 "solver": str, "status": str, "solve_s": float, "feasible": bool,
+                 "blocks_bypassed": [str]}
+LATENCY_TARGET = {
+    "target": float, "threads": int, "provider": str, "before_ms": float, "goal_ms": float,
+    "predicted_ms": float, "selected_ms": float, "after_ms": float, "ratio": float,
+    "model_error": float, "solver": str, "notes": [str], "rounds": [LATENCY_ROUND],
+    "table": {"path": str, "entries": int, "needed": int, "timed": int, "reused": int,
+              "seconds": float},
+    "quantum": int, "gated_blocks": int,
+}
+
 COMPRESS = {
     "backend": str, "output": (str, None),
     "flops_before": int, "flops_after": int, "flops_ratio": float,
     "params_before": int, "params_after": int, "params_ratio": float, "params_constants": int,
     "size_before": int, "size_after": int,
     "latency": (None, {"before": LATENCY, "after": LATENCY, "speedup": float}),
-    "target": {"flops": (float, None), "params": (float, None)}, "reached": bool,
+    "target": ({"flops": (float, None), "params": (float, None)},
+               {"flops": None, "params": None, "latency": float}), "reached": bool,
+    "latency_target": (None, LATENCY_TARGET),
     "method": str, "calibration": str, "round_to": int,
     "groups": int, "groups_pruned": int, "units_removed": int,
     "steps": [{"step": int, "fraction": float, "removed": int, "flops": int, "params": int}],

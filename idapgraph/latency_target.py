@@ -1,0 +1,101 @@
+"""``latency=R``: choose channel counts and blocks for a measured latency budget.
+
+1. The latency model (:mod:`idapgraph.passes.latency`): layer look-up tables, cached on disk
+   and timed where missing, fitted to the measured latency of the unpruned model.
+2. The MILP (:mod:`idapgraph.passes.latency_select`) keeps the most importance within
+   ``R ×`` that latency.
+3. Closed loop: the chosen model is built and timed; while it misses the target by more than
+   ``tol``, the model is refitted to every measurement so far
+   (:meth:`~idapgraph.passes.latency.LatencyModel.refit`) and the MILP solved again, from the
+   second correction on with the budget also rescaled by target / measured (at most ``rounds``
+   solves); the closest round wins. Every round is recorded with its prediction.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .ir.plan import Plan
+from .passes import latency as lat
+from .passes import latency_select
+from .runners.bench import latency as ort_latency
+
+
+def table_for(threads: int, path=None) -> lat.LatencyTable:
+    return lat.LatencyTable(lat.machine(threads), path)
+
+
+def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantum: int,
+                  progress=None, refresh: bool = False) -> tuple[lat.LatencyModel, dict]:
+    """The latency model of analysis ``a`` and how its table was obtained."""
+    t0 = time.perf_counter()
+    tick = (lambda d, n: progress("profile", d, n)) if progress is not None else None
+    model = lat.build(a.graph, a.coupling, blocks, table, min_keep=min_keep, quantum=quantum,
+                      progress=tick, refresh=refresh)
+    if model.timed:
+        table.save()
+    return model, {"path": str(table.path), "entries": len(table), "needed": model.needed,
+                   "timed": model.timed, "reused": model.needed - model.timed,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def measure(model_proto, threads: int, runs: int = 20) -> float:
+    return ort_latency(model_proto, runs=runs, warmup=5, threads=threads).median_ms
+
+
+def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
+            sol: latency_select.Solution) -> Plan:
+    """Each group keeps its chosen count of highest-scoring units; shut gates are bypasses
+    (only the outermost of nested ones)."""
+    remove = {}
+    for g, s, c in zip(a.coupling.groups, scores, model.counts(sol.choice)):
+        if c < g.n_units:
+            remove[g.key] = sorted(int(u) for u in np.argsort(s, kind="stable")[:g.n_units - c])
+    shut = [model.blocks[bi] for bi in range(len(model.blocks)) if bi not in set(sol.kept_blocks)]
+    outer = [b for b in shut if not any(o is not b and set(b.nodes) < set(o.nodes) for o in shut)]
+    return Plan(remove=remove, units={g.key: g.n_units for g in a.coupling.groups
+                                      if g.key in remove},
+                meta={"backend": a.graph.backend}, bypass=[b.key for b in outer])
+
+
+def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: list,
+           realize: Callable[[Plan], Any], min_keep: float = 0.1, quantum: int = 8,
+           solver: str = "milp", rounds: int = 4, tol: float = 0.05, progress=None,
+           table: lat.LatencyTable | None = None) -> tuple[Plan, dict]:
+    """The plan for ``target`` × the measured latency; ``realize(plan)`` builds the pruned
+    model as an ONNX ModelProto for timing."""
+    table = table or table_for(threads)
+    model, tinfo = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
+                                 progress=progress)
+    base = measure(a.model.as_onnx(a.model.source), threads)
+    model.calibrate(base)
+    imp = lat.importance(scores, model.options)
+    goal = target * base
+    budget, log, best = goal, [], None
+    for r in range(rounds):
+        sol = latency_select.solve(model, imp, budget, method=solver)
+        plan = plan_of(a, model, scores, sol)
+        got = measure(realize(plan), threads)
+        log.append({"round": r, "budget_ms": round(budget, 4), "predicted_ms": round(sol.predicted_ms, 4),
+                    "measured_ms": round(got, 4), "solver": sol.solver, "status": sol.status,
+                    "solve_s": round(sol.seconds, 3), "feasible": sol.feasible,
+                    "blocks_bypassed": list(plan.bypass)})
+        if best is None or abs(got / goal - 1) < abs(best[2] / goal - 1):
+            best = (plan, sol, got)
+        if progress is not None:
+            progress("latency", r + 1, None)
+        if abs(got / goal - 1) <= tol:
+            break
+        model.refit(sol.choice, sol.kept_blocks, got)
+        budget = goal if r == 0 else budget * goal / got
+    plan, sol, got = best
+    info = {"target": target, "threads": threads, "provider": table.machine["provider"],
+            "before_ms": round(base, 4), "goal_ms": round(goal, 4),
+            "predicted_ms": round(sol.predicted_ms, 4), "selected_ms": round(got, 4),
+            "model_error": round(sol.predicted_ms / got - 1, 4),
+            "solver": sol.solver, "notes": sol.notes, "rounds": log, "table": tinfo,
+            "quantum": quantum, "gated_blocks": len(model.blocks)}
+    return plan, info

@@ -1,0 +1,404 @@
+"""Latency model of a pruning plan, from measured look-up tables (the MDP recipe).
+
+* **Options.** Every channel group may keep one of a few unit counts (:func:`group_options`):
+  multiples of a kernel-friendly quantum of channels (8 by default, coarser for wide groups) from
+  the per-group minimum up to all of them.
+* **Look-up tables.** Every conv and linear layer is timed in isolation in onnxruntime
+  (:mod:`idapgraph.runners.op_timer`) at each (input, output) channel count its producer's and its
+  own group can reach, so a layer's latency follows the pruning of *both* sides. Entries are
+  keyed by the layer's signature (op, geometry, spatial size, batch, dtype) and cached on disk
+  per machine, thread count and execution provider (:class:`LatencyTable`), so models sharing
+  layers share entries (ResNet-101 reuses ResNet-50's).
+* **Everything else** (norms, activations, adds, pooling; what onnxruntime fuses away or runs as
+  cheap memory passes) is charged per output element, with one coefficient fitted so the model
+  reproduces the measured latency of the unpruned model (:meth:`LatencyModel.calibrate`).
+* **Blocks.** A bypassable block with prunable channels of its own gets a gate: bypassed, its
+  nodes cost nothing and its own channel groups count for nothing (:mod:`.latency_select`).
+
+A plan's predicted latency is the sum of its terms; :mod:`.latency_select` maximises the kept
+importance under a latency budget with a MILP over these options and gates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..ir.annotations import Coupling
+from ..ir.graph import ACTIVATION, PARAM, Graph
+from ..ir.ops import Space
+from .select import min_kept
+
+FREE_OPS = {"meta", "reshape"}  # no data moved (onnxruntime aliases reshapes)
+MAX_OPTIONS = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# the on-disk table
+# ---------------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """``$IDAPGRAPH_CACHE`` or ``~/.cache/idapgraph``."""
+    return Path(os.environ.get("IDAPGRAPH_CACHE") or Path.home() / ".cache" / "idapgraph")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int = 1, provider: str = "CPUExecutionProvider") -> dict:
+    """What a timing depends on besides the layer: CPU, onnxruntime, provider, threads."""
+    import onnxruntime as ort
+
+    return {"cpu": _cpu_name(), "arch": platform.machine(), "onnxruntime": ort.__version__,
+            "provider": provider, "threads": int(threads)}
+
+
+def sig_key(sig: dict) -> str:
+    return json.dumps(sig, sort_keys=True, separators=(",", ":"))
+
+
+class LatencyTable:
+    """Measured layer latencies (ms) for one machine, read from and merged into a JSON file."""
+
+    def __init__(self, machine_info: dict, path: str | os.PathLike | None = None) -> None:
+        self.machine = machine_info
+        digest = hashlib.sha1(sig_key(machine_info).encode()).hexdigest()[:16]
+        self.path = Path(path) if path is not None else cache_dir() / "latency" / f"{digest}.json"
+        self.entries: dict[str, dict[str, float]] = {}
+        self.new = 0
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(data, dict) and data.get("machine") == self.machine:
+            for k, v in data.get("entries", {}).items():
+                self.entries.setdefault(k, {}).update(v)
+
+    def get(self, sig: dict, cin: int, cout: int) -> float | None:
+        return self.entries.get(sig_key(sig), {}).get(f"{cin},{cout}")
+
+    def put(self, sig: dict, cin: int, cout: int, ms: float) -> None:
+        self.entries.setdefault(sig_key(sig), {})[f"{cin},{cout}"] = float(ms)
+        self.new += 1
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.entries.values())
+
+    def save(self) -> None:
+        """Merge with what is on disk now (another run may have added entries), write atomically."""
+        mine = self.entries
+        self.entries = {}
+        self._read()
+        for k, v in mine.items():
+            self.entries.setdefault(k, {}).update(v)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"machine": self.machine, "entries": self.entries}, f, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# options and layer signatures
+# ---------------------------------------------------------------------------------------------
+
+def group_options(n_units: int, width: int, *, min_keep: float = 0.1, quantum: int = 8,
+                  max_options: int = MAX_OPTIONS) -> list[int]:
+    """Unit counts a group of ``n_units`` (``width`` channels each) may keep, from the per-group
+    minimum up to ``n_units`` (unpruned): counts whose channels are a multiple of 32, else 16,
+    else ``quantum`` -- the coarsest that still offers ``max_options`` counts -- thinned evenly
+    to ``max_options``. A group narrower than ``quantum`` may keep any count."""
+    lo = min_kept(n_units, min_keep)
+    cands: list[int] = []
+    for q in sorted({q for q in (32, 16, quantum) if q >= quantum}, reverse=True):
+        step = max(1, -(-q // max(width, 1)))
+        cands = list(range(step * max(1, -(-lo // step)), n_units, step))
+        if len(cands) + 1 >= max_options:
+            break
+    if not cands:
+        cands = list(range(lo, n_units))
+    opts = cands + [n_units]
+    if len(opts) > max_options:
+        idx = np.unique(np.round(np.linspace(0, len(opts) - 1, max_options)).astype(int))
+        opts = [opts[i] for i in idx]
+    return opts
+
+
+def _dims(shape, batch: int) -> list[int] | None:
+    if shape is None:
+        return None
+    return [batch if d is None else int(d) for d in shape]
+
+
+def layer_signature(graph: Graph, node, batch: int = 1) -> tuple[dict, Space, Space] | None:
+    """``(signature, input-channel space, output-channel space)`` of a conv/linear layer that
+    can be timed alone, else None."""
+    x, w = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    y = node.outputs[0]
+    if x is None or w is None:
+        return None
+    xs, ws, ys = _dims(graph.shape(x), batch), graph.shape(w), graph.shape(y)
+    dtype = graph.tensors[x].dtype
+    if xs is None or ws is None or ys is None or any(d is None for d in ws) or \
+            dtype not in ("float32", "float16"):
+        return None
+    bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    if node.op == "conv" and "stride" in node.attrs and len(xs) == len(ws) >= 3:
+        groups = int(node.attrs.get("groups", 1))
+        return ({"op": "conv", "spatial": xs[2:], "kernel": list(ws[2:]),
+                 "stride": list(node.attrs["stride"]), "pads": list(node.attrs["pads"]),
+                 "dilation": list(node.attrs["dilation"]),
+                 "group_in": None if groups == 1 else xs[1] // groups, "bias": bias,
+                 "batch": xs[0], "dtype": dtype}, Space(x, 1), Space(y, 1))
+    if node.op == "linear" and len(xs) >= 2:
+        return ({"op": "linear", "rows": int(np.prod(xs[:-1])), "bias": bias, "dtype": dtype},
+                Space(x, len(xs) - 1), Space(y, len(ys) - 1))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Term:
+    """Latency of some nodes as a table over the options of up to two groups (``a`` rows, ``b``
+    columns; None: that side does not change), paid only while every block in ``gates`` stays."""
+
+    kind: str  # "lut" (ms) or "elems" (output elements; priced by LatencyModel.elem_ms)
+    a: int | None
+    b: int | None
+    table: np.ndarray
+    gates: tuple[int, ...] = ()
+    nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LatencyModel:
+    options: list[list[int]]  # per group: the unit counts it may keep (last: all)
+    terms: list[Term]
+    blocks: list  # gated blocks (passes.blocks.Block)
+    internal: dict[int, tuple[int, ...]]  # group -> gated blocks that hold all of it
+    lut_scale: float = 1.0
+    elem_ms: float = 0.0
+    measured_ms: float | None = None  # the unpruned model, whole
+    points: list = field(default_factory=list)  # (table ms, elements, measured ms) per model
+    timed: int = 0  # table entries timed while building (the rest came from the cache)
+    needed: int = 0  # table entries the model reads
+
+    def cost(self, t: Term) -> np.ndarray:
+        return t.table * (self.lut_scale if t.kind == "lut" else self.elem_ms)
+
+    def full_choice(self) -> list[int]:
+        return [len(o) - 1 for o in self.options]
+
+    def raw(self, choice: list[int], kept_blocks=None) -> tuple[float, float]:
+        """(summed table ms, summed elements) of a choice (option index per group)."""
+        kept = set(range(len(self.blocks))) if kept_blocks is None else set(kept_blocks)
+        ms = elems = 0.0
+        for t in self.terms:
+            if not kept.issuperset(t.gates):
+                continue
+            v = float(t.table[0 if t.a is None else choice[t.a], 0 if t.b is None else choice[t.b]])
+            if t.kind == "lut":
+                ms += v
+            else:
+                elems += v
+        return ms, elems
+
+    def predict(self, choice: list[int], kept_blocks=None) -> float:
+        ms, elems = self.raw(choice, kept_blocks)
+        return self.lut_scale * ms + self.elem_ms * elems
+
+    def calibrate(self, measured_ms: float) -> None:
+        """Fit the model to the measured unpruned latency: the tables are scaled to it (layers
+        run slower inside a model than alone, their weights and inputs no longer in cache);
+        :meth:`refit` later splits the time between tables and elements."""
+        ms, _ = self.raw(self.full_choice())
+        self.measured_ms = measured_ms
+        self.points = [(*self.raw(self.full_choice()), measured_ms)]
+        self.lut_scale, self.elem_ms = (measured_ms / ms if ms else 1.0), 0.0
+        if not ms:
+            _, elems = self.points[0][:2]
+            self.elem_ms = measured_ms / elems if elems else 0.0
+
+    def refit(self, choice: list[int], kept_blocks, measured_ms: float) -> None:
+        """Add a measured candidate and refit (non-negative least squares, relative errors)
+        ``latency = lut_scale·Σ tables + elem_ms·Σ elements`` to every measurement so far."""
+        from scipy.optimize import nnls
+
+        self.points.append((*self.raw(choice, kept_blocks), measured_ms))
+        pts = np.array(self.points, dtype=float)
+        A = pts[:, :2] / pts[:, 2:3]
+        if np.linalg.matrix_rank(A) < 2:
+            return
+        coef, _ = nnls(A, np.ones(len(pts)))
+        if coef[0] > 0:
+            self.lut_scale, self.elem_ms = float(coef[0]), float(coef[1])
+
+    def counts(self, choice: list[int]) -> list[int]:
+        return [self.options[g][j] for g, j in enumerate(choice)]
+
+
+def _class_drivers(coupling: Coupling) -> dict[int, tuple[int, int] | None]:
+    """Space class -> (group, indices per unit) when exactly one group removes from it; None when
+    several do (a concatenation's output: modelled at full size)."""
+    cover: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for gi, g in enumerate(coupling.groups):
+        for m in g.members:
+            cover[coupling.space_class[m.spaces[0]]][gi] += int(m.index.shape[1])
+    return {c: (next(iter(v.items())) if len(v) == 1 else None) for c, v in cover.items()}
+
+
+def _group_width(coupling: Coupling, g) -> int:
+    return int(g.members[0].index.shape[1])
+
+
+def _internal(graph: Graph, coupling: Coupling, blocks) -> dict[int, tuple[int, ...]]:
+    """Groups whose every tensor lives inside a block (made or read only by its nodes)."""
+    out = {}
+    for gi, g in enumerate(coupling.groups):
+        tensors = {s.tensor for m in g.members for s in m.spaces}
+        holders = []
+        for bi, b in enumerate(blocks):
+            inside = set(b.nodes)
+            if all((graph.tensors[t].kind == PARAM and set(graph.tensors[t].consumers) <= inside)
+                   or (graph.tensors[t].producer in inside) for t in tensors):
+                holders.append(bi)
+        if holders:
+            out[gi] = tuple(holders)
+    return out
+
+
+def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
+          batch: int = 1, min_keep: float = 0.1, quantum: int = 8,
+          timer: Callable[[dict, int, int], float] | None = None,
+          progress: Callable[[int, int], None] | None = None,
+          refresh: bool = False) -> LatencyModel:
+    """The latency model of ``graph`` under ``coupling``'s groups and the gated ``blocks``,
+    timing (``timer(sig, cin, cout) -> ms``) every table entry not cached yet (``refresh``:
+    every entry the model needs)."""
+    drivers = _class_drivers(coupling)
+    options = [group_options(g.n_units, _group_width(coupling, g), min_keep=min_keep,
+                             quantum=quantum) for g in coupling.groups]
+    internal = _internal(graph, coupling, blocks)
+    # only a block with channel groups of its own is gated: bypassing it costs their importance
+    # (a block without any would cost nothing and always go)
+    held = sorted({bi for v in internal.values() for bi in v})
+    blocks = [blocks[bi] for bi in held]
+    internal = {g: tuple(held.index(bi) for bi in v) for g, v in internal.items()}
+    blocks_of: dict[str, tuple[int, ...]] = defaultdict(tuple)
+    for bi, b in enumerate(blocks):
+        for n in b.nodes:
+            blocks_of[n] += (bi,)
+
+    def side(space: Space | None) -> tuple[int | None, Callable[[int], int], int]:
+        """(group, channels at option j, full channels) of one tensor axis."""
+        full = _dims(graph.shape(space.tensor), batch)[space.axis]
+        d = drivers.get(coupling.space_class.get(space)) if space is not None else None
+        if d is None:
+            return None, lambda j: full, full
+        gi, k = d
+        n, opts = coupling.groups[gi].n_units, options[gi]
+        return gi, (lambda j: full - (n - opts[j]) * k), full
+
+    pending: list[tuple[dict, int, int]] = []
+    needed: set[tuple[str, int, int]] = set()
+    specs = []  # (kind, node, a, b, fa, fb, sig)
+    for node in graph:
+        if node.op in FREE_OPS or not node.outputs or \
+                graph.tensors[node.outputs[0]].kind != ACTIVATION:
+            continue
+        ls = layer_signature(graph, node, batch)
+        if ls is not None:
+            sig, sin, sout = ls
+            a, fa, _ = side(sin)
+            b, fb, _ = side(sout)
+            if a is not None and a == b:  # depthwise / grouped: both sides are one group
+                fb, b = (lambda j, f=fb: f), "same"
+            specs.append(("lut", node.name, a, b, fa, fb, sig))
+            for i in range(len(options[a]) if a is not None else 1):
+                for j in ([i] if b == "same" else range(len(options[b]) if b is not None else 1)):
+                    cin, cout = fa(i), fb(j)
+                    if cin > 0 and cout > 0:
+                        needed.add((sig_key(sig), cin, cout))
+                        if refresh or table.get(sig, cin, cout) is None:
+                            pending.append((sig, cin, cout))
+        else:
+            out = node.outputs[0]
+            shape = _dims(graph.shape(out), batch)
+            if shape is None:
+                continue
+            axis = next((ax for ax in range(len(shape))
+                         if drivers.get(coupling.space_class.get(Space(out, ax)))), None)
+            if axis is None:
+                specs.append(("elems", node.name, None, None, None, None, float(np.prod(shape))))
+                continue
+            a, fa, full = side(Space(out, axis))
+            rest = float(np.prod(shape)) / max(full, 1)
+            specs.append(("elems", node.name, a, None, fa, rest, None))
+    pending = list(dict.fromkeys((sig_key(s), ci, co) for s, ci, co in pending))
+    if pending:
+        from ..runners.op_timer import time_op
+
+        timer = timer or time_op
+        for done, (sk, ci, co) in enumerate(pending, 1):
+            sig = json.loads(sk)
+            table.put(sig, ci, co, timer(sig, ci, co))
+            if progress is not None:
+                progress(done, len(pending))
+    merged: dict[tuple, Term] = {}
+    for kind, name, a, b, fa, fb, extra in specs:
+        gates = blocks_of.get(name, ())
+        na = len(options[a]) if a is not None else 1
+        if kind == "lut":
+            same = b == "same"
+            nb = 1 if same or b is None else len(options[b])
+            tab = np.zeros((na, nb))
+            for i in range(na):
+                for j in range(nb):
+                    cin, cout = fa(i), fb(i if same else j)
+                    tab[i, j] = table.get(extra, cin, cout) if cin > 0 and cout > 0 else 0.0
+            b = None if same else b
+        elif a is None:
+            tab = np.full((1, 1), extra)
+        else:
+            tab = np.array([[fa(i) * fb] for i in range(na)], dtype=float)
+        key = (kind, a, b, gates)
+        if key in merged:
+            merged[key].table = merged[key].table + tab
+            merged[key].nodes.append(name)
+        else:
+            merged[key] = Term(kind, a, b, tab, gates, [name])
+    return LatencyModel(options=options, terms=list(merged.values()), blocks=list(blocks),
+                        internal=internal, timed=len(pending), needed=len(needed))
+
+
+def importance(scores: list[np.ndarray], options: list[list[int]]) -> list[np.ndarray]:
+    """Per group and option: the summed score of the units kept (the highest-scoring ones)."""
+    out = []
+    for s, opts in zip(scores, options):
+        top = np.concatenate([[0.0], np.cumsum(np.sort(np.asarray(s, dtype=float))[::-1])])
+        out.append(np.array([top[c] for c in opts]))
+    return out
+
+

@@ -1,0 +1,220 @@
+"""Joint channel-count and block selection under a latency budget: a MILP solved by HiGHS
+(``scipy.optimize.milp``), with a greedy fallback when SciPy's solver is missing.
+
+Variables: ``x[g, j]`` (binary) -- group ``g`` keeps ``options[g][j]`` units, one option per
+group; ``z[B]`` (binary) -- gated block ``B`` stays. For a term inside gated blocks, a group's
+choice is carried by ``w[j] = x[g, j]·G`` with ``G`` the AND of the gates (``Σ_j w[j] = G``,
+``w ≤ x``, ``w ≥ x + G − 1``), so a shut gate zeroes the term. A term over two groups' options is
+bilinear in their choices; it is linearised exactly, and tightly, by continuous ``y[i, j]``
+whose row and column sums are the two choices (``Σ_j y[i, j] = w_a[i]``, ``Σ_i y[i, j] =
+w_b[j]``): at integral choices the only solution is their product. The objective is the summed
+importance of the kept units (:func:`idapgraph.passes.latency.importance`); a group that lives
+inside gated blocks counts through its ``w`` (nothing while a block that holds it is bypassed,
+and it then stays whole, which also removes symmetric solutions).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .latency import LatencyModel
+
+
+@dataclass
+class Solution:
+    choice: list[int]  # option index per group
+    kept_blocks: list[int]  # indices into model.blocks that stay
+    predicted_ms: float
+    importance: float
+    solver: str  # "highs" or "greedy"
+    status: str
+    seconds: float
+    feasible: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _objective(imp: list[np.ndarray], model: LatencyModel, choice, kept) -> float:
+    kept = set(kept)
+    return float(sum(v[choice[g]] for g, v in enumerate(imp)
+                     if kept.issuperset(model.internal.get(g, ()))))
+
+
+class _Vars:
+    def __init__(self) -> None:
+        self.n = 0
+        self.integral: list[int] = []
+
+    def add(self, k: int, integral: bool) -> np.ndarray:
+        idx = np.arange(self.n, self.n + k)
+        self.n += k
+        self.integral += [1 if integral else 0] * k
+        return idx
+
+
+def solve(model: LatencyModel, imp: list[np.ndarray], budget_ms: float, *,
+          time_limit: float = 60.0, method: str = "milp") -> Solution:
+    """The kept-importance-maximising choice whose predicted latency is within ``budget_ms``
+    (``method="greedy"``: the fallback heuristic, also used when SciPy has no ``milp``)."""
+    if method == "milp":
+        try:
+            from scipy.optimize import milp  # noqa: F401
+        except ImportError:
+            sol = greedy(model, imp, budget_ms)
+            sol.notes.append("scipy.optimize.milp unavailable: greedy fallback")
+            return sol
+        return _milp(model, imp, budget_ms, time_limit)
+    return greedy(model, imp, budget_ms)
+
+
+def _milp(model: LatencyModel, imp, budget_ms: float, time_limit: float) -> Solution:
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    t0 = time.perf_counter()
+    V = _Vars()
+    nG = len(model.options)
+    x = [V.add(len(o), True) if len(o) > 1 else None for o in model.options]
+    z = V.add(len(model.blocks), True)
+    rows: list[tuple[dict[int, float], float, float]] = []  # (coefficients, lower, upper)
+    lat: dict[int, float] = {}
+    obj: dict[int, float] = {}
+    const = 0.0
+
+    def add(into: dict[int, float], var: int, c: float) -> None:
+        into[var] = into.get(var, 0.0) + c
+
+    for g in range(nG):
+        if x[g] is not None:
+            rows.append(({int(v): 1.0 for v in x[g]}, 1.0, 1.0))
+
+    gate_var: dict[tuple, int] = {}
+
+    def gate(gates: tuple) -> int:
+        """A variable equal to 1 exactly when every block of ``gates`` stays."""
+        if len(gates) == 1:
+            return int(z[gates[0]])
+        if gates not in gate_var:
+            v = int(V.add(1, False)[0])
+            for bi in gates:
+                rows.append(({v: 1.0, int(z[bi]): -1.0}, -np.inf, 0.0))
+            rows.append(({v: 1.0, **{int(z[bi]): -1.0 for bi in gates}}, 1.0 - len(gates), np.inf))
+            gate_var[gates] = v
+        return gate_var[gates]
+
+    gated_choice: dict[tuple, np.ndarray] = {}
+
+    def choice_vars(g: int, gates: tuple) -> np.ndarray | None:
+        """``w[i] = x[g, i] · (all gates stay)``: the one-hot choice of ``g``, or all zeros when
+        a gate is shut. None when ``g`` has a single option and no gates."""
+        if not gates:
+            return x[g]
+        key = (g, gates)
+        if key not in gated_choice:
+            gv = gate(gates)
+            if x[g] is None:
+                gated_choice[key] = np.array([gv])
+            else:
+                w = V.add(len(x[g]), False)
+                rows.append(({int(v): 1.0 for v in w} | {gv: -1.0}, 0.0, 0.0))
+                for wv, xv in zip(w, x[g]):
+                    rows.append(({int(wv): 1.0, int(xv): -1.0}, -np.inf, 0.0))
+                    rows.append(({int(wv): 1.0, int(xv): -1.0, gv: -1.0}, -1.0, np.inf))
+                gated_choice[key] = w
+        return gated_choice[key]
+
+    for t in model.terms:
+        cost = model.cost(t)
+        a = t.a if t.a is not None and x[t.a] is not None else None
+        b = t.b if t.b is not None and x[t.b] is not None else None
+        if a is None and b is None:
+            if t.gates:
+                add(lat, gate(t.gates), float(cost[0, 0]))
+            else:
+                const += float(cost[0, 0])
+            continue
+        if a is None or b is None:
+            vec = cost[:, 0] if a is not None else cost[0, :]
+            for v, c in zip(choice_vars(a if a is not None else b, t.gates), vec):
+                add(lat, int(v), float(c))
+            continue
+        wa, wb = choice_vars(a, t.gates), choice_vars(b, t.gates)
+        y = V.add(cost.size, False).reshape(cost.shape)
+        for i in range(cost.shape[0]):
+            rows.append(({int(v): 1.0 for v in y[i]} | {int(wa[i]): -1.0}, 0.0, 0.0))
+        for j in range(cost.shape[1]):
+            rows.append(({int(v): 1.0 for v in y[:, j]} | {int(wb[j]): -1.0}, 0.0, 0.0))
+        for (i, j), c in np.ndenumerate(cost):
+            add(lat, int(y[i, j]), float(c))
+    const_imp = 0.0
+    for g in range(nG):
+        gates = model.internal.get(g, ())
+        if gates and x[g] is not None:  # a bypassed block's own groups stay whole (no symmetry)
+            rows.append(({int(x[g][-1]): 1.0, gate(gates): 1.0}, 1.0, np.inf))
+        w = choice_vars(g, gates)
+        if w is None:
+            const_imp += float(imp[g][0])
+            continue
+        for v, s in zip(w, imp[g]):
+            add(obj, int(v), float(s))
+    rows.append((lat, -np.inf, budget_ms - const))
+    r, c, d = [], [], []
+    for k, (coef, _, _) in enumerate(rows):
+        for var, val in coef.items():
+            r.append(k)
+            c.append(var)
+            d.append(val)
+    A = coo_matrix((d, (r, c)), shape=(len(rows), V.n)).tocsr()
+    lb = np.array([lo for _, lo, _ in rows])
+    ub = np.array([hi for _, _, hi in rows])
+    cvec = np.zeros(V.n)
+    for var, s in obj.items():
+        cvec[var] = -s
+    res = milp(cvec, constraints=LinearConstraint(A, lb, ub), integrality=np.array(V.integral),
+               bounds=Bounds(0, 1), options={"time_limit": time_limit, "mip_rel_gap": 2e-3,
+                                             "disp": False})
+    secs = time.perf_counter() - t0
+    if res.x is None:
+        full = model.full_choice()
+        return Solution(full, list(range(len(model.blocks))), model.predict(full), 0.0, "highs",
+                        res.message, secs, False, [f"solver: {res.message}"])
+    sol = res.x
+    choice = [int(np.argmax(sol[x[g]])) if x[g] is not None else 0 for g in range(nG)]
+    kept = [bi for bi in range(len(model.blocks)) if sol[z[bi]] > 0.5]
+    pred = model.predict(choice, kept)
+    return Solution(choice, kept, pred, _objective(imp, model, choice, kept), "highs",
+                    res.message, secs, pred <= budget_ms * (1 + 1e-6))
+
+
+def greedy(model: LatencyModel, imp: list[np.ndarray], budget_ms: float) -> Solution:
+    """Step down one option of one group, or bypass one block, whichever loses the least
+    importance per millisecond saved, until the predicted latency is within budget."""
+    t0 = time.perf_counter()
+    choice = model.full_choice()
+    kept = set(range(len(model.blocks)))
+    pred = model.predict(choice, kept)
+    while pred > budget_ms:
+        best = None
+        base = _objective(imp, model, choice, kept)
+        moves = [("g", g) for g in range(len(choice)) if choice[g] > 0] + \
+                [("b", bi) for bi in kept]
+        for kind, k in moves:
+            ch, kp = list(choice), set(kept)
+            if kind == "g":
+                ch[k] -= 1
+            else:
+                kp.discard(k)
+            p = model.predict(ch, kp)
+            saved = pred - p
+            if saved <= 0:
+                continue
+            ratio = (base - _objective(imp, model, ch, kp)) / saved
+            if best is None or ratio < best[0]:
+                best = (ratio, ch, kp, p)
+        if best is None:
+            break
+        _, choice, kept, pred = best
+    return Solution(choice, sorted(kept), pred, _objective(imp, model, choice, kept), "greedy",
+                    "done", time.perf_counter() - t0, pred <= budget_ms * (1 + 1e-6))

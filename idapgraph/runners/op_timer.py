@@ -1,0 +1,117 @@
+"""Time one layer in isolation: a one-node ONNX model per (signature, in, out channel counts),
+run in onnxruntime with a fixed thread count, the per-call overhead of an empty model taken off.
+
+A *signature* is a JSON-able dict naming everything but the two channel counts: ``{"op": "conv",
+"spatial": [56, 56], "kernel": [3, 3], "stride": ..., "pads": ..., "dilation": ...,
+"group_in": 1 | None, "bias": true, "batch": 1, "dtype": "float32"}`` or ``{"op": "linear",
+"rows": M, "bias": ..., "dtype": ...}``. Latency look-up tables (:mod:`idapgraph.passes.latency`)
+key their entries by it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from functools import lru_cache
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+_DT = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
+OPSET = 17
+
+
+def one_op_model(sig: dict, cin: int, cout: int) -> onnx.ModelProto:
+    """The one-node model of ``sig`` with ``cin`` input and ``cout`` output channels."""
+    elem, np_dt = _DT.get(sig.get("dtype", "float32"), _DT["float32"])
+    rng = np.random.default_rng(0)
+    batch = int(sig.get("batch", 1))
+    inits = []
+    if sig["op"] == "conv":
+        gi = sig.get("group_in")
+        groups = 1 if not gi else max(1, cin // gi)
+        k = list(sig["kernel"])
+        w = (rng.standard_normal([cout, cin // groups, *k]) * 0.1).astype(np_dt)
+        inits.append(numpy_helper.from_array(w, "w"))
+        ins = ["x", "w"]
+        if sig.get("bias"):
+            inits.append(numpy_helper.from_array(np.zeros(cout, np_dt), "b"))
+            ins.append("b")
+        node = helper.make_node("Conv", ins, ["y"], group=groups, strides=sig["stride"],
+                                pads=sig["pads"], dilations=sig["dilation"], kernel_shape=k)
+        x_shape = [batch, cin, *sig["spatial"]]
+        nd = len(k)
+        y_shape = [batch, cout] + [
+            (d + sig["pads"][i] + sig["pads"][i + nd] - sig["dilation"][i] * (k[i] - 1) - 1)
+            // sig["stride"][i] + 1 for i, d in enumerate(sig["spatial"])]
+        nodes = [node]
+    elif sig["op"] == "linear":
+        w = (rng.standard_normal([cin, cout]) * 0.1).astype(np_dt)
+        inits.append(numpy_helper.from_array(w, "w"))
+        x_shape = [int(sig["rows"]), cin]
+        y_shape = [int(sig["rows"]), cout]
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if not sig.get("bias") else "m"])]
+        if sig.get("bias"):
+            inits.append(numpy_helper.from_array(np.zeros(cout, np_dt), "b"))
+            nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
+    else:
+        raise ValueError(f"no timing model for op {sig['op']!r}")
+    graph = helper.make_graph(nodes, "op", [helper.make_tensor_value_info("x", elem, x_shape)],
+                              [helper.make_tensor_value_info("y", elem, y_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def _session(model: onnx.ModelProto, threads: int, provider: str):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=[provider])
+
+
+def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    vi = model.graph.input[0]
+    shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    dt = np.float16 if vi.type.tensor_type.elem_type == TensorProto.FLOAT16 else np.float32
+    return {vi.name: np.random.default_rng(1).standard_normal(shape).astype(dt)}
+
+
+def time_session(sess, feeds, *, blocks: int = 7, block_s: float = 0.002, warmup: int = 2) -> float:
+    """Median seconds per call over ``blocks`` timed blocks of repeated calls (each block at
+    least ``block_s`` long, so sub-millisecond ops are timed over many calls)."""
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    t = time.perf_counter()
+    sess.run(None, feeds)
+    one = max(time.perf_counter() - t, 1e-7)
+    reps = max(1, int(block_s / one))
+    times = []
+    for _ in range(blocks):
+        t = time.perf_counter()
+        for _ in range(reps):
+            sess.run(None, feeds)
+        times.append((time.perf_counter() - t) / reps)
+    return statistics.median(times)
+
+
+@lru_cache(maxsize=8)
+def call_overhead_ms(threads: int, provider: str) -> float:
+    """What onnxruntime spends on a call that computes nothing (an Identity of one float)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    sess = _session(m, threads, provider)
+    return 1e3 * min(time_session(sess, {"x": np.zeros(1, np.float32)}) for _ in range(3))
+
+
+def time_op(sig: dict, cin: int, cout: int, *, threads: int = 1,
+            provider: str = "CPUExecutionProvider") -> float:
+    """Milliseconds one call of the layer takes, less the empty-call overhead (never below 0)."""
+    m = one_op_model(sig, cin, cout)
+    sess = _session(m, threads, provider)
+    ms = 1e3 * time_session(sess, _feeds(m))
+    return max(0.0, ms - call_overhead_ms(threads, provider))

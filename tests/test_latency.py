@@ -1,0 +1,291 @@
+"""Latency-aware compression: look-up tables (cache, reuse, both channel sides), the latency model
+against the emitted model's own layers, the MILP against brute force, and ``latency=R`` end to
+end on both backends."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import idapgraph
+import schemas
+from helpers import export_onnx
+from idapgraph.errors import InputError
+from idapgraph.passes import blocks as blocks_pass
+from idapgraph.passes import latency as lat
+from idapgraph.passes import latency_select
+from idapgraph.runners import op_timer
+
+
+class CountingTimer:
+    """A deterministic stand-in for onnxruntime: cost grows with both channel counts (and a
+    kernel-unfriendly count is slow), and every call is counted."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, sig: dict, cin: int, cout: int) -> float:
+        self.calls += 1
+        size = np.prod(sig.get("spatial", [1])) * np.prod(sig.get("kernel", [1])) * sig.get("rows", 1)
+        slow = 1.0 if cout % 8 == 0 else 1.5
+        return 1e-6 * size * cin * cout * slow / (sig.get("group_in") and cin or 1)
+
+
+def _analysis(model=None, size=32):
+    torch.manual_seed(0)
+    model = model or torchvision.models.resnet18(num_classes=10).eval()
+    return idapgraph.analyze(export_onnx(model, (torch.randn(1, 3, size, size),)))
+
+
+def test_group_options_are_kernel_friendly():
+    for n, width in [(16, 1), (64, 1), (256, 1), (2048, 1), (12, 64), (6, 1), (96, 1)]:
+        opts = lat.group_options(n, width)
+        assert opts[-1] == n and opts == sorted(set(opts)) and len(opts) <= lat.MAX_OPTIONS
+        assert opts[0] >= idapgraph.passes.select.min_kept(n, 0.1)
+        if n * width >= 16:
+            assert all(c * width % 8 == 0 for c in opts[:-1]), (n, width, opts)
+    assert lat.group_options(64, 1, quantum=32) == [32, 64]
+
+
+def test_table_is_cached_on_disk_and_reused(tmp_path):
+    a = _analysis()
+    path = tmp_path / "t.json"
+    timer = CountingTimer()
+    tab = lat.LatencyTable({"cpu": "x"}, path)
+    m1 = lat.build(a.graph, a.coupling, a.blocks, tab, timer=timer)
+    assert timer.calls == m1.timed == m1.needed > 0
+    assert len(lat.LatencyTable({"cpu": "x"}, path)) == 0  # build does not write: save does
+    tab.save()
+    calls = timer.calls
+    m2 = lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({"cpu": "x"}, path), timer=timer)
+    assert timer.calls == calls and m2.timed == 0 and m2.needed == m1.needed
+    # another machine (or thread count) has a table of its own
+    other = lat.LatencyTable({"cpu": "y"}, path)
+    assert len(other) == 0
+    # refresh times every entry again
+    lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({"cpu": "x"}, path), timer=timer,
+              refresh=True)
+    assert timer.calls == calls + m1.needed
+
+
+def test_a_deeper_model_reuses_the_shallower_ones_entries(tmp_path):
+    """ResNet-34 shares every layer signature of ResNet-18 at the same input size."""
+    tab = lat.LatencyTable({"cpu": "x"}, tmp_path / "t.json")
+    timer = CountingTimer()
+    a18 = _analysis()
+    lat.build(a18.graph, a18.coupling, a18.blocks, tab, timer=timer)
+    a34 = _analysis(torchvision.models.resnet34(num_classes=10).eval())
+    m34 = lat.build(a34.graph, a34.coupling, a34.blocks, tab, timer=timer)
+    assert m34.needed > 0 and m34.timed < 0.2 * m34.needed
+
+
+def _emitted_table_sum(model_proto, timer) -> float:
+    """Σ timer over the conv/linear layers of an emitted model, read off its own graph."""
+    b = idapgraph.analyze(model_proto)
+    total = 0.0
+    for n in b.graph.weighted_nodes():
+        ls = lat.layer_signature(b.graph, n)
+        assert ls is not None, n.name
+        sig, sin, sout = ls
+        total += timer(sig, b.graph.shape(sin.tensor)[sin.axis], b.graph.shape(sout.tensor)[sout.axis])
+    return total
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_model_prediction_equals_the_emitted_models_own_layers(tmp_path, bypass):
+    """The model's table sum for a random choice equals the same timer summed over the layers of
+    the model idapgraph emits for it: each layer's latency follows its producer's pruning
+    (input channels) and its own (output channels); bypassed blocks cost nothing."""
+    from idapgraph.api import _truncate
+    from idapgraph.latency_target import plan_of
+    from idapgraph.passes import prune as prune_pass
+
+    a = _analysis()
+    timer = CountingTimer()
+    m = lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({}, tmp_path / "t.json"),
+                  timer=timer)
+    rng = np.random.default_rng(1)
+    for trial in range(3):
+        choice = [int(rng.integers(len(o))) for o in m.options]
+        kept = list(range(len(m.blocks)))
+        if bypass:
+            kept.remove(int(rng.integers(len(m.blocks))))
+            for g, holders in m.internal.items():  # a bypassed block's own groups stay whole
+                if not set(holders) <= set(kept):
+                    choice[g] = len(m.options[g]) - 1
+        sol = latency_select.Solution(choice, kept, 0, 0, "test", "", 0, True)
+        scores = [np.arange(g.n_units, dtype=float) for g in a.coupling.groups]
+        plan = plan_of(a, m, scores, sol)
+        assert bool(plan.bypass) == bypass
+        out = a.model.emit(prune_pass.resolve(a.graph, a.coupling, plan), "remove")
+        if plan.bypass:
+            out = _truncate(a, out, None, n_blocks=None, max_error=None, score="relative",
+                            mean_substitution=False, plan_bypass=plan.bypass)[0]
+        want = _emitted_table_sum(out, timer)
+        got, _ = m.raw(choice, kept)
+        assert got == pytest.approx(want, rel=1e-9), trial
+
+
+def _brute_force(m, imp, budget):
+    best = None
+    for choice in itertools.product(*[range(len(o)) for o in m.options]):
+        for kept in itertools.product([0, 1], repeat=len(m.blocks)):
+            ks = [i for i, k in enumerate(kept) if k]
+            if m.predict(list(choice), ks) <= budget:
+                v = latency_select._objective(imp, m, choice, ks)
+                if best is None or v > best:
+                    best = v
+    return best
+
+
+class TwoBlockNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.b1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1))
+        self.b2 = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 16, 1))
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + self.b1(x)
+        x = x + self.b2(x)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_milp_matches_brute_force(tmp_path, seed):
+    a = _analysis(TwoBlockNet().eval(), size=16)
+    m = lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({}, tmp_path / "t.json"),
+                  timer=CountingTimer())
+    assert len(m.blocks) == 2 and len(m.options) == 3
+    m.calibrate(1.3 * m.raw(m.full_choice())[0])
+    rng = np.random.default_rng(seed)
+    scores = [rng.random(g.n_units) for g in a.coupling.groups]
+    imp = lat.importance(scores, m.options)
+    full = m.predict(m.full_choice())
+    for r in (0.9, 0.6, 0.4, 0.25):
+        best = _brute_force(m, imp, r * full)
+        sol = latency_select.solve(m, imp, r * full)
+        assert sol.feasible and sol.predicted_ms <= r * full * (1 + 1e-6)
+        assert sol.importance == pytest.approx(best, rel=3e-3), r
+        g = latency_select.solve(m, imp, r * full, method="greedy")
+        assert g.solver == "greedy" and g.feasible and g.importance <= best + 1e-9
+
+
+def test_a_kernel_unfriendly_count_is_avoided(tmp_path):
+    """With every count allowed (quantum 1) and odd output counts timed 1.5x slower, the
+    solver's choices land on fast counts whenever a fast one keeps as much importance."""
+    a = _analysis(TwoBlockNet().eval(), size=16)
+    m = lat.build(a.graph, a.coupling, [], lat.LatencyTable({}, tmp_path / "t.json"),
+                  timer=CountingTimer(), quantum=1)
+    m.calibrate(m.raw(m.full_choice())[0])
+    assert any(c % 8 for o in m.options for c in o)  # slow counts are on offer
+    imp = lat.importance([np.ones(g.n_units) for g in a.coupling.groups], m.options)
+    sol = latency_select.solve(m, imp, 0.5 * m.predict(m.full_choice()))
+    counts = m.counts(sol.choice)
+    # a slow count is only chosen where the next fast count below it saves too little
+    for g, c in enumerate(counts):
+        assert c % 8 == 0 or c == m.options[g][-1] or c < 8, counts
+
+
+def test_op_timer_builds_valid_one_node_models():
+    for sig, cin, cout in [
+        ({"op": "conv", "spatial": [8, 8], "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1],
+          "dilation": [1, 1], "group_in": None, "bias": True, "batch": 1, "dtype": "float32"}, 4, 8),
+        ({"op": "conv", "spatial": [8, 8], "kernel": [3, 3], "stride": [2, 2], "pads": [1, 1, 1, 1],
+          "dilation": [1, 1], "group_in": 1, "bias": False, "batch": 1, "dtype": "float32"}, 8, 8),
+        ({"op": "linear", "rows": 4, "bias": True, "dtype": "float32"}, 16, 8),
+    ]:
+        model = op_timer.one_op_model(sig, cin, cout)
+        onnx.checker.check_model(model, full_check=True)
+        assert op_timer.time_op(sig, cin, cout) >= 0
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wide_cnn_onnx(tmp_path_factory):
+    """Compute-heavy enough (batch 1, 96×96) that halving latency is not lost in timing noise."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    p = tmp_path_factory.mktemp("lat") / "r18.onnx"
+    p.write_bytes(export_onnx(net, (torch.randn(1, 3, 96, 96),)).SerializeToString())
+    return p
+
+
+def test_compress_to_a_latency_onnx(wide_cnn_onnx, tmp_path, monkeypatch):
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(tmp_path / "cache"))
+    res = idapgraph.compress(str(wide_cnn_onnx), latency=0.5, method="magnitude", heal="none")
+    lt = res.report.latency_target
+    assert lt["table"]["timed"] == lt["table"]["needed"] > 0
+    assert (tmp_path / "cache" / "latency").is_dir()
+    assert lt["solver"] == "highs" and lt["rounds"] and all(r["feasible"] for r in lt["rounds"])
+    assert lt["goal_ms"] == pytest.approx(0.5 * lt["before_ms"], rel=1e-3)
+    # measured, on a machine shared with other work: clearly faster, near the target
+    assert lt["after_ms"] < 0.8 * lt["before_ms"]
+    assert res.report.flops_ratio < 0.8
+    onnx.checker.check_model(res.model, full_check=True)
+    assert res.report.target["latency"] == 0.5 and res.plan.meta["target"]["latency"] == 0.5
+    # the table is reused by the next run
+    again = idapgraph.compress(str(wide_cnn_onnx), latency=0.7, method="magnitude", heal="none")
+    assert again.report.latency_target["table"]["timed"] == 0
+
+
+def test_compress_to_a_latency_fx(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(tmp_path / "cache"))
+    net = TwoBlockNet().eval()
+    x = torch.randn(1, 3, 32, 32)
+    res = idapgraph.compress(net, x, latency=0.6, method="magnitude", heal="none")
+    assert isinstance(res.model, torch.fx.GraphModule)
+    assert res.model(x).shape == (1, 5)
+    lt = res.report.latency_target
+    assert lt["before_ms"] > 0 and lt["after_ms"] > 0 and lt["rounds"]
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"latency": 0}, "(0, 1]"), ({"latency": 1.5}, "(0, 1]"),
+    ({"latency": 0.5, "flops": 0.5}, "latency= is a target of its own"),
+    ({"latency": 0.5, "threads": 0}, "threads"),
+    ({"latency": 0.5, "solver": "cplex"}, "unknown solver"),
+])
+def test_bad_latency_arguments(wide_cnn_onnx, kw, msg):
+    with pytest.raises(InputError, match=msg.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        idapgraph.compress(str(wide_cnn_onnx), **kw)
+
+
+def test_cli_profile_then_compress(wide_cnn_onnx, tmp_path):
+    env = {**__import__("os").environ, "IDAPGRAPH_CACHE": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "idapgraph"]
+    p1 = subprocess.run(cli + ["profile", str(wide_cnn_onnx), "--json"], capture_output=True,
+                        text=True, env=env, timeout=600)
+    assert p1.returncode == 0, p1.stderr
+    r1 = json.loads(p1.stdout)
+    assert r1["timed"] == r1["needed"] > 0 and r1["layers"] == 21 and r1["model_ms"] > 0
+    p2 = subprocess.run(cli + ["profile", str(wide_cnn_onnx)], capture_output=True, text=True,
+                        env=env, timeout=600)
+    assert p2.returncode == 0 and "0 timed now" in p2.stdout, p2.stdout
+    out = tmp_path / "small.onnx"
+    p3 = subprocess.run(cli + ["compress", str(wide_cnn_onnx), "-o", str(out), "--latency", "0.6",
+                               "--method", "magnitude", "--heal", "none", "--json"],
+                        capture_output=True, text=True, env=env, timeout=600)
+    assert p3.returncode == 0, p3.stderr
+    rep = json.loads(p3.stdout)
+    schemas.check(rep, schemas.COMPRESS)
+    assert rep["latency_target"]["table"]["timed"] == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    p4 = subprocess.run(cli + ["compress", str(wide_cnn_onnx), "-o", str(tmp_path / "x.onnx"),
+                               "--latency", "0.5", "--flops", "0.5"], capture_output=True,
+                        text=True, env=env, timeout=600)
+    assert p4.returncode == 2 and len(p4.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
