@@ -577,18 +577,32 @@ def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_ke
 
 
 def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss, warn, min_keep,
-                  round_to, threads, gates, kinds, keep_nodes, solver, progress):
+                  round_to, threads, gates, kinds, keep_nodes, solver, progress,
+                  gate_error: float):
     """``latency=R`` selection (see :mod:`idapgraph.latency_target`): one-shot scores of
     ``method``, then the MILP over measured tables with closed-loop timing of the candidates.
+    Blocks whose bypass alone raises the calibration output error past ``gate_error`` are not
+    offered to the solver (per-layer unit scores cannot price a whole block's loss).
     Returns (plan, latency record, calibration kind)."""
     from . import latency_target
 
     batches, kind = _scoring_data(a, method, calib, seed, warn)
     scores = _scores(a, method, batches, loss, seed)
-    blocks = []
+    blocks, gate_errors = [], {}
     if gates:
         blocks = [b for b in a.blocks if (kinds is None or b.kind in kinds)
                   and keep_nodes.isdisjoint(b.nodes)]
+    if blocks:  # a block is offered only if bypassing it alone keeps the output error bounded
+        if batches is None:
+            batches, real = a.model.calibration(calib, seed)
+            kind = "data" if real else "random"
+        error = a.model.output_error(batches)
+        for b in blocks:
+            gate_errors[b.key] = error(_truncate(a, a.model.source, None, n_blocks=None,
+                                                 max_error=None, score="relative",
+                                                 mean_substitution=False,
+                                                 plan_bypass=[b.key])[0])
+        blocks = [b for b in blocks if gate_errors[b.key] <= gate_error]
 
     def realize(plan: Plan):
         out = a.model.emit(prune_pass.resolve(a.graph, a.coupling, plan), "remove")
@@ -601,6 +615,8 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
                                        realize=realize, min_keep=min_keep,
                                        quantum=max(8, round_to), solver=solver,
                                        progress=progress)
+    info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
+    info["gate_error"] = gate_error
     for note in info["notes"]:
         warn.append(note)
         warnings.warn(note, stacklevel=3)
@@ -919,7 +935,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
                                              round_to=round_to, threads=threads,
                                              gates=block_gates, kinds=block_kinds,
                                              keep_nodes=kept_nodes, solver=solver,
-                                             progress=progress)
+                                             progress=progress,
+                                             gate_error=0.05 if max_error is None else max_error)
     elif plan is None:
         sel, kind = _select_plan(a, method, flops=flops, params=params, calib=calib, seed=seed,
                                  min_keep=min_keep, steps=steps, alpha=alpha, base=base, loss=loss,

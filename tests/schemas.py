@@ -31,7 +31,7 @@ LATENCY_TARGET = {
     "model_error": float, "solver": str, "notes": [str], "rounds": [LATENCY_ROUND],
     "table": {"path": str, "entries": int, "needed": int, "timed": int, "reused": int,
               "seconds": float},
-    "quantum": int, "gated_blocks": int,
+    "quantum": int, "gated_blocks": int, "gate_error": float, "gate_errors": {str: float},
 }
 
 COMPRESS = {

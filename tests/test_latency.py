@@ -289,3 +289,37 @@ def test_cli_profile_then_compress(wide_cnn_onnx, tmp_path):
                         text=True, env=env, timeout=600)
     assert p4.returncode == 2 and len(p4.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_latency_aware_keeps_accuracy_at_equal_latency(tmp_path, monkeypatch):
+    """The trained MNIST CNN (batch 16, so compute, not call overhead, is timed): latency-aware
+    selection at R = 0.6 against FLOPs-targeted selection whose FLOPs target is bisected until
+    its measured latency matches, same idap scores, same calibration, same lsq healing,
+    training-free. The latency-aware model must keep at least the accuracy (within half a
+    point: 10 of 2,000 test images)."""
+    from mnist_cnn import accuracy, calibration, trained
+
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(tmp_path / "cache"))
+    proto = export_onnx(trained(), (torch.randn(16, 1, 28, 28),))
+    cal = calibration()
+    res = idapgraph.compress(proto, latency=0.6, calib=cal)
+    lt = res.report.latency_target
+    assert lt["gated_blocks"] == 0  # each block alone changes the output far past the bound
+    acc_lat = accuracy(res.model, batch=16)
+    goal = lt["after_ms"]
+    lo, hi, best = 0.05, 1.0, None
+    for _ in range(8):
+        f = (lo + hi) / 2
+        cand = idapgraph.compress(proto, flops=f, calib=cal, heal="none")
+        ms = idapgraph.latency(cand.model, runs=30)["median_ms"]
+        if best is None or abs(ms / goal - 1) < abs(best[2] / goal - 1):
+            best = (f, cand.plan, ms)
+        if abs(ms / goal - 1) < 0.03:
+            break
+        lo, hi = (lo, f) if ms > goal else (f, hi)
+    f, plan, ms = best
+    by_flops = idapgraph.compress(proto, plan=plan, calib=cal)
+    acc_flops = accuracy(by_flops.model, batch=16)
+    print(f"\nlatency 0.6: latency-aware {acc_lat:.4f} (FLOPs {res.report.flops_ratio:.3f}, "
+          f"{goal:.3f} ms) vs FLOPs-targeted {acc_flops:.4f} (FLOPs target {f:.3f}, {ms:.3f} ms)")
+    assert acc_lat >= acc_flops - 0.005

@@ -1,0 +1,183 @@
+"""Latency targets on torchvision models (random weights): does ``--latency R`` land on R, and
+how much of the FLOPs saving turns into speed, against FLOPs-targeted selection and
+Torch-Pruning's uniform pruning at the same measured latency.
+
+    python3 tools/bench_latency.py [--models resnet50,mobilenet_v2,efficientnet_b0,convnext_tiny]
+                                   [--targets 0.5,0.3] [--threads 1] [--runs 30]
+
+Per model: ``idapgraph profile`` timed in a fresh cache, then again (reuse); then per target R:
+* ``latency``: ``compress(latency=R, method="magnitude", heal="none")`` (magnitude: the weights
+  are random, so only the structure matters here; healing does not change the structure);
+* ``flops@same``: ``compress(flops=f)`` with ``f`` bisected until its measured latency matches
+  the latency-aware model's;
+* ``flops=R``: the naive FLOPs target;
+* ``TP uniform@same``: Torch-Pruning 1.6 MetaPruner, magnitude importance, the same ratio in
+  every layer (``global_pruning=False``), exported to ONNX, ratio bisected to the same latency.
+All final models are then timed again, interleaved (``--rounds`` passes of median-of-``--runs``,
+the median of the passes), so they are compared under the same machine load. Efficiency =
+speedup × FLOPs kept. Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+import torchvision
+
+import idapgraph
+
+
+def export(model, x) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), buf, dynamo=False, opset_version=17)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def lat(proto, threads: int, runs: int) -> float:
+    return idapgraph.latency(proto, runs=runs, warmup=5, threads=threads)["median_ms"]
+
+
+def flops_of(proto) -> int:
+    return idapgraph.analyze(proto).cost.flops
+
+
+def bisect(make, goal_ms: float, threads: int, runs: int, lo: float = 0.05, hi: float = 1.0,
+           iters: int = 7):
+    """``make(r) -> ModelProto`` with latency falling as ``r`` falls: the model whose measured
+    latency is closest to ``goal_ms``. Returns (r, model, ms)."""
+    best = None
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        m = make(mid)
+        ms = lat(m, threads, runs)
+        if best is None or abs(ms / goal_ms - 1) < abs(best[2] / goal_ms - 1):
+            best = (mid, m, ms)
+        if abs(ms / goal_ms - 1) < 0.02:
+            break
+        lo, hi = (lo, mid) if ms > goal_ms else (mid, hi)
+    return best
+
+
+def tp_uniform(model, x, ratio: float):
+    import torch_pruning as tp
+
+    m = copy.deepcopy(model).eval()
+    last = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1:]
+    pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=ratio, global_pruning=False, ignored_layers=last)
+    pruner.step()
+    return export(m, x)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="resnet50,mobilenet_v2,efficientnet_b0,convnext_tiny")
+    ap.add_argument("--targets", default="0.5,0.3")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(args.threads)
+    cache = tempfile.mkdtemp(prefix="idapgraph-cache-")
+    os.environ["IDAPGRAPH_CACHE"] = cache
+    targets = [float(t) for t in args.targets.split(",")]
+    prof_rows, rows = [], []
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        net = getattr(torchvision.models, name)(weights=None).eval()
+        x = torch.randn(1, 3, args.size, args.size)
+        proto = export(net, x)
+        f0 = flops_of(proto)
+        t = time.time()
+        p1 = idapgraph.profile(proto, threads=args.threads)
+        first = time.time() - t
+        t = time.time()
+        p2 = idapgraph.profile(proto, threads=args.threads)
+        second = time.time() - t
+        prof_rows.append((name, p1["layers"], p1["needed"], first, p2["timed"], second,
+                          p1["model_ms"], p1["tables_ms"]))
+        print(f"[{name}] profile {first:.0f} s ({p1['needed']} entries), again {second:.1f} s",
+              file=sys.stderr, flush=True)
+        for r in targets:
+            t = time.time()
+            res = idapgraph.compress(proto, latency=r, method="magnitude", heal="none",
+                                     threads=args.threads)
+            secs = time.time() - t
+            lt = res.report.latency_target
+            models = {"latency": (res.model, res.report.flops_ratio)}
+            goal = lt["after_ms"]
+
+            def by_flops(f):
+                return idapgraph.compress(proto, flops=f, method="magnitude", heal="none").model
+
+            fr, fm, _ = bisect(by_flops, goal, args.threads, args.runs)
+            models["flops@same"] = (fm, flops_of(fm) / f0)
+            naive = by_flops(r)
+            models[f"flops={r}"] = (naive, flops_of(naive) / f0)
+            note = ""
+            if not args.no_peers:
+                try:
+                    tr, tm, _ = bisect(lambda q: tp_uniform(net, x, 1 - q), goal, args.threads,
+                                       args.runs, lo=0.05, hi=1.0)
+                    models["TP uniform@same"] = (tm, flops_of(tm) / f0)
+                except Exception as e:  # noqa: BLE001 - a peer's failure is a result
+                    note = f"Torch-Pruning failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+            # interleaved re-timing of everything under the same load
+            times: dict[str, list[float]] = {k: [] for k in ["original", *models]}
+            for _ in range(args.rounds):
+                times["original"].append(lat(proto, args.threads, args.runs))
+                for k, (m, _) in models.items():
+                    times[k].append(lat(m, args.threads, args.runs))
+            base = statistics.median(times["original"])
+            for k, (m, fk) in models.items():
+                ms = statistics.median(times[k])
+                extra = ""
+                if k == "latency":
+                    extra = (f"{secs:.0f} s, {len(lt['rounds'])} round(s), model error "
+                             f"{lt['model_error']:+.1%}, blocks bypassed {len(res.plan.bypass)}")
+                elif k == "flops@same":
+                    extra = f"FLOPs target {fr:.3f}"
+                elif k.startswith("TP"):
+                    extra = f"ratio {1 - tr:.3f}"
+                rows.append((name, r, k, base, ms, ms / base, fk, base / ms * fk, extra))
+            if note:
+                rows.append((name, r, "TP uniform@same", base, None, None, None, None, note))
+            for row in rows[-len(models) - bool(note):]:
+                print(row, file=sys.stderr, flush=True)
+    print("| model | layers timed | table entries | first build | timed again | second build | "
+          "model ms | tables sum ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for n, layers, need, first, again, second, mms, tms in prof_rows:
+        print(f"| {n} | {layers} | {need} | {first:.0f} s | {again} | {second:.1f} s "
+              f"({second / first:.1%}) | {mms:.1f} | {tms:.1f} |")
+    print()
+    print("| model | target | selection | original ms | ms | latency kept | FLOPs kept | "
+          "efficiency | notes |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+    for n, r, k, base, ms, ratio, fk, eff, extra in rows:
+        if ms is None:
+            print(f"| {n} | {r} | {k} | {base:.1f} | — | — | — | — | {extra} |")
+        else:
+            print(f"| {n} | {r} | {k} | {base:.1f} | {ms:.1f} | {ratio:.3f} | {fk:.3f} | "
+                  f"{eff:.2f} | {extra} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
