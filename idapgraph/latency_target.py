@@ -4,7 +4,8 @@
    and timed where missing, fitted to the measured latency of the unpruned model.
 2. The MILP (:mod:`idapgraph.passes.latency_select`) keeps the most importance within
    ``R ×`` that latency.
-3. Closed loop: the chosen model is built and timed; while it misses the target by more than
+3. Closed loop: the chosen model is built and timed in turns with the original (so a change of
+   machine load cancels out of their ratio); while it misses the target by more than
    ``tol``, the model is refitted to every measurement so far
    (:meth:`~idapgraph.passes.latency.LatencyModel.refit`) and the MILP solved again, from the
    second correction on with the budget also rescaled by target / measured (at most ``rounds``
@@ -22,6 +23,7 @@ from .ir.plan import Plan
 from .passes import latency as lat
 from .passes import latency_select
 from .runners.bench import latency as ort_latency
+from .runners.bench import paired
 
 
 def table_for(threads: int, path=None) -> lat.LatencyTable:
@@ -44,6 +46,12 @@ def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantu
 
 def measure(model_proto, threads: int, runs: int = 20) -> float:
     return ort_latency(model_proto, runs=runs, warmup=5, threads=threads).median_ms
+
+
+def ratio(reference, candidate, threads: int, runs: int = 20) -> tuple[float, float]:
+    """(reference ms, candidate ms), timed in turns: their ratio survives a change of load."""
+    ref, cand = paired([reference, candidate], runs=runs, threads=threads)
+    return ref, cand
 
 
 def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
@@ -70,7 +78,8 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
     table = table or table_for(threads)
     model, tinfo = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
                                  progress=progress)
-    base = measure(a.model.as_onnx(a.model.source), threads)
+    original = a.model.as_onnx(a.model.source)
+    base = measure(original, threads)
     model.calibrate(base)
     imp = lat.importance(scores, model.options)
     goal = target * base
@@ -78,9 +87,11 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
     for r in range(rounds):
         sol = latency_select.solve(model, imp, budget, method=solver)
         plan = plan_of(a, model, scores, sol)
-        got = measure(realize(plan), threads)
+        ref, cand = ratio(original, realize(plan), threads)
+        got = base * cand / ref  # on the scale of the first measurement of the original
         log.append({"round": r, "budget_ms": round(budget, 4), "predicted_ms": round(sol.predicted_ms, 4),
-                    "measured_ms": round(got, 4), "solver": sol.solver, "status": sol.status,
+                    "measured_ms": round(got, 4), "reference_ms": round(ref, 4),
+                    "solver": sol.solver, "status": sol.status,
                     "solve_s": round(sol.seconds, 3), "feasible": sol.feasible,
                     "blocks_bypassed": list(plan.bypass)})
         if best is None or abs(got / goal - 1) < abs(best[2] / goal - 1):

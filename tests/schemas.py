@@ -23,11 +23,13 @@ LATENCY = {"median_ms": float, "min_ms": float, "max_ms": float, "runs": int, "w
            "threads": int}
 
 LATENCY_ROUND = {"round": int, "budget_ms": float, "predicted_ms": float, "measured_ms": float,
+                 "reference_ms": float,
                  "solver": str, "status": str, "solve_s": float, "feasible": bool,
                  "blocks_bypassed": [str]}
 LATENCY_TARGET = {
     "target": float, "threads": int, "provider": str, "before_ms": float, "goal_ms": float,
-    "predicted_ms": float, "selected_ms": float, "after_ms": float, "ratio": float,
+    "predicted_ms": float, "selected_ms": float, "after_ms": float, "reference_ms": float,
+    "ratio": float,
     "model_error": float, "solver": str, "notes": [str], "rounds": [LATENCY_ROUND],
     "table": {"path": str, "entries": int, "needed": int, "timed": int, "reused": int,
               "seconds": float},

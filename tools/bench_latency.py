@@ -55,14 +55,14 @@ def flops_of(proto) -> int:
 
 
 def bisect(make, goal_ms: float, threads: int, runs: int, lo: float = 0.05, hi: float = 1.0,
-           iters: int = 7):
-    """``make(r) -> ModelProto`` with latency falling as ``r`` falls: the model whose measured
-    latency is closest to ``goal_ms``. Returns (r, model, ms)."""
+           iters: int = 7, get=lambda m: m):
+    """``make(r)`` with latency falling as ``r`` falls (``get(made)``: its ModelProto): what
+    ``make`` made whose measured latency is closest to ``goal_ms``. Returns (r, made, ms)."""
     best = None
     for _ in range(iters):
         mid = (lo + hi) / 2
         m = make(mid)
-        ms = lat(m, threads, runs)
+        ms = lat(get(m), threads, runs)
         if best is None or abs(ms / goal_ms - 1) < abs(best[2] / goal_ms - 1):
             best = (mid, m, ms)
         if abs(ms / goal_ms - 1) < 0.02:
@@ -149,7 +149,8 @@ def main() -> int:
                 ms = statistics.median(times[k])
                 extra = ""
                 if k == "latency":
-                    extra = (f"{secs:.0f} s, {len(lt['rounds'])} round(s), model error "
+                    extra = (f"{secs:.0f} s, {len(lt['rounds'])} round(s), in-run ratio "
+                             f"{lt['ratio']:.3f}, model error "
                              f"{lt['model_error']:+.1%}, blocks bypassed {len(res.plan.bypass)}")
                 elif k == "flops@same":
                     extra = f"FLOPs target {fr:.3f}"

@@ -323,51 +323,66 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
 
     pending: list[tuple[dict, int, int]] = []
     needed: set[tuple[str, int, int]] = set()
-    specs = []  # (kind, node, a, b, fa, fb, sig)
+    failed: set[str] = set()  # signatures the timer could not run
+    # ("lut", node, a, b, fa, fb, sig, fallback) or ("elems", node, a, None, fa, per-channel, n)
+    specs: list[tuple] = []
+
+    def elems_spec(node) -> tuple | None:
+        """A node priced per output element, along the first axis a group prunes."""
+        out = node.outputs[0]
+        shape = _dims(graph.shape(out), batch)
+        if shape is None:
+            return None
+        axis = next((ax for ax in range(len(shape))
+                     if drivers.get(coupling.space_class.get(Space(out, ax)))), None)
+        if axis is None:
+            return ("elems", node.name, None, None, None, None, float(np.prod(shape)))
+        a, fa, full = side(Space(out, axis))
+        return ("elems", node.name, a, None, fa, float(np.prod(shape)) / max(full, 1), None)
+
     for node in graph:
         if node.op in FREE_OPS or not node.outputs or \
                 graph.tensors[node.outputs[0]].kind != ACTIVATION:
             continue
         ls = layer_signature(graph, node, batch)
-        if ls is not None:
-            sig, sin, sout = ls
-            a, fa, _ = side(sin)
-            b, fb, _ = side(sout)
-            if a is not None and a == b:  # depthwise / grouped: both sides are one group
-                fb, b = (lambda j, f=fb: f), "same"
-            specs.append(("lut", node.name, a, b, fa, fb, sig))
-            for i in range(len(options[a]) if a is not None else 1):
-                for j in ([i] if b == "same" else range(len(options[b]) if b is not None else 1)):
-                    cin, cout = fa(i), fb(j)
-                    if cin > 0 and cout > 0:
-                        needed.add((sig_key(sig), cin, cout))
-                        if refresh or table.get(sig, cin, cout) is None:
-                            pending.append((sig, cin, cout))
-        else:
-            out = node.outputs[0]
-            shape = _dims(graph.shape(out), batch)
-            if shape is None:
-                continue
-            axis = next((ax for ax in range(len(shape))
-                         if drivers.get(coupling.space_class.get(Space(out, ax)))), None)
-            if axis is None:
-                specs.append(("elems", node.name, None, None, None, None, float(np.prod(shape))))
-                continue
-            a, fa, full = side(Space(out, axis))
-            rest = float(np.prod(shape)) / max(full, 1)
-            specs.append(("elems", node.name, a, None, fa, rest, None))
+        if ls is None:
+            spec = elems_spec(node)
+            if spec is not None:
+                specs.append(spec)
+            continue
+        sig, sin, sout = ls
+        a, fa, _ = side(sin)
+        b, fb, _ = side(sout)
+        if a is not None and a == b:  # depthwise / grouped: both sides are one group
+            b = "same"
+        specs.append(("lut", node.name, a, b, fa, fb, sig, elems_spec(node)))
+        for i in range(len(options[a]) if a is not None else 1):
+            for j in ([i] if b == "same" else range(len(options[b]) if b is not None else 1)):
+                cin, cout = fa(i), fb(j)
+                if cin > 0 and cout > 0:
+                    needed.add((sig_key(sig), cin, cout))
+                    if refresh or table.get(sig, cin, cout) is None:
+                        pending.append((sig, cin, cout))
     pending = list(dict.fromkeys((sig_key(s), ci, co) for s, ci, co in pending))
     if pending:
         from ..runners.op_timer import time_op
 
         timer = timer or time_op
         for done, (sk, ci, co) in enumerate(pending, 1):
-            sig = json.loads(sk)
-            table.put(sig, ci, co, timer(sig, ci, co))
+            if sk not in failed:
+                try:
+                    table.put(json.loads(sk), ci, co, timer(json.loads(sk), ci, co))
+                except Exception:  # noqa: BLE001 - e.g. an op the provider lacks for a dtype
+                    failed.add(sk)
             if progress is not None:
                 progress(done, len(pending))
     merged: dict[tuple, Term] = {}
-    for kind, name, a, b, fa, fb, extra in specs:
+    for spec in specs:
+        if spec[0] == "lut" and sig_key(spec[6]) in failed:  # untimeable: priced per element
+            spec = spec[7]
+            if spec is None:
+                continue
+        kind, name, a, b, fa, fb, extra = spec[:7]
         gates = blocks_of.get(name, ())
         na = len(options[a]) if a is not None else 1
         if kind == "lut":

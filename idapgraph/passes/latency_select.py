@@ -54,10 +54,26 @@ class _Vars:
         return idx
 
 
+def fastest(model: LatencyModel) -> float:
+    """The predicted latency of the most pruned model the options allow (every group at its
+    smallest count, every gated block bypassed)."""
+    return model.predict([0] * len(model.options), [])
+
+
 def solve(model: LatencyModel, imp: list[np.ndarray], budget_ms: float, *,
           time_limit: float = 60.0, method: str = "milp") -> Solution:
     """The kept-importance-maximising choice whose predicted latency is within ``budget_ms``
-    (``method="greedy"``: the fallback heuristic, also used when SciPy has no ``milp``)."""
+    (``method="greedy"``: the fallback heuristic, also used when SciPy has no ``milp``). A
+    budget below the fastest reachable model gives the best choice at that speed, marked
+    infeasible."""
+    floor = fastest(model)
+    if budget_ms < floor:
+        sol = solve(model, imp, floor * (1 + 1e-9), time_limit=time_limit, method=method)
+        sol.feasible = False
+        sol.notes.append(f"latency budget {budget_ms:.4g} ms is below the fastest model the "
+                         f"frozen channels and the per-group minimum allow ({floor:.4g} ms, "
+                         "predicted)")
+        return sol
     if method == "milp":
         try:
             from scipy.optimize import milp  # noqa: F401

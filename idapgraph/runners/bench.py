@@ -38,3 +38,23 @@ def latency(model: onnx.ModelProto, feeds=None, *, runs: int = 20, warmup: int =
         sess.run(None, feeds)
         times.append((time.perf_counter() - t) * 1e3)
     return Latency(statistics.median(times), min(times), max(times), runs, warmup, threads)
+
+
+def paired(models: list[onnx.ModelProto], feeds_list=None, *, runs: int = 20, warmup: int = 5,
+           threads: int = 1) -> list[float]:
+    """Median milliseconds of each model, timed in turns (one run of each, ``runs`` times), so
+    a change in machine load while they are timed hits all of them alike."""
+    from ..emit.validate import example_feeds, session
+
+    feeds_list = feeds_list or [example_feeds(m) for m in models]
+    sessions = [session(m, threads=threads) for m in models]
+    for s, f in zip(sessions, feeds_list):
+        for _ in range(warmup):
+            s.run(None, f)
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(runs):
+        for i, (s, f) in enumerate(zip(sessions, feeds_list)):
+            t = time.perf_counter()
+            s.run(None, f)
+            times[i].append((time.perf_counter() - t) * 1e3)
+    return [statistics.median(t) for t in times]
