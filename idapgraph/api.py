@@ -603,6 +603,7 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
                                                  mean_substitution=False,
                                                  plan_bypass=[b.key])[0])
         blocks = [b for b in blocks if gate_errors[b.key] <= gate_error]
+    weights = _block_weights(a, scores, gate_errors, error, min_keep) if blocks else None
 
     def realize(plan: Plan):
         out = a.model.emit(prune_pass.resolve(a.graph, a.coupling, plan), "remove")
@@ -612,7 +613,7 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
         return a.model.as_onnx(out)
 
     plan, info = latency_target.select(a, scores, target=target, threads=threads, blocks=blocks,
-                                       realize=realize, min_keep=min_keep,
+                                       realize=realize, min_keep=min_keep, block_weights=weights,
                                        quantum=max(8, round_to), solver=solver,
                                        progress=progress)
     info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
@@ -621,6 +622,27 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
         warn.append(note)
         warnings.warn(note, stacklevel=3)
     return plan, info, kind
+
+
+def _block_weights(a: Analysis, scores, block_errors: dict[str, float], error, min_keep: float):
+    """Each block's importance on the unit scores' scale, from measured calibration output
+    errors: removing the lower-scoring half of every group (masked) costs ``E`` for ``S`` score
+    units, so a block whose bypass alone costs ``e`` weighs ``e·S/E``. None when that
+    calibration gives no scale (then a bypass costs its own groups' units)."""
+    remove, lost = {}, 0.0
+    for g, s in zip(a.coupling.groups, scores):
+        k = g.n_units - max(select_pass.min_kept(g.n_units, min_keep), -(-g.n_units // 2))
+        if k > 0:
+            order = np.argsort(s, kind="stable")[:k]
+            remove[g.key] = sorted(int(u) for u in order)
+            lost += float(np.sum(np.asarray(s)[order]))
+    if not remove or lost <= 0:
+        return None
+    half = Plan(remove=remove, meta={"backend": a.graph.backend})
+    e = error(a.model.emit(prune_pass.resolve(a.graph, a.coupling, half), "zero"))
+    if not e > 0:
+        return None
+    return {k: v * lost / e for k, v in block_errors.items()}
 
 
 def _heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,

@@ -72,12 +72,16 @@ def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
 def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: list,
            realize: Callable[[Plan], Any], min_keep: float = 0.1, quantum: int = 8,
            solver: str = "milp", rounds: int = 4, tol: float = 0.05, progress=None,
-           table: lat.LatencyTable | None = None) -> tuple[Plan, dict]:
+           table: lat.LatencyTable | None = None,
+           block_weights: dict[str, float] | None = None) -> tuple[Plan, dict]:
     """The plan for ``target`` × the measured latency; ``realize(plan)`` builds the pruned
-    model as an ONNX ModelProto for timing."""
+    model as an ONNX ModelProto for timing. ``block_weights``: block key -> importance of
+    keeping it (see :class:`~idapgraph.passes.latency.LatencyModel`)."""
     table = table or table_for(threads)
     model, tinfo = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
                                  progress=progress)
+    if block_weights is not None:
+        model.block_weight = [float(block_weights[b.key]) for b in model.blocks]
     original = a.model.as_onnx(a.model.source)
     base = measure(original, threads)
     model.calibrate(base)

@@ -37,6 +37,10 @@ def summary_rows(rep: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if lat:
         b, a = lat["before"]["median_ms"], lat["after"]["median_ms"]
         rows.append(("latency (ms)", f"{b:.2f}", f"{a:.2f}", _ratio(b, a)))
+    tgt = rep.get("latency_target")
+    if tgt and not lat:
+        b, a = tgt["reference_ms"], tgt["after_ms"]
+        rows.append(("latency (ms, in turns)", f"{b:.2f}", f"{a:.2f}", _ratio(b, a)))
     return rows
 
 
@@ -66,6 +70,14 @@ def notes(rep: dict[str, Any]) -> list[str]:
         out.append(f"latency: onnxruntime CPU, {lat['before']['threads']} thread, "
                    f"{lat['before']['warmup']} warm-up runs, median of {lat['before']['runs']}; "
                    f"speedup {lat['speedup']:.2f}x")
+    tgt = rep.get("latency_target")
+    if tgt:
+        t = tgt["table"]
+        out.append(f"latency target {tgt['target']}: {tgt['ratio']:.3f} of the original measured "
+                   f"({tgt['threads']} thread(s)); {len(tgt['rounds'])} solve(s) by "
+                   f"{tgt['solver']}, model error {tgt['model_error']:+.1%}; "
+                   f"{tgt['gated_blocks']} block(s) offered; table: {t['needed']} entries, "
+                   f"{t['timed']} timed now, {t['reused']} reused ({t['seconds']:.1f} s)")
     if rep["blocks_bypassed"]:
         out.append(f"blocks bypassed: {', '.join(rep['blocks_bypassed'])}")
     h = rep["heal"]

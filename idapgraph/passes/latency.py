@@ -202,6 +202,9 @@ class LatencyModel:
     elem_ms: float = 0.0
     measured_ms: float | None = None  # the unpruned model, whole
     points: list = field(default_factory=list)  # (table ms, elements, measured ms) per model
+    # importance a gated block keeps while it stays, on the units' scale (measured: see
+    # idapgraph.latency_target.block_weights); None: a bypass costs its own groups' units
+    block_weight: list[float] | None = None
     timed: int = 0  # table entries timed while building (the rest came from the cache)
     needed: int = 0  # table entries the model reads
 

@@ -8,9 +8,10 @@ choice is carried by ``w[j] = x[g, j]·G`` with ``G`` the AND of the gates (``Σ
 bilinear in their choices; it is linearised exactly, and tightly, by continuous ``y[i, j]``
 whose row and column sums are the two choices (``Σ_j y[i, j] = w_a[i]``, ``Σ_i y[i, j] =
 w_b[j]``): at integral choices the only solution is their product. The objective is the summed
-importance of the kept units (:func:`idapgraph.passes.latency.importance`); a group that lives
-inside gated blocks counts through its ``w`` (nothing while a block that holds it is bypassed,
-and it then stays whole, which also removes symmetric solutions).
+importance of the kept units (:func:`idapgraph.passes.latency.importance`) plus, with measured
+block weights (``model.block_weight``), ``Σ weight[B]·z[B]``; without them a group that lives
+inside gated blocks counts through its ``w`` (nothing while a block that holds it is bypassed).
+Either way a bypassed block's own groups stay whole, which also removes symmetric solutions.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ class Solution:
 
 
 def _objective(imp: list[np.ndarray], model: LatencyModel, choice, kept) -> float:
+    """Kept importance: with measured block weights, every group's kept units plus the weight
+    of every block that stays; without, a group counts only while its blocks stay."""
     kept = set(kept)
+    if model.block_weight is not None:
+        return float(sum(v[choice[g]] for g, v in enumerate(imp))
+                     + sum(model.block_weight[bi] for bi in kept))
     return float(sum(v[choice[g]] for g, v in enumerate(imp)
                      if kept.issuperset(model.internal.get(g, ()))))
 
@@ -169,12 +175,15 @@ def _milp(model: LatencyModel, imp, budget_ms: float, time_limit: float) -> Solu
         gates = model.internal.get(g, ())
         if gates and x[g] is not None:  # a bypassed block's own groups stay whole (no symmetry)
             rows.append(({int(x[g][-1]): 1.0, gate(gates): 1.0}, 1.0, np.inf))
-        w = choice_vars(g, gates)
+        w = choice_vars(g, gates if model.block_weight is None else ())
         if w is None:
             const_imp += float(imp[g][0])
             continue
         for v, s in zip(w, imp[g]):
             add(obj, int(v), float(s))
+    if model.block_weight is not None:
+        for bi, wt in enumerate(model.block_weight):
+            add(obj, int(z[bi]), float(wt))
     rows.append((lat, -np.inf, budget_ms - const))
     r, c, d = [], [], []
     for k, (coef, _, _) in enumerate(rows):
