@@ -582,7 +582,7 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
     """``latency=R`` selection (see :mod:`idapgraph.latency_target`): one-shot scores of
     ``method``, then the MILP over measured tables with closed-loop timing of the candidates.
     Blocks whose bypass alone raises the calibration output error past ``gate_error`` are not
-    offered to the solver (per-layer unit scores cannot price a whole block's loss).
+    offered to the solver; the others are priced by that error (:func:`_block_weights`).
     Returns (plan, latency record, calibration kind)."""
     from . import latency_target
 
@@ -879,7 +879,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     that hold channel groups of their own are chosen together by a MILP (``solver="milp"``,
     HiGHS; ``"greedy"``: the fallback heuristic) over measured per-layer latency tables cached
     on disk (see :func:`profile`), the emitted candidate timed and the budget corrected up to
-    3 times; ``report.latency`` has the figures.
+    3 times; ``report.latency_target`` has the figures. ``max_error`` (default 0.05) bounds
+    the calibration output error of each block offered to the solver.
     """
     _check_ratio("flops", flops)
     _check_ratio("params", params)
@@ -889,6 +890,9 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
             raise InputError("latency= is a target of its own: drop flops=/params=/plan=")
         if finetune is not None or evaluate is not None:
             raise InputError("latency= does not combine with finetune=/evaluate= yet")
+        if blocks:
+            raise InputError("latency= chooses the blocks it bypasses itself: drop blocks= "
+                             "(block_gates=False keeps every block)")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InputError(f"threads must be an integer >= 1, got {threads!r}")
         if solver not in ("milp", "greedy"):
@@ -990,7 +994,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         if heal_rep.kept:
             a.model.validate(out)
     bypassed, gone, block_scores, stored = [], set(), {}, 0
-    if plan.bypass or (blocks or 0) > 0 or (blocks is None and max_error is not None):
+    if plan.bypass or latency is None and ((blocks or 0) > 0
+                                           or (blocks is None and max_error is not None)):
         stage2_batches = None
         if not plan.bypass:
             stage2_batches, real = a.model.calibration(calib, seed)

@@ -296,8 +296,12 @@ def test_a_near_dead_block_is_bypassed_first(shared_cache, monkeypatch):
     errs = lt["gate_errors"]
     assert len(errs) == 2 and min(errs.values()) < 1e-6 < max(errs.values())
     dead = min(errs, key=errs.get)
-    assert res.plan.bypass == [dead]
+    assert res.plan.bypass == [dead] and res.report.blocks_bypassed == [dead]
     onnx.checker.check_model(res.model, full_check=True)
+    # max_error bounds the blocks offered; it never starts stage 2's own search
+    none = idapgraph.compress(proto, latency=0.7, method="magnitude", heal="none", blocks=None,
+                              max_error=0.0)
+    assert none.report.latency_target["gated_blocks"] == 0 and none.report.blocks_bypassed == []
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -305,6 +309,7 @@ def test_a_near_dead_block_is_bypassed_first(shared_cache, monkeypatch):
     ({"latency": 0.5, "flops": 0.5}, "latency= is a target of its own"),
     ({"latency": 0.5, "threads": 0}, "threads"),
     ({"latency": 0.5, "solver": "cplex"}, "unknown solver"),
+    ({"latency": 0.5, "blocks": 2}, "drop blocks="),
 ])
 def test_bad_latency_arguments(wide_cnn_onnx, kw, msg):
     with pytest.raises(InputError, match=msg.replace("(", r"\(").replace(")", r"\)")
