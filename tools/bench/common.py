@@ -162,6 +162,18 @@ def plot(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[float
     return path
 
 
+def standalone(run, description: str, argv: list[str] | None = None) -> int:
+    """``python3 -m tools.bench.NAME [--quick] [--out DIR]``: one benchmark, markdown printed."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench_out"))
+    a = ap.parse_args(argv)
+    print(run(a.quick, a.out).markdown())
+    return 0
+
+
 def machine() -> str:
     """CPU model, cores, load, date and the versions that matter, as one markdown paragraph."""
     cpu = "unknown CPU"
@@ -172,13 +184,15 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    from importlib.metadata import PackageNotFoundError, version
+
     vers = []
-    for mod in ("torch", "torchvision", "torch_pruning", "onnxsim", "onnx", "onnxruntime",
-                "transformers", "idapgraph"):
+    for dist in ("torch", "torchvision", "torch-pruning", "onnxsim", "onnx", "onnxruntime",
+                 "transformers", "idapgraph"):
         try:
-            vers.append(f"{mod} {__import__(mod).__version__}")
-        except Exception:  # noqa: BLE001 - report what is there
-            vers.append(f"{mod} (missing)")
+            vers.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            vers.append(f"{dist} (missing)")
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"Machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; "
             f"{datetime.date.today().isoformat()}; load average at start {load} (1/5/15 min); "

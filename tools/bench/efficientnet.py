@@ -13,7 +13,6 @@ separately (different seeds; they come from the same two photographs).
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -162,14 +161,5 @@ def run(quick: bool, out: Path) -> Section:
     return s
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("bench_out"))
-    a = ap.parse_args()
-    print(run(a.quick, a.out).markdown())
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.standalone(run, __doc__.splitlines()[0]))
