@@ -120,10 +120,17 @@ class Speed:
         return None if s is None else s * self.flops_kept
 
     def cells(self) -> list:
-        return [None if self.ms is None else f"{self.ms:.3f}", self.speedup, self.efficiency]
+        return [None if self.ms is None else f"{self.ms:.3f} ({self.base_ms:.3f})",
+                self.speedup, self.efficiency]
 
 
-SPEED_HEADERS = ("latency ms", "speedup", "efficiency")
+SPEED_HEADERS = ("latency ms (original)", "speedup", "efficiency")
+
+
+def speed(base, proto, flops_kept: float, runs: int = LATENCY_RUNS) -> Speed:
+    """Latency of ``proto`` and, right before it, of the original ``base``: paired, since the
+    load of a shared machine drifts between rows."""
+    return Speed(latency_ms(base, runs), latency_ms(proto, runs), flops_kept)
 
 
 def timed(fn, *a, **kw):
@@ -141,18 +148,25 @@ def plot(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[float
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=90)
-    for name, pts in series.items():
+    fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=90)
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, pts) in enumerate(series.items()):
         pts = sorted(p for p in pts if p[1] is not None)
-        if pts:
-            style = "--" if name.startswith(("TP", "onnxsim")) else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=name)
+        if not pts:
+            continue
+        ft = "FT" in name
+        style, marker = (("--", "s") if name.startswith("TP") else
+                         ("--", "^") if name.startswith("onnxsim") else
+                         (":", "D") if name.startswith("layer") else ("-", "o"))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style if not ft else "-.",
+                marker="*" if ft else marker, ms=4, lw=1.2, color=colors[(2 * i) % 20 + (i // 10) % 2],
+                label=name)
     if original is not None:
         ax.axhline(original, color="grey", lw=0.8, ls=":", label="original")
     ax.set_xlabel("FLOPs kept")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.invert_xaxis()
+    ax.set_xlim(1.02, 0.25)  # FLOPs kept falls to the right
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()

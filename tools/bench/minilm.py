@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from . import common
-from .common import SPEED_HEADERS, Section, Speed, Table
+from .common import SPEED_HEADERS, Section, Table
 from .peers import onnxsim_structured, torch_pruning
 
 
@@ -73,7 +73,7 @@ def run(quick: bool, out: Path) -> Section:
     def cost(p) -> list:
         f = common.flops(p) / base_flops
         return [f, common.params(p) / base_params,
-                *Speed(base_ms, common.latency_ms(p), f).cells()]
+                *common.speed(proto, p, f).cells()]
 
     def export(m):
         return export_onnx(m, example, input_names=["input_ids", "attention_mask"],
@@ -100,7 +100,7 @@ def run(quick: bool, out: Path) -> Section:
                       None)
                 continue
             q = quality(r.model)
-            t.add(target, f"TP {imp} (ratio {r.ratio:.3f})", *q, *cost(export(r.model)))
+            t.add(target, r.label(f"TP {imp}", "ratio", target), *q, *cost(export(r.model)))
             series.setdefault(f"TP {imp}", []).append((r.kept, float(q[0])))
         r = onnxsim_structured(proto, target)
         if r.model is None or r.error:
@@ -108,7 +108,7 @@ def run(quick: bool, out: Path) -> Section:
                   None, None)
         else:
             q = quality(r.model)
-            t.add(target, f"onnxsim structured (sparsity {r.ratio:.3f})", *q, *cost(r.model))
+            t.add(target, r.label("onnxsim structured", "sparsity", target), *q, *cost(r.model))
             series.setdefault("onnxsim structured", []).append((r.kept, float(q[0])))
     layers = Table("layers bypassed", "score", "bypassed", "cosine", "NN agreement",
                    "FLOPs kept", "params kept", *SPEED_HEADERS)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import common
-from .common import SPEED_HEADERS, Section, Speed, Table
+from .common import SPEED_HEADERS, Section, Table
 from .peers import onnxsim_structured, torch_pruning
 
 OURS = ("idap", "idap r8", "magnitude", "taylor", "random")
@@ -45,6 +45,7 @@ class Bench:
         from mnist_cnn import accuracy, calibration, trained
 
         t = time.time()
+        self.from_cache = cache is not None and cache.exists()
         self.model = self.cached(trained, cache)
         self.train_s = time.time() - t
         self.x = (torch.randn(1, 1, 28, 28),)
@@ -72,9 +73,8 @@ class Bench:
             torch.save(m.state_dict(), cache)
         return m
 
-    def speed(self, proto) -> Speed:
-        return Speed(self.base_ms, common.latency_ms(proto, RUNS),
-                     common.flops(proto) / self.base_flops)
+    def speed(self, proto) -> common.Speed:
+        return common.speed(self.proto, proto, common.flops(proto) / self.base_flops, RUNS)
 
     def kept(self, proto) -> tuple[float, float]:
         return (common.flops(proto) / self.base_flops, common.params(proto) / self.base_params)
@@ -122,7 +122,7 @@ def accuracy_table(b: Bench, targets, methods, heals, backends, peers: bool,
             r = b.tp(target, imp)
             proto = b.export(r.model)
             acc = 100 * b.accuracy(r.model)
-            t.add(target, f"TP {imp} (ratio {r.ratio:.3f})", "torch", *b.kept(proto),
+            t.add(target, r.label(f"TP {imp}", "ratio", target), "torch", *b.kept(proto),
                   f"{acc:.1f}", *["—"] * (len(heals) - 1), *b.speed(proto).cells())
             series.setdefault(f"TP {imp}", []).append((r.kept, acc))
         r = onnxsim_structured(b.proto, target)
@@ -131,7 +131,7 @@ def accuracy_table(b: Bench, targets, methods, heals, backends, peers: bool,
                   f"failed: {r.error}", *["—"] * (len(heals) - 1), None, None, None)
         else:
             acc = 100 * b.accuracy(r.model)
-            t.add(target, f"onnxsim structured (sparsity {r.ratio:.3f})", "onnx",
+            t.add(target, r.label("onnxsim structured", "sparsity", target), "onnx",
                   *b.kept(r.model), f"{acc:.1f}", *["—"] * (len(heals) - 1),
                   *b.speed(r.model).cells())
             series.setdefault("onnxsim structured", []).append((r.kept, acc))
@@ -191,14 +191,16 @@ def run(quick: bool, out: Path) -> Section:
     s = Section("MNIST ResNet CNN: top-1 at equal FLOPs, training-free and fine-tuned")
     orig = 100 * b.accuracy(b.model)
     s.blocks.append(
-        f"ResNetMini(16) (`tests/mnist_cnn.py`), trained here in {b.train_s:.0f} s (2 epochs, "
+        f"ResNetMini(16) (`tests/mnist_cnn.py`), trained here "
+        f"{'earlier (loaded from the cache)' if b.from_cache else f'in {b.train_s:.0f} s'} (2 epochs, "
         f"12,000 real MNIST images, seed 0); original top-1 {orig:.2f} % on 2,000 test images "
         f"(onnx {100 * b.accuracy(b.proto):.2f} %); {b.base_flops / 1e6:.2f} MFLOPs; "
-        f"onnxruntime latency {b.base_ms:.3f} ms (batch 1, median of {RUNS}). 256 training images calibrate every "
-        "method. TP = Torch-Pruning MetaPruner (global, final fc ignored); onnxsim = "
+        f"onnxruntime latency {b.base_ms:.3f} ms (batch 1, median of {RUNS}; each row re-times "
+        "the original beside it). 256 training images calibrate every method. TP = Torch-Pruning MetaPruner (global, final fc ignored); onnxsim = "
         "`onnxsim.pruning.apply_structured_pruning` on the BN-folded export; the peers' knob "
         "(pruning ratio / sparsity) is bisected to the FLOPs target. `idap r8`: `round_to=8`. "
-        "A trained model cached in the output folder by an earlier run is reused.")
+        "The first run in an output folder trains the model (25 s idle, ~6 min on the shared "
+        "machine) and caches it there; later runs reuse it.")
     series: dict = {}
     common.setup(1)
     s.blocks.append(accuracy_table(b, targets, OURS, ("none", "lsq"),

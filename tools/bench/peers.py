@@ -21,6 +21,13 @@ class PeerResult:
     ratio: float | None  # the peer's own knob at the chosen point
     error: str | None = None  # why there is no model, or why onnxruntime rejects it
 
+    def label(self, name: str, knob: str, target: float) -> str:
+        """``name (knob 0.289)``, saying so when no ratio reaches the FLOPs target."""
+        if self.kept is not None and self.kept > 0.999:
+            return f"{name} (nothing pruned at any {knob} up to 0.95)"
+        short = self.kept is not None and self.kept > target + 0.02
+        return f"{name} ({knob} {self.ratio:.3f}{'; FLOPs target not reached' if short else ''})"
+
 
 def bisect(prune: Callable[[float], tuple[Any, float]], target: float, hi: float = 0.95,
            iters: int = 12) -> tuple[Any, float, float]:
