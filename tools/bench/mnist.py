@@ -192,11 +192,13 @@ def run(quick: bool, out: Path) -> Section:
     orig = 100 * b.accuracy(b.model)
     s.blocks.append(
         f"ResNetMini(16) (`tests/mnist_cnn.py`), trained here "
-        f"{'earlier (loaded from the cache)' if b.from_cache else f'in {b.train_s:.0f} s'} (2 epochs, "
+        f"{'earlier (loaded from the cache)' if b.from_cache else f'in {b.train_s:.0f} s'} "
+        "(2 epochs, "
         f"12,000 real MNIST images, seed 0); original top-1 {orig:.2f} % on 2,000 test images "
         f"(onnx {100 * b.accuracy(b.proto):.2f} %); {b.base_flops / 1e6:.2f} MFLOPs; "
         f"onnxruntime latency {b.base_ms:.3f} ms (batch 1, median of {RUNS}; each row re-times "
-        "the original beside it). 256 training images calibrate every method. TP = Torch-Pruning MetaPruner (global, final fc ignored); onnxsim = "
+        "the original beside it). 256 training images calibrate every method. TP = "
+        "Torch-Pruning MetaPruner (global, final fc ignored); onnxsim = "
         "`onnxsim.pruning.apply_structured_pruning` on the BN-folded export; the peers' knob "
         "(pruning ratio / sparsity) is bisected to the FLOPs target. `idap r8`: `round_to=8`. "
         "The first run in an output folder trains the model (25 s idle, ~6 min on the shared "
