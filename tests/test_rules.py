@@ -72,6 +72,24 @@ class HeadsSliceSE(nn.Module):
         return t, self.tail(y[:, 4:16])
 
 
+class PadDepthwise(nn.Module):
+    """EfficientNet-Lite's "same" padding: an explicit asymmetric pad before a strided
+    depthwise conv, and a reflect pad before a plain one."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = nn.Conv2d(3, 24, 1)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.dw = nn.Conv2d(24, 24, 3, stride=2, groups=24)
+        self.project = nn.Conv2d(24, 16, 1)
+        self.tail = nn.Conv2d(16, 4, 3)
+
+    def forward(self, x):
+        y = self.dw(self.pad(F.relu(self.expand(x))))
+        y = F.relu(self.project(F.relu(y)))
+        return self.tail(F.pad(y, (1, 1, 1, 1), mode="reflect"))
+
+
 class Unknown(nn.Module):
     def __init__(self):
         super().__init__()
@@ -86,7 +104,22 @@ CASES = {
     "grouped_norm": (GroupedNorm, lambda: (torch.randn(1, 3, 8, 8),)),
     "flatten_head": (FlattenHead, lambda: (torch.randn(1, 3, 8, 8),)),
     "heads_slice_se": (HeadsSliceSE, lambda: (torch.randn(1, 5, 12), torch.randn(1, 3, 6, 6))),
+    "pad_depthwise": (PadDepthwise, lambda: (torch.randn(1, 3, 9, 9),)),
 }
+
+
+@pytest.mark.parametrize("backend", ["fx", "onnx", "dynamo"])
+def test_padding_passes_channels_through(backend):
+    """A pad that leaves the channel axis alone couples its input and output channels: the
+    expansion group before a padded depthwise conv and the group before a reflect pad stay
+    prunable (before the pad rule, both were frozen as unknown ops)."""
+    torch.manual_seed(0)
+    model, args = PadDepthwise().eval(), (torch.randn(1, 3, 9, 9),)
+    src = model if backend == "fx" else export_onnx(model, args, dynamo=backend == "dynamo")
+    a = idapgraph.analyze(src, args if backend == "fx" else None)
+    assert "pad" in a.graph.summary()
+    assert {f.reason for f in a.coupling.frozen} == {"model input", "model output"}
+    assert sorted(g.n_units for g in a.coupling.groups) == [16, 24]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -47,6 +47,11 @@ _UNARY_FUNCS = {
 _UNARY_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "float",
                   "half", "double", "to", "type_as", "detach", "exp", "neg", "clamp", "clamp_",
                   "sqrt", "rsqrt", "abs", "hardtanh_", "erf", "bfloat16"}
+_PAD_MODULES = tuple(getattr(nn, f"{kind}Pad{d}d") for kind in
+                     ("Zero", "Constant", "Reflection", "Replication") for d in (1, 2, 3)
+                     if hasattr(nn, f"{kind}Pad{d}d"))
+_ATEN_PADS = {"pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d",
+              "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d"}
 _POOL_FUNCS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
                F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.max_pool1d, F.avg_pool1d,
                F.interpolate, F.max_pool3d, F.avg_pool3d}
@@ -189,6 +194,8 @@ class _Builder:
             self.add(node, "unary", [x])
         elif isinstance(m, _POOL_MODULES):
             self.add(node, "pool", [x])
+        elif isinstance(m, _PAD_MODULES):
+            self.pad(node, x, m.padding)
         elif isinstance(m, nn.Flatten):
             self.add(node, "reshape", [x], {"target": "auto"})
         elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
@@ -201,6 +208,21 @@ class _Builder:
             params = [self.param(f"{t}.{n}") for n, _ in m.named_parameters()]
             self.add(node, "unknown", self.tensor_inputs(node) + [p for p in params if p],
                      {"reason": f"no channel rule for module {type(m).__name__}"})
+
+    def pad(self, node: fx.Node, x: str | None, pad) -> None:
+        """torch's pad list (last axis first, begin then end) as begins then ends per axis."""
+        shape = self.g.tensors[x].shape if x is not None else None
+        if isinstance(pad, int):
+            pad = [pad] * (2 * (len(shape) - 2)) if shape is not None else None
+        if shape is None or not isinstance(pad, (tuple, list)) or len(pad) % 2 or \
+                len(pad) > 2 * len(shape) or not all(isinstance(v, int) for v in pad):
+            return self.add(node, "unknown", self.tensor_inputs(node),
+                            {"reason": "padding of unknown extent"})
+        r = len(shape)
+        full = [0] * (2 * r)
+        for i in range(len(pad) // 2):
+            full[r - 1 - i], full[2 * r - 1 - i] = pad[2 * i], pad[2 * i + 1]
+        return self.add(node, "pad", [x], {"pads": full})
 
     def call_function(self, node: fx.Node) -> None:
         f = node.target
@@ -231,6 +253,8 @@ class _Builder:
             return self.add(node, "concat", xs, {"axis": _arg(node, 1, "dim", 0)})
         if f in _POOL_FUNCS:
             return self.add(node, "pool", [x])
+        if f is F.pad:
+            return self.pad(node, x, _arg(node, 1, "pad"))
         if f is torch.flatten or name in ("flatten", "squeeze", "unsqueeze") or f in (
                 torch.squeeze, torch.unsqueeze):
             return self.add(node, "reshape", [x], {"target": "auto"})
@@ -318,6 +342,8 @@ class _Builder:
             return self.add(node, "elementwise", self.tensor_inputs(node), {"fn": "add"} if is_add else {})
         if name in _ATEN_UNARY:
             return self.add(node, "unary", [x])
+        if name in _ATEN_PADS:
+            return self.pad(node, x, node.args[1] if len(node.args) > 1 else None)
         if name == "linear":
             w, b = self.ref(_arg(node, 1, "weight")), self.ref(_arg(node, 2, "bias"))
             if w is not None and self.g.tensors[w].kind == PARAM:

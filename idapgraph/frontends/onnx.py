@@ -472,6 +472,8 @@ class _Builder:
             return "unknown", data, {"reason": "GroupNormalization with per-group scale (opset 18)"}
         if op in _POOL:
             return "pool", [ins[0]], {}
+        if op == "Pad":
+            return self._pad(n)
         if op in _REDUCE:
             axes = a.get("axes")
             if axes is None and len(ins) > 1 and ins[1].name:
@@ -512,6 +514,31 @@ class _Builder:
             mp = [(ax, 0, ins[0].shape[ax], 1) for ax in range(r) if ax != axis]
             return "index", [ins[0]], {"map": mp}
         return "unknown", data, {}
+
+    def _pad(self, n: gs.Node):
+        """Pad with constant pads (an attribute before opset 11, an input since; opset 18's
+        optional axes input), as begins then ends over every axis."""
+        ins, a = n.inputs, n.attrs
+        data = [t for t in ins if t.name]
+        x = ins[0]
+        r = len(x.shape) if x.shape is not None else None
+        pads = a.get("pads") if self.opset < 11 else (
+            _const(ins[1]) if len(ins) > 1 and ins[1].name else None)
+        if r is None or pads is None:
+            return "unknown", data, {"reason": "Pad with run-time pads or unknown rank"}
+        pads = [int(v) for v in np.ravel(pads)]
+        if len(ins) > 3 and ins[3].name:
+            axes = _const(ins[3])
+            if axes is None:
+                return "unknown", data, {"reason": "Pad with run-time axes"}
+            axes = [int(v) % r for v in np.ravel(axes)]
+            full = [0] * (2 * r)
+            for i, ax in enumerate(axes):
+                full[ax], full[ax + r] = pads[i], pads[i + len(axes)]
+            pads = full
+        if len(pads) != 2 * r:
+            return "unknown", data, {"reason": "Pad with pads of the wrong length"}
+        return "pad", [x], {"pads": pads}
 
     def _slice(self, n: gs.Node):
         ins = n.inputs

@@ -288,6 +288,23 @@ def _couple_pool(node: Node, rel: Relations) -> None:
         rel.freeze_all(t, "pooling parameter")
 
 
+def _couple_pad(node: Node, rel: Relations) -> None:
+    """Padding: an axis padded by nothing (the channel axis, as a rule) passes through; padded
+    axes change size and are fixed."""
+    x, y = node.inputs[0], node.outputs[0]
+    r, pads = rel.rank(y), node.attrs.get("pads")
+    if pads is None or len(pads) != 2 * r:
+        rel.freeze_all(x, "padding of unknown extent")
+        rel.freeze_all(y, "padding of unknown extent")
+        return
+    for ax in range(r):
+        if pads[ax] == 0 and pads[ax + r] == 0:
+            rel.same(x, ax, y, ax)
+        else:
+            rel.freeze(x, ax, "padded axis")
+            rel.freeze(y, ax, "padded axis")
+
+
 def _couple_reduce(node: Node, rel: Relations) -> None:
     x, y = node.inputs[0], node.outputs[0]
     rx = rel.rank(x)
@@ -749,6 +766,8 @@ OPS: dict[str, OpDef] = {
         OpDef("layernorm", "LayerNorm/RMSNorm; normalised axes are frozen (exactness)",
               _couple_layernorm, _cost_norm, operands=("x", "scale", "bias")),
         OpDef("pool", "max/avg/global/adaptive pooling, resize", _couple_pool, _cost_pool),
+        OpDef("pad", "constant/reflect/edge padding; unpadded axes (channels) pass through",
+              _couple_pad),
         OpDef("reduce", "mean/sum/max over axes; reduced axes frozen", _couple_reduce, _cost_pool),
         OpDef("softmax", "softmax; its axis is frozen", _couple_softmax),
         OpDef("attention", "fused scaled-dot-product attention; value/head axes follow, query/key "
