@@ -150,9 +150,8 @@ def run(quick: bool, out: Path) -> Section:
         f"{len(cal)} calibration crops (seed 1) and {len(ev)} evaluation crops (seed 2) of "
         "scikit-learn's two sample photographs, 224×224, ImageNet normalisation. idapgraph sees "
         f"{len(a.coupling.groups)} prunable channel groups on this model "
-        f"({len(a.coupling.frozen)} frozen spots: the TF-style 'same' padding is an explicit "
-        "`ZeroPad2d`/`Pad` before every depthwise conv, for which idapgraph has no channel rule, "
-        "so every expansion group is frozen and only the stage widths can be pruned).")
+        f"({len(a.coupling.frozen)} frozen spots; the TF-style 'same' padding, an explicit "
+        "`ZeroPad2d`/`Pad` before every depthwise conv, passes channels through).")
     s.blocks.append(t.markdown())
     s.plots.append(common.plot(out / "efficientnet_lite0.png",
                                "EfficientNet-Lite0: top-1 agreement vs FLOPs kept",
