@@ -478,8 +478,7 @@ def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = Fal
     from . import latency_target
     from .passes import latency as lat
 
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+    _check_threads(threads)
     if not 0 <= min_keep < 1:
         raise InputError(f"min_keep must be in [0, 1), got {min_keep!r}")
     a = analyze(model, example_inputs)
@@ -493,6 +492,11 @@ def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = Fal
     layers = sum(len(t.nodes) for t in lm.terms if t.kind == "lut")
     return {**info, "layers": layers, "model_ms": round(measured, 4),
             "tables_ms": round(tables_ms, 4), "threads": threads, "machine": table.machine}
+
+
+def _check_threads(threads) -> None:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
 
 
 def _check_ratio(name: str, r: float | None) -> None:
@@ -576,6 +580,18 @@ def _select_plan(a: Analysis, method: str, *, flops, params, calib, seed, min_ke
     return sel, kind
 
 
+def _bypassed(a: Analysis, model, keys: list[str]):
+    """``model`` (this analysis' backend) with the blocks ``keys`` bypassed, no mean kept."""
+    return _truncate(a, model, None, n_blocks=None, max_error=None, score="relative",
+                     mean_substitution=False, plan_bypass=keys)[0]
+
+
+def _emitted(a: Analysis, plan: Plan):
+    """``plan`` applied to the analysed model: channels removed, its blocks bypassed."""
+    out = a.model.emit(prune_pass.resolve(a.graph, a.coupling, plan), "remove")
+    return _bypassed(a, out, plan.bypass) if plan.bypass else out
+
+
 def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss, warn, min_keep,
                   round_to, threads, gates, kinds, keep_nodes, solver, progress,
                   gate_error: float):
@@ -598,22 +614,12 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
             kind = "data" if real else "random"
         error = a.model.output_error(batches)
         for b in blocks:
-            gate_errors[b.key] = error(_truncate(a, a.model.source, None, n_blocks=None,
-                                                 max_error=None, score="relative",
-                                                 mean_substitution=False,
-                                                 plan_bypass=[b.key])[0])
+            gate_errors[b.key] = error(_bypassed(a, a.model.source, [b.key]))
         blocks = [b for b in blocks if gate_errors[b.key] <= gate_error]
     weights = _block_weights(a, scores, gate_errors, error, min_keep) if blocks else None
 
-    def realize(plan: Plan):
-        out = a.model.emit(prune_pass.resolve(a.graph, a.coupling, plan), "remove")
-        if plan.bypass:
-            out = _truncate(a, out, None, n_blocks=None, max_error=None, score="relative",
-                            mean_substitution=False, plan_bypass=plan.bypass)[0]
-        return a.model.as_onnx(out)
-
     plan, info = latency_target.select(a, scores, target=target, threads=threads, blocks=blocks,
-                                       realize=realize, min_keep=min_keep, block_weights=weights,
+                                       realize=lambda p: a.model.as_onnx(_emitted(a, p)), min_keep=min_keep, block_weights=weights,
                                        quantum=max(8, round_to), solver=solver,
                                        progress=progress)
     info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
@@ -893,8 +899,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         if blocks:
             raise InputError("latency= chooses the blocks it bypasses itself: drop blocks= "
                              "(block_gates=False keeps every block)")
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+        _check_threads(threads)
         if solver not in ("milp", "greedy"):
             raise InputError(f"unknown solver {solver!r} (choose from milp, greedy)")
     if method not in scoring.METHODS:
@@ -1091,7 +1096,6 @@ def apply_plan(model, plan: Plan, example_inputs=None, mode: str = "remove"):
     out = a.model.emit(rewrite, mode)
     if mode == "remove":
         if plan.bypass:
-            out = _truncate(a, out, None, n_blocks=None, max_error=None, score="relative",
-                            mean_substitution=False, plan_bypass=plan.bypass)[0]
+            out = _bypassed(a, out, plan.bypass)
         a.model.validate(out)
     return out

@@ -22,12 +22,13 @@ import numpy as np
 from .ir.plan import Plan
 from .passes import latency as lat
 from .passes import latency_select
+from .runners import op_timer
 from .runners.bench import latency as ort_latency
 from .runners.bench import paired
 
 
 def table_for(threads: int, path=None) -> lat.LatencyTable:
-    return lat.LatencyTable(lat.machine(threads), path)
+    return lat.LatencyTable(op_timer.machine(threads), path)
 
 
 def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantum: int,
@@ -36,6 +37,9 @@ def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantu
     t0 = time.perf_counter()
     tick = (lambda d, n: progress("profile", d, n)) if progress is not None else None
     model = lat.build(a.graph, a.coupling, blocks, table, min_keep=min_keep, quantum=quantum,
+                      timer=lambda sig, cin, cout: op_timer.time_op(
+                          sig, cin, cout, threads=table.machine["threads"],
+                          provider=table.machine["provider"]),
                       progress=tick, refresh=refresh)
     if model.timed:
         table.save()
@@ -62,7 +66,8 @@ def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
     for g, s, c in zip(a.coupling.groups, scores, model.counts(sol.choice)):
         if c < g.n_units:
             remove[g.key] = sorted(int(u) for u in np.argsort(s, kind="stable")[:g.n_units - c])
-    shut = [model.blocks[bi] for bi in range(len(model.blocks)) if bi not in set(sol.kept_blocks)]
+    kept = set(sol.kept_blocks)
+    shut = [b for bi, b in enumerate(model.blocks) if bi not in kept]
     outer = [b for b in shut if not any(o is not b and set(b.nodes) < set(o.nodes) for o in shut)]
     return Plan(remove=remove, units={g.key: g.n_units for g in a.coupling.groups
                                       if g.key in remove},

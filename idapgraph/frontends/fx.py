@@ -212,8 +212,6 @@ class _Builder:
     def pad(self, node: fx.Node, x: str | None, pad) -> None:
         """torch's pad list (last axis first, begin then end) as begins then ends per axis."""
         shape = self.g.tensors[x].shape if x is not None else None
-        if isinstance(pad, int):
-            pad = [pad] * (2 * (len(shape) - 2)) if shape is not None else None
         if shape is None or not isinstance(pad, (tuple, list)) or len(pad) % 2 or \
                 len(pad) > 2 * len(shape) or not all(isinstance(v, int) for v in pad):
             return self.add(node, "unknown", self.tensor_inputs(node),

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -51,30 +50,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("IDAPGRAPH_CACHE") or Path.home() / ".cache" / "idapgraph")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(threads: int = 1, provider: str = "CPUExecutionProvider") -> dict:
-    """What a timing depends on besides the layer: CPU, onnxruntime, provider, threads."""
-    import onnxruntime as ort
-
-    return {"cpu": _cpu_name(), "arch": platform.machine(), "onnxruntime": ort.__version__,
-            "provider": provider, "threads": int(threads)}
-
-
 def sig_key(sig: dict) -> str:
     return json.dumps(sig, sort_keys=True, separators=(",", ":"))
 
 
 class LatencyTable:
-    """Measured layer latencies (ms) for one machine, read from and merged into a JSON file."""
+    """Measured layer latencies (ms) for one machine (a dict naming what the timings depend on:
+    :func:`idapgraph.runners.op_timer.machine`), read from and merged into a JSON file."""
 
     def __init__(self, machine_info: dict, path: str | os.PathLike | None = None) -> None:
         self.machine = machine_info
@@ -200,7 +182,6 @@ class LatencyModel:
     internal: dict[int, tuple[int, ...]]  # group -> gated blocks that hold all of it
     lut_scale: float = 1.0
     elem_ms: float = 0.0
-    measured_ms: float | None = None  # the unpruned model, whole
     points: list = field(default_factory=list)  # (table ms, elements, measured ms) per model
     # importance a gated block keeps while it stays, on the units' scale (measured: see
     # idapgraph.latency_target.block_weights); None: a bypass costs its own groups' units
@@ -236,13 +217,12 @@ class LatencyModel:
         """Fit the model to the measured unpruned latency: the tables are scaled to it (layers
         run slower inside a model than alone, their weights and inputs no longer in cache);
         :meth:`refit` later splits the time between tables and elements."""
-        ms, _ = self.raw(self.full_choice())
-        self.measured_ms = measured_ms
-        self.points = [(*self.raw(self.full_choice()), measured_ms)]
-        self.lut_scale, self.elem_ms = (measured_ms / ms if ms else 1.0), 0.0
-        if not ms:
-            _, elems = self.points[0][:2]
-            self.elem_ms = measured_ms / elems if elems else 0.0
+        ms, elems = self.raw(self.full_choice())
+        self.points = [(ms, elems, measured_ms)]
+        if ms:
+            self.lut_scale, self.elem_ms = measured_ms / ms, 0.0
+        else:
+            self.lut_scale, self.elem_ms = 1.0, (measured_ms / elems if elems else 0.0)
 
     def refit(self, choice: list[int], kept_blocks, measured_ms: float) -> None:
         """Add a measured candidate and refit (non-negative least squares, relative errors)
@@ -279,11 +259,11 @@ def _group_width(coupling: Coupling, g) -> int:
 def _internal(graph: Graph, coupling: Coupling, blocks) -> dict[int, tuple[int, ...]]:
     """Groups whose every tensor lives inside a block (made or read only by its nodes)."""
     out = {}
+    inside_sets = [set(b.nodes) for b in blocks]
     for gi, g in enumerate(coupling.groups):
         tensors = {s.tensor for m in g.members for s in m.spaces}
         holders = []
-        for bi, b in enumerate(blocks):
-            inside = set(b.nodes)
+        for bi, inside in enumerate(inside_sets):
             if all((graph.tensors[t].kind == PARAM and set(graph.tensors[t].consumers) <= inside)
                    or (graph.tensors[t].producer in inside) for t in tensors):
                 holders.append(bi)
@@ -294,7 +274,7 @@ def _internal(graph: Graph, coupling: Coupling, blocks) -> dict[int, tuple[int, 
 
 def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
           batch: int = 1, min_keep: float = 0.1, quantum: int = 8,
-          timer: Callable[[dict, int, int], float] | None = None,
+          timer: Callable[[dict, int, int], float],
           progress: Callable[[int, int], None] | None = None,
           refresh: bool = False) -> LatencyModel:
     """The latency model of ``graph`` under ``coupling``'s groups and the gated ``blocks``,
@@ -368,9 +348,6 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
                         pending.append((sig, cin, cout))
     pending = list(dict.fromkeys((sig_key(s), ci, co) for s, ci, co in pending))
     if pending:
-        from ..runners.op_timer import time_op
-
-        timer = timer or time_op
         for done, (sk, ci, co) in enumerate(pending, 1):
             if sk not in failed:
                 try:

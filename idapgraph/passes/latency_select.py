@@ -170,14 +170,12 @@ def _milp(model: LatencyModel, imp, budget_ms: float, time_limit: float) -> Solu
             rows.append(({int(v): 1.0 for v in y[:, j]} | {int(wb[j]): -1.0}, 0.0, 0.0))
         for (i, j), c in np.ndenumerate(cost):
             add(lat, int(y[i, j]), float(c))
-    const_imp = 0.0
     for g in range(nG):
         gates = model.internal.get(g, ())
         if gates and x[g] is not None:  # a bypassed block's own groups stay whole (no symmetry)
             rows.append(({int(x[g][-1]): 1.0, gate(gates): 1.0}, 1.0, np.inf))
         w = choice_vars(g, gates if model.block_weight is None else ())
-        if w is None:
-            const_imp += float(imp[g][0])
+        if w is None:  # one option, no gate: a constant
             continue
         for v, s in zip(w, imp[g]):
             add(obj, int(v), float(s))

@@ -10,9 +10,11 @@ key their entries by it.
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -115,3 +117,22 @@ def time_op(sig: dict, cin: int, cout: int, *, threads: int = 1,
     sess = _session(m, threads, provider)
     ms = 1e3 * time_session(sess, _feeds(m))
     return max(0.0, ms - call_overhead_ms(threads, provider))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int = 1, provider: str = "CPUExecutionProvider") -> dict:
+    """What a timing depends on besides the layer: CPU, onnxruntime, provider, threads (the key
+    of a :class:`~idapgraph.passes.latency.LatencyTable`)."""
+    import onnxruntime as ort
+
+    return {"cpu": _cpu_name(), "arch": platform.machine(), "onnxruntime": ort.__version__,
+            "provider": provider, "threads": int(threads)}
