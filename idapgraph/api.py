@@ -598,7 +598,8 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
     """``latency=R`` selection (see :mod:`idapgraph.latency_target`): one-shot scores of
     ``method``, then the MILP over measured tables with closed-loop timing of the candidates.
     Blocks whose bypass alone raises the calibration output error past ``gate_error`` are not
-    offered to the solver; the others are priced by that error (:func:`_block_weights`).
+    offered to the solver; the others are priced by that error (:func:`_block_weights`), and
+    the ones bypassed together must keep it within ``gate_error`` as well.
     Returns (plan, latency record, calibration kind)."""
     from . import latency_target
 
@@ -618,10 +619,12 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
         blocks = [b for b in blocks if gate_errors[b.key] <= gate_error]
     weights = _block_weights(a, scores, gate_errors, error, min_keep) if blocks else None
 
-    plan, info = latency_target.select(a, scores, target=target, threads=threads, blocks=blocks,
-                                       realize=lambda p: a.model.as_onnx(_emitted(a, p)), min_keep=min_keep, block_weights=weights,
-                                       quantum=max(8, round_to), solver=solver,
-                                       progress=progress)
+    plan, info = latency_target.select(
+        a, scores, target=target, threads=threads, blocks=blocks,
+        realize=lambda p: a.model.as_onnx(_emitted(a, p)), min_keep=min_keep,
+        block_weights=weights, quantum=max(8, round_to), solver=solver, progress=progress,
+        block_errors=gate_errors if blocks else None, max_error=gate_error,
+        bypass_error=(lambda keys: error(_bypassed(a, a.model.source, keys))) if blocks else None)
     info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
     info["gate_error"] = gate_error
     for note in info["notes"]:

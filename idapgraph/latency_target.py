@@ -10,6 +10,10 @@
    (:meth:`~idapgraph.passes.latency.LatencyModel.refit`) and the MILP solved again, from the
    second correction on with the budget also rescaled by target / measured (at most ``rounds``
    solves); the closest round wins. Every round is recorded with its prediction.
+4. Bypassed blocks together: with ``bypass_error``, a plan bypassing several blocks has their
+   joint calibration output error measured (blocks bypassed, channels whole); above
+   ``max_error`` the bound on their summed single errors is tightened by the overshoot and the
+   MILP solved again, before any timing (errors of several bypasses do not simply add up).
 """
 
 from __future__ import annotations
@@ -78,15 +82,46 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
            realize: Callable[[Plan], Any], min_keep: float = 0.1, quantum: int = 8,
            solver: str = "milp", rounds: int = 4, tol: float = 0.05, progress=None,
            table: lat.LatencyTable | None = None,
-           block_weights: dict[str, float] | None = None) -> tuple[Plan, dict]:
+           block_weights: dict[str, float] | None = None,
+           block_errors: dict[str, float] | None = None,
+           bypass_error: Callable[[list[str]], float] | None = None,
+           max_error: float | None = None) -> tuple[Plan, dict]:
     """The plan for ``target`` × the measured latency; ``realize(plan)`` builds the pruned
     model as an ONNX ModelProto for timing. ``block_weights``: block key -> importance of
-    keeping it (see :class:`~idapgraph.passes.latency.LatencyModel`)."""
+    keeping it (see :class:`~idapgraph.passes.latency.LatencyModel`). ``block_errors`` (each
+    block's error bypassed alone), ``bypass_error`` (the joint error of bypassing the given
+    blocks) and ``max_error``: the bypassed blocks' joint error stays within ``max_error``."""
     table = table or table_for(threads)
     model, tinfo = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
                                  progress=progress)
     if block_weights is not None:
         model.block_weight = [float(block_weights[b.key]) for b in model.blocks]
+    checked = bypass_error is not None and max_error is not None and block_errors is not None
+    if checked:
+        # floored, so that a zero cap admits no bypass at all
+        model.block_error = [max(float(block_errors[b.key]), 1e-12) for b in model.blocks]
+        model.error_cap = float(max_error)
+    joint: dict[tuple, float] = {}
+
+    def solve(budget_ms):
+        """The MILP's plan, re-solved with a tighter cap while its bypasses together exceed
+        ``max_error``; (solution, plan, their joint error or None)."""
+        for attempt in range(12):
+            sol = latency_select.solve(model, imp, budget_ms, method=solver)
+            plan = plan_of(a, model, scores, sol)
+            if not checked or len(plan.bypass) < 2:
+                return sol, plan, None
+            key = tuple(sorted(plan.bypass))
+            if key not in joint:
+                joint[key] = float(bypass_error(list(key)))
+            if joint[key] <= max_error:
+                return sol, plan, joint[key]
+            summed = sum(model.block_error[i] for i, b in enumerate(model.blocks)
+                         if b.key in key)
+            # after 10 tightenings: no bypass at all
+            model.error_cap = 0.0 if attempt >= 10 else \
+                min(model.error_cap, summed) * 0.9 * max_error / joint[key]
+        raise AssertionError("unreachable: a zero error cap admits no bypass")
     original = a.model.as_onnx(a.model.source)
     base = measure(original, threads)
     model.calibrate(base)
@@ -94,15 +129,15 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
     goal = target * base
     budget, log, best = goal, [], None
     for r in range(rounds):
-        sol = latency_select.solve(model, imp, budget, method=solver)
-        plan = plan_of(a, model, scores, sol)
+        sol, plan, err = solve(budget)
         ref, cand = ratio(original, realize(plan), threads)
         got = base * cand / ref  # on the scale of the first measurement of the original
         log.append({"round": r, "budget_ms": round(budget, 4), "predicted_ms": round(sol.predicted_ms, 4),
                     "measured_ms": round(got, 4), "reference_ms": round(ref, 4),
                     "solver": sol.solver, "status": sol.status,
                     "solve_s": round(sol.seconds, 3), "feasible": sol.feasible,
-                    "blocks_bypassed": list(plan.bypass)})
+                    "blocks_bypassed": list(plan.bypass),
+                    "bypass_error": None if err is None else round(err, 6)})
         if best is None or abs(got / goal - 1) < abs(best[2] / goal - 1):
             best = (plan, sol, got)
         if progress is not None:
@@ -117,5 +152,6 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
             "predicted_ms": round(sol.predicted_ms, 4), "selected_ms": round(got, 4),
             "model_error": round(sol.predicted_ms / got - 1, 4),
             "solver": sol.solver, "notes": sol.notes, "rounds": log, "table": tinfo,
-            "quantum": quantum, "gated_blocks": len(model.blocks)}
+            "quantum": quantum, "gated_blocks": len(model.blocks),
+            "error_cap": None if model.error_cap is None else round(model.error_cap, 6)}
     return plan, info

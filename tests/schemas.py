@@ -25,7 +25,7 @@ LATENCY = {"median_ms": float, "min_ms": float, "max_ms": float, "runs": int, "w
 LATENCY_ROUND = {"round": int, "budget_ms": float, "predicted_ms": float, "measured_ms": float,
                  "reference_ms": float,
                  "solver": str, "status": str, "solve_s": float, "feasible": bool,
-                 "blocks_bypassed": [str]}
+                 "blocks_bypassed": [str], "bypass_error": (float, None)}
 LATENCY_TARGET = {
     "target": float, "threads": int, "provider": str, "before_ms": float, "goal_ms": float,
     "predicted_ms": float, "selected_ms": float, "after_ms": float, "reference_ms": float,
@@ -34,6 +34,7 @@ LATENCY_TARGET = {
     "table": {"path": str, "entries": int, "needed": int, "timed": int, "reused": int,
               "seconds": float},
     "quantum": int, "gated_blocks": int, "gate_error": float, "gate_errors": {str: float},
+    "error_cap": (float, None),
 }
 
 COMPRESS = {

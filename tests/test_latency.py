@@ -4,6 +4,7 @@ end on both backends."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import subprocess
@@ -135,7 +136,7 @@ def _brute_force(m, imp, budget):
     for choice in itertools.product(*[range(len(o)) for o in m.options]):
         for kept in itertools.product([0, 1], repeat=len(m.blocks)):
             ks = [i for i, k in enumerate(kept) if k]
-            if m.predict(list(choice), ks) <= budget:
+            if m.predict(list(choice), ks) <= budget and latency_select._within_cap(m, ks):
                 v = latency_select._objective(imp, m, choice, ks)
                 if best is None or v > best:
                     best = v
@@ -157,10 +158,12 @@ class TwoBlockNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("seed, weighted", [(0, False), (1, False), (2, False), (3, True),
-                                           (4, True)])
-def test_milp_matches_brute_force(tmp_path, seed, weighted):
-    """Both pricings of a bypass: its own groups' units, or a measured block weight."""
+@pytest.mark.parametrize("seed, weighted, capped", [
+    (0, False, False), (1, False, False), (2, False, False), (3, True, False), (4, True, False),
+    (5, True, True), (6, False, True)])
+def test_milp_matches_brute_force(tmp_path, seed, weighted, capped):
+    """Both pricings of a bypass: its own groups' units, or a measured block weight; with an
+    error cap, only one of the two blocks' errors fits under it."""
     a = _analysis(TwoBlockNet().eval(), size=16)
     m = lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({}, tmp_path / "t.json"),
                   timer=CountingTimer())
@@ -170,15 +173,29 @@ def test_milp_matches_brute_force(tmp_path, seed, weighted):
     scores = [rng.random(g.n_units) for g in a.coupling.groups]
     if weighted:
         m.block_weight = list(rng.random(2) * 6)
+    if capped:
+        m.block_error = [0.02, 0.03]
+        m.error_cap = 0.04
     imp = lat.importance(scores, m.options)
     full = m.predict(m.full_choice())
     for r in (0.9, 0.6, 0.4, 0.25):
         best = _brute_force(m, imp, r * full)
+        if best is None:  # below what the cap lets the blocks save
+            assert r * full < latency_select.fastest(m)
+            continue
         sol = latency_select.solve(m, imp, r * full)
         assert sol.feasible and sol.predicted_ms <= r * full * (1 + 1e-6)
+        assert latency_select._within_cap(m, sol.kept_blocks)
         assert sol.importance == pytest.approx(best, rel=3e-3), r
         g = latency_select.solve(m, imp, r * full, method="greedy")
         assert g.solver == "greedy" and g.feasible and g.importance <= best + 1e-9
+        assert latency_select._within_cap(m, g.kept_blocks)
+    # the fastest model the cap allows is reachable, and below it the solver says so
+    floor = latency_select.fastest(m)
+    sol = latency_select.solve(m, imp, 0.5 * floor)
+    assert not sol.feasible and sol.predicted_ms <= floor * (1 + 1e-6)
+    assert latency_select._within_cap(m, sol.kept_blocks)
+    assert len(sol.kept_blocks) == (1 if capped else 0)
 
 
 def test_a_kernel_unfriendly_count_is_avoided(tmp_path):
@@ -207,7 +224,39 @@ def test_op_timer_builds_valid_one_node_models():
     ]:
         model = op_timer.one_op_model(sig, cin, cout)
         onnx.checker.check_model(model, full_check=True)
+        if sig["op"] == "conv":
+            onnx.checker.check_model(op_timer.context_model(sig, cin, cout), full_check=True)
         assert op_timer.time_op(sig, cin, cout) >= 0
+
+
+def test_conv_timed_in_context_counts_the_layer_not_its_neighbours():
+    """A conv's entry is what runs between its first and last compute node: with 64 times the
+    work (3×3 64→64 against 1×1 8→8, both at 28×28) the layer costs many times more; and a cheap
+    layer between two heavy neighbours is charged a small part of the whole call."""
+    def sig(k):
+        return {"op": "conv", "spatial": [28, 28], "kernel": [k, k], "stride": [1, 1],
+                "pads": [k // 2] * 4, "dilation": [1, 1], "group_in": None, "bias": True,
+                "batch": 1, "dtype": "float32"}
+    heavy = min(op_timer.time_op(sig(3), 64, 64) for _ in range(3))
+    light = min(op_timer.time_op(sig(1), 8, 8) for _ in range(3))
+    assert heavy > 10 * light, (heavy, light)
+
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w3 = rng.standard_normal([64, 64, 3, 3]).astype(np.float32) * 0.05
+    inits = [numpy_helper.from_array(w3, "w3"),
+             numpy_helper.from_array(np.ones([64, 1, 1, 1], np.float32), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w3"], ["a"], pads=[1] * 4, kernel_shape=[3, 3]),
+             helper.make_node("Conv", ["a", "w1"], ["b"], group=64, kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["b", "w3"], ["y"], pads=[1] * 4, kernel_shape=[3, 3])]
+    vi = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 64, 56, 56]) for n in "xy"]
+    m = helper.make_model(helper.make_graph(nodes, "sandwich", vi[:1], vi[1:], inits),
+                          opset_imports=[helper.make_opsetid("", op_timer.OPSET)])
+    onnx.checker.check_model(m, full_check=True)
+    middle = min(op_timer.time_in_context(m, 1, "CPUExecutionProvider") for _ in range(3))
+    whole = min(op_timer.time_session(op_timer._session(m, 1, "CPUExecutionProvider"),
+                                      op_timer._feeds(m)) for _ in range(3)) * 1e3
+    assert 0 < middle < 0.2 * whole, (middle, whole)
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -296,6 +345,50 @@ def test_a_near_dead_block_is_bypassed_first(shared_cache, monkeypatch):
     none = idapgraph.compress(proto, latency=0.7, method="magnitude", heal="none", blocks=None,
                               max_error=0.0)
     assert none.report.latency_target["gated_blocks"] == 0 and none.report.blocks_bypassed == []
+
+
+class TwinBlockNet(nn.Module):
+    """Two residual branches with the same weights, scaled down: their outputs point the same
+    way, so bypassing both costs about twice the sum of bypassing each (4 s² against 2 s²)."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.f = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 32, 1))
+        self.g = copy.deepcopy(self.f)
+        self.scale = scale
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + self.scale * self.f(x)
+        x = x + self.scale * self.g(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_blocks_bypassed_together_keep_the_error_bound(shared_cache, monkeypatch):
+    """Each twin branch alone costs e; both cost about 4e (their errors add up coherently).
+    With max_error between 2e (the summed single errors, what the MILP's row allows) and the
+    joint 4e, the joint measurement must make the solver keep one of them."""
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(shared_cache))
+    torch.manual_seed(0)
+    proto = export_onnx(TwinBlockNet(0.05).eval(), (torch.randn(4, 3, 64, 64),))
+    free = idapgraph.compress(proto, latency=0.3, method="magnitude", heal="none", max_error=1.0)
+    lt = free.report.latency_target
+    singles = lt["gate_errors"]
+    assert len(singles) == 2 and sorted(free.report.blocks_bypassed) == sorted(singles)
+    joint = [r["bypass_error"] for r in lt["rounds"] if r["bypass_error"] is not None][0]
+    summed = sum(singles.values())
+    assert joint > 1.5 * summed, (joint, singles)
+    bound = (summed + joint) / 2
+    held = idapgraph.compress(proto, latency=0.3, method="magnitude", heal="none",
+                              max_error=bound)
+    lt = held.report.latency_target
+    assert len(held.report.blocks_bypassed) == 1, lt["rounds"]
+    assert lt["error_cap"] < bound
+    for r in lt["rounds"]:
+        assert len(r["blocks_bypassed"]) <= 1 and r["bypass_error"] is None
+    onnx.checker.check_model(held.model, full_check=True)
 
 
 @pytest.mark.parametrize("kw, msg", [

@@ -3,8 +3,8 @@
 * **Options.** Every channel group may keep one of a few unit counts (:func:`group_options`):
   multiples of a kernel-friendly quantum of channels (8 by default, coarser for wide groups) from
   the per-group minimum up to all of them.
-* **Look-up tables.** Every conv and linear layer is timed in isolation in onnxruntime
-  (:mod:`idapgraph.runners.op_timer`) at each (input, output) channel count its producer's and its
+* **Look-up tables.** Every conv and linear layer is timed in onnxruntime (convs in context,
+  see :mod:`idapgraph.runners.op_timer`) at each (input, output) channel count its producer's and its
   own group can reach, so a layer's latency follows the pruning of *both* sides. Entries are
   keyed by the layer's signature (op, geometry, spatial size, batch, dtype) and cached on disk
   per machine, thread count and execution provider (:class:`LatencyTable`), so models sharing
@@ -186,6 +186,10 @@ class LatencyModel:
     # importance a gated block keeps while it stays, on the units' scale (measured: see
     # idapgraph.latency_target.block_weights); None: a bypass costs its own groups' units
     block_weight: list[float] | None = None
+    # each gated block's calibration error bypassed alone, and a bound on the sum over bypassed
+    # blocks (None: no bound); see idapgraph.latency_target.select
+    block_error: list[float] | None = None
+    error_cap: float | None = None
     timed: int = 0  # table entries timed while building (the rest came from the cache)
     needed: int = 0  # table entries the model reads
 

@@ -12,6 +12,8 @@ importance of the kept units (:func:`idapgraph.passes.latency.importance`) plus,
 block weights (``model.block_weight``), ``Σ weight[B]·z[B]``; without them a group that lives
 inside gated blocks counts through its ``w`` (nothing while a block that holds it is bypassed).
 Either way a bypassed block's own groups stay whole, which also removes symmetric solutions.
+With ``model.error_cap`` set, the bypassed blocks' summed errors (``model.block_error``) stay
+within it: ``Σ error[B]·(1 − z[B]) ≤ cap``.
 """
 
 from __future__ import annotations
@@ -60,10 +62,36 @@ class _Vars:
         return idx
 
 
+def _capped(model: LatencyModel) -> bool:
+    return model.error_cap is not None and model.block_error is not None
+
+
+def _within_cap(model: LatencyModel, kept) -> bool:
+    if not _capped(model):
+        return True
+    kept = set(kept)
+    return sum(e for bi, e in enumerate(model.block_error) if bi not in kept) \
+        <= model.error_cap * (1 + 1e-9)
+
+
 def fastest(model: LatencyModel) -> float:
-    """The predicted latency of the most pruned model the options allow (every group at its
-    smallest count, every gated block bypassed)."""
-    return model.predict([0] * len(model.options), [])
+    """The predicted latency of the most pruned model the options allow: every group at its
+    smallest count and every gated block bypassed -- under an error cap, the blocks that save the
+    most time per unit of error while their errors fit (a feasible point, so a budget at least
+    this is feasible)."""
+    least = [0] * len(model.options)
+    if not _capped(model):
+        return model.predict(least, [])
+    kept = set(range(len(model.blocks)))
+    base = model.predict(least, kept)
+    gain = {bi: base - model.predict(least, kept - {bi}) for bi in kept}
+    used = 0.0
+    for bi in sorted(kept, key=lambda b: -gain[b] / max(model.block_error[b], 1e-12)):
+        e = model.block_error[bi]
+        if gain[bi] > 0 and used + e <= model.error_cap * (1 + 1e-9):
+            kept.discard(bi)
+            used += e
+    return model.predict(least, kept)
 
 
 def solve(model: LatencyModel, imp: list[np.ndarray], budget_ms: float, *,
@@ -182,6 +210,9 @@ def _milp(model: LatencyModel, imp, budget_ms: float, time_limit: float) -> Solu
     if model.block_weight is not None:
         for bi, wt in enumerate(model.block_weight):
             add(obj, int(z[bi]), float(wt))
+    if _capped(model) and len(model.blocks):
+        rows.append(({int(z[bi]): -float(e) for bi, e in enumerate(model.block_error)}, -np.inf,
+                     model.error_cap - float(sum(model.block_error))))
     rows.append((lat, -np.inf, budget_ms - const))
     r, c, d = [], [], []
     for k, (coef, _, _) in enumerate(rows):
@@ -229,6 +260,8 @@ def greedy(model: LatencyModel, imp: list[np.ndarray], budget_ms: float) -> Solu
                 ch[k] -= 1
             else:
                 kp.discard(k)
+                if not _within_cap(model, kp):
+                    continue
             p = model.predict(ch, kp)
             saved = pred - p
             if saved <= 0:
