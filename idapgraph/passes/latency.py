@@ -354,8 +354,9 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
     if pending:
         for done, (sk, ci, co) in enumerate(pending, 1):
             if sk not in failed:
+                sig = json.loads(sk)
                 try:
-                    table.put(json.loads(sk), ci, co, timer(json.loads(sk), ci, co))
+                    table.put(sig, ci, co, timer(sig, ci, co))
                 except Exception:  # noqa: BLE001 - e.g. an op the provider lacks for a dtype
                     failed.add(sk)
             if progress is not None:

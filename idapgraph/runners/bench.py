@@ -22,28 +22,10 @@ class Latency:
         return asdict(self)
 
 
-def latency(model: onnx.ModelProto, feeds=None, *, runs: int = 20, warmup: int = 5,
-            threads: int = 1) -> Latency:
-    """Time ``model`` on ``feeds`` (default: seeded random inputs, batch 1) in onnxruntime's CPU
-    provider with ``threads`` intra-op threads and full graph optimisation."""
-    from ..emit.validate import example_feeds, session
-
-    feeds = example_feeds(model) if feeds is None else feeds
-    sess = session(model, threads=threads)
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t) * 1e3)
-    return Latency(statistics.median(times), min(times), max(times), runs, warmup, threads)
-
-
-def paired(models: list[onnx.ModelProto], feeds_list=None, *, runs: int = 20, warmup: int = 5,
-           threads: int = 1) -> list[float]:
-    """Median milliseconds of each model, timed in turns (one run of each, ``runs`` times), so
-    a change in machine load while they are timed hits all of them alike."""
+def _times(models: list[onnx.ModelProto], feeds_list, runs: int, warmup: int,
+           threads: int) -> list[list[float]]:
+    """Milliseconds of every run of each model, the models timed in turns (one run of each,
+    ``runs`` times) after ``warmup`` runs each."""
     from ..emit.validate import example_feeds, session
 
     feeds_list = feeds_list or [example_feeds(m) for m in models]
@@ -57,4 +39,19 @@ def paired(models: list[onnx.ModelProto], feeds_list=None, *, runs: int = 20, wa
             t = time.perf_counter()
             s.run(None, f)
             times[i].append((time.perf_counter() - t) * 1e3)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def latency(model: onnx.ModelProto, feeds=None, *, runs: int = 20, warmup: int = 5,
+            threads: int = 1) -> Latency:
+    """Time ``model`` on ``feeds`` (default: seeded random inputs, batch 1) in onnxruntime's CPU
+    provider with ``threads`` intra-op threads and full graph optimisation."""
+    times = _times([model], None if feeds is None else [feeds], runs, warmup, threads)[0]
+    return Latency(statistics.median(times), min(times), max(times), runs, warmup, threads)
+
+
+def paired(models: list[onnx.ModelProto], feeds_list=None, *, runs: int = 20, warmup: int = 5,
+           threads: int = 1) -> list[float]:
+    """Median milliseconds of each model, timed in turns (one run of each, ``runs`` times), so
+    a change in machine load while they are timed hits all of them alike."""
+    return [statistics.median(t) for t in _times(models, feeds_list, runs, warmup, threads)]

@@ -21,6 +21,7 @@ key their entries by it.
 
 from __future__ import annotations
 
+import bisect
 import json
 import platform
 import statistics
@@ -32,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from ..emit.validate import example_feeds
 
 _DT = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
 OPSET = 17
@@ -124,13 +127,6 @@ def _session(model: onnx.ModelProto, threads: int, provider: str):
     return ort.InferenceSession(model.SerializeToString(), _options(threads), providers=[provider])
 
 
-def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    vi = model.graph.input[0]
-    shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-    dt = np.float16 if vi.type.tensor_type.elem_type == TensorProto.FLOAT16 else np.float32
-    return {vi.name: np.random.default_rng(1).standard_normal(shape).astype(dt)}
-
-
 def time_session(sess, feeds, *, blocks: int = 7, block_s: float = 0.002, warmup: int = 2) -> float:
     """Median seconds per call over ``blocks`` timed blocks of repeated calls (each block at
     least ``block_s`` long, so sub-millisecond ops are timed over many calls)."""
@@ -173,7 +169,7 @@ def time_in_context(model: onnx.ModelProto, threads: int, provider: str, *,
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "op")
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=[provider])
-        feeds = _feeds(model)
+        feeds = example_feeds(model, seed=1)
         for _ in range(2):
             sess.run(None, feeds)
         t0, n = time.perf_counter(), 0
@@ -185,9 +181,11 @@ def time_in_context(model: onnx.ModelProto, threads: int, provider: str, *,
     kernels = sorted((e["ts"], e["dur"], e.get("args", {}).get("op_name", ""))
                      for e in events if e.get("cat") == "Node"
                      and str(e.get("name", "")).endswith("_kernel_time"))
+    starts = [ts for ts, _, _ in kernels]
     sums = []
-    for start, end in calls[-n:]:
-        seq = [(d, op) for ts, d, op in kernels if start <= ts <= end]
+    for start, end in calls[-n:]:  # both sorted: each call's kernels are one slice
+        seq = [(d, op) for _, d, op in
+               kernels[bisect.bisect_left(starts, start):bisect.bisect_right(starts, end)]]
         compute = [i for i, (_, op) in enumerate(seq) if not op.startswith("Reorder")]
         if len(compute) >= 2:
             sums.append(sum(d for d, _ in seq[compute[0] + 1:compute[-1]]))
@@ -206,7 +204,7 @@ def time_op(sig: dict, cin: int, cout: int, *, threads: int = 1,
         return time_in_context(context_model(sig, cin, cout), threads, provider)
     m = one_op_model(sig, cin, cout)
     sess = _session(m, threads, provider)
-    ms = 1e3 * time_session(sess, _feeds(m))
+    ms = 1e3 * time_session(sess, example_feeds(m, seed=1))
     return max(0.0, ms - call_overhead_ms(threads, provider))
 
 
