@@ -485,7 +485,7 @@ def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = Fal
     a.model.check_runnable()
     table = latency_target.table_for(threads, table_path)
     lm, info = latency_target.latency_model(a, a.blocks, table, min_keep=min_keep,
-                                            quantum=max(8, round_to), progress=progress,
+                                            **latency_target.grid(round_to), progress=progress,
                                             refresh=refresh)
     measured = latency_target.measure(a.model.as_onnx(a.model.source), threads)
     tables_ms, _ = lm.raw(lm.full_choice())
@@ -622,7 +622,7 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
     plan, info = latency_target.select(
         a, scores, target=target, threads=threads, blocks=blocks,
         realize=lambda p: a.model.as_onnx(_emitted(a, p)), min_keep=min_keep,
-        block_weights=weights, quantum=max(8, round_to), solver=solver, progress=progress,
+        block_weights=weights, **latency_target.grid(round_to), solver=solver, progress=progress,
         block_errors=gate_errors if blocks else None, max_error=gate_error,
         bypass_error=(lambda keys: error(_bypassed(a, a.model.source, keys))) if blocks else None)
     info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
@@ -884,7 +884,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     ``evaluate(model) -> float`` adds a metric to each step's entry in ``report.pipeline``.
     ``latency=R``: keep ``R`` of the unpruned model's onnxruntime latency, measured with
     ``threads`` intra-op threads. Channel counts (kernel-friendly: multiples of 8/16/32
-    channels, or of ``round_to`` when larger) and, with ``block_gates``, bypasses of blocks
+    channels, or of ``round_to`` when larger; a narrow group also halvings down to 4 channels when
+    the budget cannot be met otherwise) and, with ``block_gates``, bypasses of blocks
     that hold channel groups of their own are chosen together by a MILP (``solver="milp"``,
     HiGHS; ``"greedy"``: the fallback heuristic) over measured per-layer latency tables cached
     on disk (see :func:`profile`), the emitted candidate timed and the budget corrected up to

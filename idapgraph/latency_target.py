@@ -35,12 +35,19 @@ def table_for(threads: int, path=None) -> lat.LatencyTable:
     return lat.LatencyTable(op_timer.machine(threads), path)
 
 
+def grid(round_to: int) -> dict:
+    """The option grid's channel steps for a ``round_to`` (see :func:`lat.group_options`)."""
+    return {"quantum": max(8, round_to), "finest": max(4, round_to)}
+
+
 def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantum: int,
-                  progress=None, refresh: bool = False) -> tuple[lat.LatencyModel, dict]:
+                  finest: int = 4, progress=None,
+                  refresh: bool = False) -> tuple[lat.LatencyModel, dict]:
     """The latency model of analysis ``a`` and how its table was obtained."""
     t0 = time.perf_counter()
     tick = (lambda d, n: progress("profile", d, n)) if progress is not None else None
     model = lat.build(a.graph, a.coupling, blocks, table, min_keep=min_keep, quantum=quantum,
+                      finest=finest,
                       timer=lambda sig, cin, cout: op_timer.time_op(
                           sig, cin, cout, threads=table.machine["threads"],
                           provider=table.machine["provider"]),
@@ -80,6 +87,7 @@ def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
 
 def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: list,
            realize: Callable[[Plan], Any], min_keep: float = 0.1, quantum: int = 8,
+           finest: int = 4,
            solver: str = "milp", rounds: int = 4, tol: float = 0.05, progress=None,
            table: lat.LatencyTable | None = None,
            block_weights: dict[str, float] | None = None,
@@ -90,17 +98,31 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
     model as an ONNX ModelProto for timing. ``block_weights``: block key -> importance of
     keeping it (see :class:`~idapgraph.passes.latency.LatencyModel`). ``block_errors`` (each
     block's error bypassed alone), ``bypass_error`` (the joint error of bypassing the given
-    blocks) and ``max_error``: the bypassed blocks' joint error stays within ``max_error``."""
+    blocks) and ``max_error``: the bypassed blocks' joint error stays within ``max_error``.
+
+    Counts are multiples of ``quantum`` channels first; only while that grid's fastest plan is
+    predicted within ``tol`` of the budget or above it are narrow groups also offered halvings
+    down to ``finest`` channels (:func:`lat.group_options`), every timing so far refitted."""
     table = table or table_for(threads)
-    model, tinfo = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
-                                 progress=progress)
-    if block_weights is not None:
-        model.block_weight = [float(block_weights[b.key]) for b in model.blocks]
     checked = bypass_error is not None and max_error is not None and block_errors is not None
-    if checked:
-        # floored, so that a zero cap admits no bypass at all
-        model.block_error = [max(float(block_errors[b.key]), 1e-12) for b in model.blocks]
-        model.error_cap = float(max_error)
+    measured: list[tuple[list[int], list[int], float]] = []  # (counts, kept blocks, ms)
+
+    def prepare(step: int):
+        """The latency model whose narrow groups go down to ``step`` channels, fitted to
+        every measurement so far; (model, table info, importance per option)."""
+        m, info_ = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
+                                 finest=step, progress=progress)
+        if block_weights is not None:
+            m.block_weight = [float(block_weights[b.key]) for b in m.blocks]
+        if checked:
+            # floored, so that a zero cap admits no bypass at all
+            m.block_error = [max(float(block_errors[b.key]), 1e-12) for b in m.blocks]
+            m.error_cap = float(max_error) if model is None else model.error_cap
+        m.calibrate(base)
+        for counts, kept, ms in measured:
+            m.refit([o.index(c) for o, c in zip(m.options, counts)], kept, ms)
+        return m, info_, lat.importance(scores, m.options)
+
     joint: dict[tuple, float] = {}
 
     def solve(budget_ms):
@@ -124,11 +146,17 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
         raise AssertionError("unreachable: a zero error cap admits no bypass")
     original = a.model.as_onnx(a.model.source)
     base = measure(original, threads)
-    model.calibrate(base)
-    imp = lat.importance(scores, model.options)
+    model = None
+    model, tinfo, imp = prepare(max(finest, quantum))
+    used = max(finest, quantum)
     goal = target * base
     budget, log, best = goal, [], None
     for r in range(rounds):
+        if used > finest and latency_select.fastest(model) > (1 - tol) * budget:
+            model, fine_info, imp = prepare(finest)
+            used = finest
+            tinfo = {k: v + fine_info[k] if k in ("timed", "seconds") else fine_info[k]
+                     for k, v in tinfo.items()}
         sol, plan, err = solve(budget)
         ref, cand = ratio(original, realize(plan), threads)
         got = base * cand / ref  # on the scale of the first measurement of the original
@@ -145,6 +173,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
         if abs(got / goal - 1) <= tol:
             break
         model.refit(sol.choice, sol.kept_blocks, got)
+        measured.append((model.counts(sol.choice), list(sol.kept_blocks), got))
         budget = goal if r == 0 else budget * goal / got
     plan, sol, got = best
     info = {"target": target, "threads": threads, "provider": table.machine["provider"],
@@ -152,6 +181,6 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
             "predicted_ms": round(sol.predicted_ms, 4), "selected_ms": round(got, 4),
             "model_error": round(sol.predicted_ms / got - 1, 4),
             "solver": sol.solver, "notes": sol.notes, "rounds": log, "table": tinfo,
-            "quantum": quantum, "gated_blocks": len(model.blocks),
+            "quantum": quantum, "finest": used, "gated_blocks": len(model.blocks),
             "error_cap": None if model.error_cap is None else round(model.error_cap, 6)}
     return plan, info

@@ -33,7 +33,7 @@ LATENCY_TARGET = {
     "model_error": float, "solver": str, "notes": [str], "rounds": [LATENCY_ROUND],
     "table": {"path": str, "entries": int, "needed": int, "timed": int, "reused": int,
               "seconds": float},
-    "quantum": int, "gated_blocks": int, "gate_error": float, "gate_errors": {str: float},
+    "quantum": int, "finest": int, "gated_blocks": int, "gate_error": float, "gate_errors": {str: float},
     "error_cap": (float, None),
 }
 

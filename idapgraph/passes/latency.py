@@ -2,7 +2,8 @@
 
 * **Options.** Every channel group may keep one of a few unit counts (:func:`group_options`):
   multiples of a kernel-friendly quantum of channels (8 by default, coarser for wide groups) from
-  the per-group minimum up to all of them.
+  the per-group minimum up to all of them; a narrow group also halvings of its smallest
+  count, down to 4 channels.
 * **Look-up tables.** Every conv and linear layer is timed in onnxruntime (convs in context,
   see :mod:`idapgraph.runners.op_timer`) at each (input, output) channel count its producer's and its
   own group can reach, so a layer's latency follows the pruning of *both* sides. Entries are
@@ -39,6 +40,7 @@ from .select import min_kept
 
 FREE_OPS = {"meta", "reshape"}  # no data moved (onnxruntime aliases reshapes)
 MAX_OPTIONS = 10
+MIN_OPTIONS = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,11 +106,13 @@ class LatencyTable:
 # ---------------------------------------------------------------------------------------------
 
 def group_options(n_units: int, width: int, *, min_keep: float = 0.1, quantum: int = 8,
-                  max_options: int = MAX_OPTIONS) -> list[int]:
+                  finest: int = 4, max_options: int = MAX_OPTIONS) -> list[int]:
     """Unit counts a group of ``n_units`` (``width`` channels each) may keep, from the per-group
     minimum up to ``n_units`` (unpruned): counts whose channels are a multiple of 32, else 16,
     else ``quantum`` -- the coarsest that still offers ``max_options`` counts -- thinned evenly
-    to ``max_options``. A group narrower than ``quantum`` may keep any count."""
+    to ``max_options``. A group with fewer than ``MIN_OPTIONS`` counts also gets halvings of its
+    smallest, down to ``finest`` channels (none when ``finest >= quantum``). A group narrower than ``quantum`` may keep any
+    count."""
     lo = min_kept(n_units, min_keep)
     cands: list[int] = []
     for q in sorted({q for q in (32, 16, quantum) if q >= quantum}, reverse=True):
@@ -118,6 +122,11 @@ def group_options(n_units: int, width: int, *, min_keep: float = 0.1, quantum: i
             break
     if not cands:
         cands = list(range(lo, n_units))
+    # a narrow group (fewer than MIN_OPTIONS counts) also gets halvings of its smallest count,
+    # down to ``finest`` channels: the tables say whether they are fast
+    floor = max(lo, -(-finest // max(width, 1)))
+    while cands and len(cands) + 1 < MIN_OPTIONS and cands[0] // 2 >= floor:
+        cands.insert(0, cands[0] // 2)
     opts = cands + [n_units]
     if len(opts) > max_options:
         idx = np.unique(np.round(np.linspace(0, len(opts) - 1, max_options)).astype(int))
@@ -277,7 +286,7 @@ def _internal(graph: Graph, coupling: Coupling, blocks) -> dict[int, tuple[int, 
 
 
 def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
-          batch: int = 1, min_keep: float = 0.1, quantum: int = 8,
+          batch: int = 1, min_keep: float = 0.1, quantum: int = 8, finest: int = 4,
           timer: Callable[[dict, int, int], float],
           progress: Callable[[int, int], None] | None = None,
           refresh: bool = False) -> LatencyModel:
@@ -286,7 +295,7 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
     every entry the model needs)."""
     drivers = _class_drivers(coupling)
     options = [group_options(g.n_units, _group_width(coupling, g), min_keep=min_keep,
-                             quantum=quantum) for g in coupling.groups]
+                             quantum=quantum, finest=finest) for g in coupling.groups]
     internal = _internal(graph, coupling, blocks)
     # only a block with channel groups of its own is gated: bypassing it costs their importance
     # (a block without any would cost nothing and always go)
