@@ -146,7 +146,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
         raise AssertionError("unreachable: a zero error cap admits no bypass")
     original = a.model.as_onnx(a.model.source)
     base = measure(original, threads)
-    model = None
+    model = None  # prepare() carries the previous model's error cap over
     model, tinfo, imp = prepare(max(finest, quantum))
     used = max(finest, quantum)
     goal = target * base

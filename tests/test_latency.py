@@ -65,6 +65,34 @@ def test_group_options_are_kernel_friendly():
     assert lat.group_options(16, 1, quantum=8, finest=8) == [8, 16]
 
 
+def test_models_are_timed_in_settled_turns(monkeypatch):
+    """``paired`` times each model in turns of ``block`` consecutive runs and does not count the
+    first ``settle`` of each turn (the model's weights coming back into cache): every model gets
+    exactly ``runs`` counted runs, and the calls follow the turns."""
+    from idapgraph.emit import validate
+    from idapgraph.runners import bench
+
+    calls = []
+
+    class Session:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, outputs, feeds):
+            calls.append(self.name)
+
+    monkeypatch.setattr(validate, "session", lambda m, threads=1: Session(m.graph.name))
+    monkeypatch.setattr(validate, "example_feeds", lambda m: {})
+    models = [onnx.helper.make_model(onnx.helper.make_graph([], n, [], [])) for n in "ab"]
+    times = bench._times(models, None, runs=7, warmup=2, threads=1, block=4, settle=1)
+    assert [len(t) for t in times] == [7, 7]
+    # warm-up, then turns of 4 (3 counted) until 7 are counted: 3 turns each
+    assert calls == list("aabb") + list("aaaabbbb") * 3
+    assert len(bench.paired(models, runs=5)) == 2
+    with pytest.raises(ValueError):
+        bench._times(models, None, runs=3, warmup=0, threads=1, block=2, settle=2)
+
+
 def test_table_is_cached_on_disk_and_reused(tmp_path):
     a = _analysis()
     path = tmp_path / "t.json"

@@ -151,7 +151,8 @@ def main() -> int:
                 if k == "latency":
                     extra = (f"{secs:.0f} s, {len(lt['rounds'])} round(s), in-run ratio "
                              f"{lt['ratio']:.3f}, model error "
-                             f"{lt['model_error']:+.1%}, blocks bypassed {len(res.plan.bypass)}")
+                             f"{lt['model_error']:+.1%}, blocks bypassed {len(res.plan.bypass)}, "
+                             f"finest count {lt['finest']} channels")
                 elif k == "flops@same":
                     extra = f"FLOPs target {fr:.3f}"
                 elif k.startswith("TP"):

@@ -111,8 +111,8 @@ def group_options(n_units: int, width: int, *, min_keep: float = 0.1, quantum: i
     minimum up to ``n_units`` (unpruned): counts whose channels are a multiple of 32, else 16,
     else ``quantum`` -- the coarsest that still offers ``max_options`` counts -- thinned evenly
     to ``max_options``. A group with fewer than ``MIN_OPTIONS`` counts also gets halvings of its
-    smallest, down to ``finest`` channels (none when ``finest >= quantum``). A group narrower than ``quantum`` may keep any
-    count."""
+    smallest, down to ``finest`` channels (none when ``finest >= quantum``). A group narrower
+    than ``quantum`` may keep any count."""
     lo = min_kept(n_units, min_keep)
     cands: list[int] = []
     for q in sorted({q for q in (32, 16, quantum) if q >= quantum}, reverse=True):

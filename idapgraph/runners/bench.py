@@ -29,6 +29,8 @@ def _times(models: list[onnx.ModelProto], feeds_list, runs: int, warmup: int,
     counted."""
     from ..emit.validate import example_feeds, session
 
+    if not 0 <= settle < block:
+        raise ValueError(f"need 0 <= settle < block, got settle={settle}, block={block}")
     feeds_list = feeds_list or [example_feeds(m) for m in models]
     sessions = [session(m, threads=threads) for m in models]
     for s, f in zip(sessions, feeds_list):
