@@ -107,9 +107,10 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
     checked = bypass_error is not None and max_error is not None and block_errors is not None
     measured: list[tuple[list[int], list[int], float]] = []  # (counts, kept blocks, ms)
 
-    def prepare(step: int):
-        """The latency model whose narrow groups go down to ``step`` channels, fitted to
-        every measurement so far; (model, table info, importance per option)."""
+    def prepare(step: int, cap: float | None):
+        """The latency model whose narrow groups go down to ``step`` channels, with the error
+        cap ``cap``, fitted to every measurement so far; (model, table info, importance per
+        option)."""
         m, info_ = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
                                  finest=step, progress=progress)
         if block_weights is not None:
@@ -117,7 +118,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
         if checked:
             # floored, so that a zero cap admits no bypass at all
             m.block_error = [max(float(block_errors[b.key]), 1e-12) for b in m.blocks]
-            m.error_cap = float(max_error) if model is None else model.error_cap
+            m.error_cap = cap
         m.calibrate(base)
         for counts, kept, ms in measured:
             m.refit([o.index(c) for o, c in zip(m.options, counts)], kept, ms)
@@ -146,14 +147,13 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
         raise AssertionError("unreachable: a zero error cap admits no bypass")
     original = a.model.as_onnx(a.model.source)
     base = measure(original, threads)
-    model = None  # prepare() carries the previous model's error cap over
-    model, tinfo, imp = prepare(max(finest, quantum))
     used = max(finest, quantum)
+    model, tinfo, imp = prepare(used, float(max_error) if checked else None)
     goal = target * base
     budget, log, best = goal, [], None
     for r in range(rounds):
         if used > finest and latency_select.fastest(model) > (1 - tol) * budget:
-            model, fine_info, imp = prepare(finest)
+            model, fine_info, imp = prepare(finest, model.error_cap)
             used = finest
             tinfo = {k: v + fine_info[k] if k in ("timed", "seconds") else fine_info[k]
                      for k, v in tinfo.items()}

@@ -66,12 +66,16 @@ def _capped(model: LatencyModel) -> bool:
     return model.error_cap is not None and model.block_error is not None
 
 
+def _fits(model: LatencyModel, summed_error: float) -> bool:
+    """Bypassed blocks whose single errors sum to ``summed_error`` keep the error cap."""
+    return summed_error <= model.error_cap * (1 + 1e-9)
+
+
 def _within_cap(model: LatencyModel, kept) -> bool:
     if not _capped(model):
         return True
     kept = set(kept)
-    return sum(e for bi, e in enumerate(model.block_error) if bi not in kept) \
-        <= model.error_cap * (1 + 1e-9)
+    return _fits(model, sum(e for bi, e in enumerate(model.block_error) if bi not in kept))
 
 
 def fastest(model: LatencyModel) -> float:
@@ -88,7 +92,7 @@ def fastest(model: LatencyModel) -> float:
     used = 0.0
     for bi in sorted(kept, key=lambda b: -gain[b] / max(model.block_error[b], 1e-12)):
         e = model.block_error[bi]
-        if gain[bi] > 0 and used + e <= model.error_cap * (1 + 1e-9):
+        if gain[bi] > 0 and _fits(model, used + e):
             kept.discard(bi)
             used += e
     return model.predict(least, kept)
