@@ -3,7 +3,7 @@ how much of the FLOPs saving turns into speed, against FLOPs-targeted selection 
 Torch-Pruning's uniform pruning at the same measured latency.
 
     python3 tools/bench_latency.py [--models resnet50,mobilenet_v2,efficientnet_b0,convnext_tiny]
-                                   [--targets 0.5,0.3] [--threads 1] [--runs 30]
+                                   [--targets 0.5,0.3] [--threads 1] [--runs 30] [--hog]
 
 Per model: ``idapgraph profile`` timed in a fresh cache, then again (reuse); then per target R:
 * ``latency``: ``compress(latency=R, method="magnitude", heal="none")`` (magnitude: the weights
@@ -15,7 +15,9 @@ Per model: ``idapgraph profile`` timed in a fresh cache, then again (reuse); the
   every layer (``global_pruning=False``), exported to ONNX, ratio bisected to the same latency.
 All final models are then timed again, interleaved (``--rounds`` passes of median-of-``--runs``,
 the median of the passes), so they are compared under the same machine load. Efficiency =
-speedup × FLOPs kept. Prints markdown tables.
+speedup × FLOPs kept. Prints markdown tables. ``--hog`` runs everything beside a
+memory-bandwidth hog (a process copying 64 MiB arrays in a loop), to see what a loaded machine
+does to the results.
 """
 
 from __future__ import annotations
@@ -82,6 +84,16 @@ def tp_uniform(model, x, ratio: float):
     return export(m, x)
 
 
+def _hog() -> None:
+    import numpy as np
+
+    a = np.ones(8 << 20)  # 64 MiB of float64
+    b = np.empty_like(a)
+    while True:
+        np.copyto(b, a)
+        np.copyto(a, b)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="resnet50,mobilenet_v2,efficientnet_b0,convnext_tiny")
@@ -91,7 +103,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--hog", action="store_true", help="run beside a memory-bandwidth hog")
     args = ap.parse_args()
+    if args.hog:
+        import multiprocessing
+
+        hog = multiprocessing.Process(target=_hog, daemon=True)
+        hog.start()
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
     cache = tempfile.mkdtemp(prefix="idapgraph-cache-")
