@@ -194,6 +194,22 @@ class TwoBlockNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+def test_solver_debug_lines_are_filtered(capfd):
+    """HiGHS prints a debug line to the process's stdout while it solves; it is dropped, and
+    everything else native code writes meanwhile is written back."""
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None)
+    with latency_select.solver_output_filtered():
+        libc.printf(b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
+        libc.printf(b"a line of the user's\n")
+        os.write(1, b"HighsMipSolverData::another\nand one more")
+    out = capfd.readouterr().out
+    assert "HighsMipSolverData" not in out
+    assert "a line of the user's\n" in out and out.endswith("and one more")
+
+
 @pytest.mark.parametrize("seed, weighted, capped", [
     (0, False, False), (1, False, False), (2, False, False), (3, True, False), (4, True, False),
     (5, True, True), (6, False, True)])

@@ -18,6 +18,11 @@ within it: ``Σ error[B]·(1 − z[B]) ≤ cap``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -121,6 +126,39 @@ def solve(model: LatencyModel, imp: list[np.ndarray], budget_ms: float, *,
             return sol
         return _milp(model, imp, budget_ms, time_limit)
     return greedy(model, imp, budget_ms)
+
+
+# HiGHS (SciPy's milp) prints this debug line to the process's stdout even with disp=False
+_SOLVER_NOISE = (b"HighsMipSolverData::",)
+
+
+@contextlib.contextmanager
+def solver_output_filtered():
+    """While the block runs, what native code writes to file descriptor 1 is captured; after it,
+    the capture is written back without the solver's debug lines (:data:`_SOLVER_NOISE`)."""
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # no C library to flush: leave stdout alone
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 1)
+            try:
+                yield
+            finally:
+                libc.fflush(None)
+                os.dup2(saved, 1)
+                tmp.seek(0)
+                kept = [line for line in tmp.read().splitlines(keepends=True)
+                        if not line.startswith(_SOLVER_NOISE)]
+                out = memoryview(b"".join(kept))
+                while out:
+                    out = out[os.write(1, out):]
+    finally:
+        os.close(saved)
 
 
 def _milp(model: LatencyModel, imp, budget_ms: float, time_limit: float) -> Solution:
@@ -230,9 +268,10 @@ def _milp(model: LatencyModel, imp, budget_ms: float, time_limit: float) -> Solu
     cvec = np.zeros(V.n)
     for var, s in obj.items():
         cvec[var] = -s
-    res = milp(cvec, constraints=LinearConstraint(A, lb, ub), integrality=np.array(V.integral),
-               bounds=Bounds(0, 1), options={"time_limit": time_limit, "mip_rel_gap": 2e-3,
-                                             "disp": False})
+    with solver_output_filtered():
+        res = milp(cvec, constraints=LinearConstraint(A, lb, ub),
+                   integrality=np.array(V.integral), bounds=Bounds(0, 1),
+                   options={"time_limit": time_limit, "mip_rel_gap": 2e-3, "disp": False})
     secs = time.perf_counter() - t0
     if res.x is None:
         full = model.full_choice()
