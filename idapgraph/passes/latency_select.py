@@ -137,13 +137,15 @@ def solver_output_filtered():
     """While the block runs, what native code writes to file descriptor 1 is captured; after it,
     the capture is written back without the solver's debug lines (:data:`_SOLVER_NOISE`)."""
     try:
-        libc = ctypes.CDLL(None)
-    except (OSError, TypeError):  # no C library to flush: leave stdout alone
+        libc, saved = ctypes.CDLL(None), os.dup(1)
+    except (OSError, TypeError):  # no C library to flush, or no stdout: leave it alone
+        libc = None
+    if libc is None:
         yield
         return
-    sys.stdout.flush()
-    saved = os.dup(1)
     try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
         with tempfile.TemporaryFile() as tmp:
             os.dup2(tmp.fileno(), 1)
             try:
