@@ -505,6 +505,9 @@ def test_latency_aware_keeps_accuracy_at_equal_latency(target, shared_cache, mon
     lt = res.report.latency_target
     assert lt["gated_blocks"] == 0  # each block alone changes the output far past the bound
     assert lt["finest"] == (4 if target == 0.4 else 8)
+    # a missed target or an unmatched bisection means the timings were too noisy for an
+    # equal-latency comparison (seen with two test runs sharing 2 cores): say so, not "less accurate"
+    assert lt["ratio"] <= 1.1 * target, f"latency target {target} missed ({lt['ratio']}): noisy timing?"
     goal = lt["after_ms"]
     lo, hi, best = 0.05, 1.0, None
     for _ in range(7):
@@ -517,6 +520,7 @@ def test_latency_aware_keeps_accuracy_at_equal_latency(target, shared_cache, mon
             break
         lo, hi = (lo, f) if ms > goal else (f, hi)
     f, plan, ms = best
+    assert abs(ms / goal - 1) < 0.1, f"no FLOPs target matched {goal:.3f} ms (closest {ms:.3f}): noisy timing?"
     print(f"\nlatency {target} ({goal:.3f} ms): latency-aware keeps {res.report.flops_ratio:.3f} of the "
           f"FLOPs; FLOPs-targeted needs a target of {f:.3f} for {ms:.3f} ms")
     acc = {}
