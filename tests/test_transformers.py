@@ -256,3 +256,33 @@ def test_bert_truncate_two_layers(backend):
     else:
         assert sum(n.target is torch.nn.functional.softmax or "softmax" in str(n.target)
                    or "scaled_dot" in str(n.target) for n in r.model.graph.nodes) == 1
+
+
+@pytest.mark.parametrize("route", ["fx", "ts", "dynamo"])
+def test_timm_vit_whole_heads(route):
+    """timm's ViT/DeiT attention -- one fused qkv projection reshaped to (B, N, 3, heads, dim),
+    ``unbind(0)`` into q, k, v (fx: an unbind; legacy ONNX: Split+Squeeze; dynamo ONNX:
+    Slice+Squeeze), fused or decomposed SDPA -- prunes whole heads on every route; its
+    ``attn_mask=None`` forward argument is traced at its default. Removing equals zeroing."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=2,
+                              img_size=32, patch_size=8).eval()
+    args = (torch.randn(2, 3, 32, 32),)
+    src = model if route == "fx" else export_onnx(model, args, dynamo=route == "dynamo")
+    a = idapgraph.analyze(src, args if route == "fx" else None)
+    plan, heads = _head_plan(a, {0: [1], 1: [0, 2]})
+    assert [(h.n_units, h.members[0].index.shape) for h in heads] == [(3, (3, 192))] * 2
+    pruned = idapgraph.apply_plan(src, plan, args if route == "fx" else None)
+    zero = idapgraph.apply_plan(src, plan, args if route == "fx" else None, mode="zero")
+    if route == "fx":
+        got, want, ref = torch_out(pruned, args), torch_out(zero, args), torch_out(model, args)
+        assert tuple(pruned.get_parameter("blocks.1.attn.qkv.weight").shape) == (192, 192)  # 1 head of 3
+    else:
+        onnx.checker.check_model(pruned, full_check=True)
+        feeds = _feeds(src, args)
+        got, want, ref = onnx_out(pruned, feeds), onnx_out(zero, feeds), onnx_out(src, feeds)
+    assert got[0].shape == ref[0].shape
+    assert rel_err(want[0], got[0]) < 1e-4
+    assert rel_err(ref[0], want[0]) > 1e-3  # zeroing the heads did change the function

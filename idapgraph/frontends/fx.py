@@ -7,6 +7,7 @@ Module parameters and buffers become PARAM tensors named by their qualified name
 
 from __future__ import annotations
 
+import inspect
 import operator
 from typing import Any
 
@@ -139,9 +140,10 @@ class _Builder:
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 self.declare_outputs(node)
-                if self.g.tensors[node.name].kind == META:
+                if self.g.tensors[node.name].kind != META:
+                    self.g.inputs.append(node.name)
+                elif not node.args:  # a default fixed at trace time (see _unfed_defaults) is not fed
                     raise InputError(f"model input {node.name!r} is not a tensor")
-                self.g.inputs.append(node.name)
             elif node.op == "get_attr":
                 name = self.param(node.target)
                 if name is None:
@@ -319,6 +321,12 @@ class _Builder:
             dim = _arg(node, 2, "dim", 0)
             if isinstance(meta, (tuple, list)) and isinstance(dim, int):
                 return self.add(node, "split", [x], {"axis": dim % len(meta[0].shape)})
+        if f is torch.unbind or name == "unbind":
+            dim = _arg(node, 1, "dim", 0)
+            if isinstance(meta, (tuple, list)) and meta and isinstance(dim, int):
+                return self.add(node, "unbind", [x], {"axis": dim % (len(meta[0].shape) + 1)})
+        if f is F.scaled_dot_product_attention:
+            return self.attention(node)
         if name in ("expand", "expand_as"):
             sizes = node.args[1:] if name == "expand" else ()
             if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
@@ -418,11 +426,17 @@ class _Builder:
             target = [a if isinstance(a, int) else None for a in node.args[1]]
             return self.add(node, "expand", [x], {"target": target})
         if name == "scaled_dot_product_attention":
-            q, k, v = (self.ref(a) for a in node.args[:3])
-            mask = self.ref(_arg(node, 3, "attn_mask"))
-            return self.add(node, "attention", [q, k, v, mask],
-                            {"scale": node.kwargs.get("scale", _arg(node, 6, "scale"))})
+            return self.attention(node)
+        if name == "unbind" and isinstance(meta, (tuple, list)) and meta:
+            return self.add(node, "unbind", [x], {"axis": _arg(node, 1, "dim", 0) % (
+                len(meta[0].shape) + 1)})
         self.add(node, "unknown", self.tensor_inputs(node))
+
+    def attention(self, node: fx.Node) -> None:
+        """``F.scaled_dot_product_attention`` and its ATen op (same argument order)."""
+        q, k, v = (self.ref(a) for a in node.args[:3])
+        mask = self.ref(_arg(node, 3, "attn_mask"))
+        self.add(node, "attention", [q, k, v, mask], {"scale": _arg(node, 6, "scale")})
 
     def getitem(self, node: fx.Node) -> None:
         src, idx = node.args
@@ -538,9 +552,23 @@ def _export(module: nn.Module, args: tuple) -> fx.GraphModule:
     return gm
 
 
+def _unfed_defaults(module: nn.Module, n_fed: int) -> dict[str, Any]:
+    """Forward parameters after the ``n_fed`` example inputs that have defaults (timm's
+    ``attn_mask=None``): traced at their default, as the example run uses them, instead of as
+    proxies that take every ``if mask is not None`` branch."""
+    try:
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return {}
+    named = [p for p in sig.parameters.values() if p.kind in (
+        p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return {p.name: p.default for p in named[n_fed:] if p.default is not p.empty}
+
+
 def trace(module: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     try:
-        gm = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
+        gm = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(
+            module, concrete_args=_unfed_defaults(module, len(example_inputs)) or None)
     except Exception as e:  # noqa: BLE001 - tracing errors come in every type
         # Models with data-dependent Python (transformers) do not trace symbolically; torch.export
         # gives an ATen-level fx graph of the same module instead.

@@ -372,6 +372,19 @@ def _couple_split(node: Node, rel: Relations) -> None:
         off += n
 
 
+def _couple_unbind(node: Node, rel: Relations) -> None:
+    """``unbind``: one output per index of ``axis`` (timm's ``q, k, v = qkv.unbind(0)``); that
+    axis is frozen (pruning it would change the number of outputs), the others pass through."""
+    x = node.inputs[0]
+    r = rel.rank(x)
+    axis = node.attrs["axis"] % r
+    rel.freeze(x, axis, "unbound axis (one output per index)")
+    for y in node.outputs:
+        for ax in range(r):
+            if ax != axis:
+                rel.same(x, ax, y, ax - (ax > axis))
+
+
 def _couple_index(node: Node, rel: Relations) -> None:
     """Basic indexing: ``attrs['map']`` lists, per output axis, ``(in_axis, start, stop, step)`` or
     ``None`` for a new axis; input axes not listed were indexed by an integer (dropped)."""
@@ -443,7 +456,8 @@ _HEAD_WALK_OPS = ("transpose", "unary", "elementwise")
 
 def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 8) -> set[int]:
     """Axes of ``tensor`` that reach a batch axis of an activation product (matmul, attention)
-    through transposes, activations and elementwise ops only: attention heads.
+    through transposes, activations, elementwise ops, splits, unbinds, whole-axis slices and
+    one-to-one reshapes only: attention heads.
 
     Walks consumers (``downstream``) or producers. Used to cut a hidden axis split into
     (heads, head size) at the heads, so that pruning removes whole heads.
@@ -472,6 +486,21 @@ def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 8) -> s
                 for gi, gj in runs or ():
                     if gi == [ax] and len(gj) == 1:
                         todo.append((dst, gj[0], origin, d + 1))
+                continue
+            if node.op in ("split", "unbind"):  # q, k, v cut from one fused projection
+                axis = node.attrs["axis"] % len(graph.shape(node.inputs[0]) or (0,))
+                drop = int(node.op == "unbind")  # unbind's outputs lack the axis
+                if downstream and ax != axis:
+                    todo += [(o, ax - drop * (ax > axis), origin, d + 1) for o in node.outputs]
+                elif not downstream and (drop or ax != axis):
+                    todo.append((node.inputs[0], ax + drop * (ax >= axis), origin, d + 1))
+                continue
+            if node.op == "index":  # axes a slice passes whole (dynamo's unbind: Slice+Squeeze)
+                dst = node.outputs[0] if downstream else node.inputs[0]
+                xs = graph.shape(node.inputs[0]) or ()
+                for oy, e in enumerate(node.attrs["map"]):
+                    if e and tuple(e[1:]) == (0, xs[e[0]], 1) and (e[0] if downstream else oy) == ax:
+                        todo.append((dst, oy if downstream else e[0], origin, d + 1))
                 continue
             if node.op not in _HEAD_WALK_OPS:
                 continue
@@ -775,6 +804,8 @@ OPS: dict[str, OpDef] = {
               operands=("q", "k", "v", "mask")),
         OpDef("concat", "concatenation; channels keep their offsets", _couple_concat),
         OpDef("split", "split/chunk; sizes rewritten", _couple_split, rewrite=_rewrite_split),
+        OpDef("unbind", "unbind (q, k, v from a fused projection); the unbound axis is frozen",
+              _couple_unbind),
         OpDef("index", "slicing with unit step; bounds rewritten", _couple_index, rewrite=_rewrite_index),
         OpDef("reshape", "reshape/view/flatten/squeeze; channels follow where axes factor cleanly",
               _couple_reshape, rewrite=_rewrite_reshape),
