@@ -41,8 +41,8 @@ def grid(round_to: int) -> dict:
 
 
 def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantum: int,
-                  finest: int = 4, progress=None,
-                  refresh: bool = False) -> tuple[lat.LatencyModel, dict]:
+                  finest: int = 4, progress=None, refresh: bool = False,
+                  gate_groupless: bool = False) -> tuple[lat.LatencyModel, dict]:
     """The latency model of analysis ``a`` and how its table was obtained."""
     t0 = time.perf_counter()
     tick = (lambda d, n: progress("profile", d, n)) if progress is not None else None
@@ -51,7 +51,7 @@ def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantu
                       timer=lambda sig, cin, cout: op_timer.time_op(
                           sig, cin, cout, threads=table.machine["threads"],
                           provider=table.machine["provider"]),
-                      progress=tick, refresh=refresh)
+                      progress=tick, refresh=refresh, gate_groupless=gate_groupless)
     if model.timed:
         table.save()
     return model, {"path": str(table.path), "entries": len(table), "needed": model.needed,
@@ -112,7 +112,8 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
         cap ``cap``, fitted to every measurement so far; (model, table info, importance per
         option)."""
         m, info_ = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
-                                 finest=step, progress=progress)
+                                 finest=step, progress=progress,
+                                 gate_groupless=block_weights is not None)
         if block_weights is not None:
             m.block_weight = [float(block_weights[b.key]) for b in m.blocks]
         if checked:

@@ -399,6 +399,41 @@ def test_a_near_dead_block_is_bypassed_first(shared_cache, monkeypatch):
     assert none.report.latency_target["gated_blocks"] == 0 and none.report.blocks_bypassed == []
 
 
+class GrouplessBlockNet(TwoBlockNet):
+    """TwoBlockNet whose second branch is a depthwise + pointwise conv on the residual width:
+    every channel of it is tied to the residual stream, so it has no channel group of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.b2 = nn.Sequential(nn.Conv2d(16, 16, 5, padding=2, groups=16), nn.ReLU(),
+                                nn.Conv2d(16, 16, 1))
+
+
+def test_a_block_without_groups_of_its_own_is_offered(shared_cache, monkeypatch):
+    """With measured block weights a block is priced by its bypass error, so one without channel
+    groups of its own (attention whose heads are frozen, a depthwise branch on the residual
+    width) is gated too: near-dead, it goes first."""
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(shared_cache))
+    torch.manual_seed(0)
+    net = GrouplessBlockNet().eval()
+    with torch.no_grad():
+        net.b2[2].weight.mul_(1e-4)
+        net.b2[2].bias.zero_()
+    proto = export_onnx(net, (torch.randn(4, 3, 64, 64),))
+    from idapgraph.latency_target import latency_model
+
+    a = idapgraph.analyze(proto)
+    m, _ = latency_model(a, a.blocks, lat.LatencyTable(
+        {}, shared_cache / "groupless.json"), min_keep=0.1, quantum=8)
+    assert len(a.blocks) == 2 and len(m.blocks) == 1  # unweighted: the group-less one is not gated
+    res = idapgraph.compress(proto, latency=0.8, method="magnitude", heal="none")
+    lt = res.report.latency_target
+    assert lt["gated_blocks"] == 2
+    dead = min(lt["gate_errors"], key=lt["gate_errors"].get)
+    assert lt["gate_errors"][dead] < 1e-6 and res.plan.bypass == [dead]
+    onnx.checker.check_model(res.model, full_check=True)
+
+
 class TwinBlockNet(nn.Module):
     """Two residual branches with the same weights, scaled down: their outputs point the same
     way, so bypassing both costs about twice the sum of bypassing each (4 s² against 2 s²)."""

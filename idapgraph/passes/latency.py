@@ -289,17 +289,19 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
           batch: int = 1, min_keep: float = 0.1, quantum: int = 8, finest: int = 4,
           timer: Callable[[dict, int, int], float],
           progress: Callable[[int, int], None] | None = None,
-          refresh: bool = False) -> LatencyModel:
+          refresh: bool = False, gate_groupless: bool = False) -> LatencyModel:
     """The latency model of ``graph`` under ``coupling``'s groups and the gated ``blocks``,
     timing (``timer(sig, cin, cout) -> ms``) every table entry not cached yet (``refresh``:
-    every entry the model needs)."""
+    every entry the model needs). ``gate_groupless``: also gate blocks without channel groups
+    of their own (for a caller that prices blocks by weights: ``LatencyModel.block_weight``)."""
     drivers = _class_drivers(coupling)
     options = [group_options(g.n_units, _group_width(coupling, g), min_keep=min_keep,
                              quantum=quantum, finest=finest) for g in coupling.groups]
     internal = _internal(graph, coupling, blocks)
-    # only a block with channel groups of its own is gated: bypassing it costs their importance
-    # (a block without any would cost nothing and always go)
-    held = sorted({bi for v in internal.values() for bi in v})
+    # unweighted, only a block with channel groups of its own is gated: bypassing it costs their
+    # importance (a block without any would cost nothing and always go)
+    held = list(range(len(blocks))) if gate_groupless else sorted(
+        {bi for v in internal.values() for bi in v})
     blocks = [blocks[bi] for bi in held]
     internal = {g: tuple(held.index(bi) for bi in v) for g, v in internal.items()}
     blocks_of: dict[str, tuple[int, ...]] = defaultdict(tuple)
