@@ -376,16 +376,22 @@ def test_an_unreachable_latency_gives_the_fastest_model_and_says_so(wide_cnn_onn
     onnx.checker.check_model(res.model, full_check=True)
 
 
+def _dead_second_branch(cls) -> onnx.ModelProto:
+    """``cls`` (TwoBlockNet or a variant) with its second branch's last conv scaled to almost
+    nothing, exported."""
+    torch.manual_seed(0)
+    net = cls().eval()
+    with torch.no_grad():
+        net.b2[2].weight.mul_(1e-4)
+        net.b2[2].bias.zero_()
+    return export_onnx(net, (torch.randn(4, 3, 64, 64),))
+
+
 def test_a_near_dead_block_is_bypassed_first(shared_cache, monkeypatch):
     """Block weights are measured: a residual branch scaled to almost nothing costs almost no
     calibration error when bypassed, so it goes before channels of the live block do."""
     monkeypatch.setenv("IDAPGRAPH_CACHE", str(shared_cache))
-    torch.manual_seed(0)
-    net = TwoBlockNet().eval()
-    with torch.no_grad():
-        net.b2[2].weight.mul_(1e-4)
-        net.b2[2].bias.zero_()
-    proto = export_onnx(net, (torch.randn(4, 3, 64, 64),))
+    proto = _dead_second_branch(TwoBlockNet)
     res = idapgraph.compress(proto, latency=0.7, method="magnitude", heal="none")
     lt = res.report.latency_target
     errs = lt["gate_errors"]
@@ -413,14 +419,10 @@ def test_a_block_without_groups_of_its_own_is_offered(shared_cache, monkeypatch)
     """With measured block weights a block is priced by its bypass error, so one without channel
     groups of its own (attention whose heads are frozen, a depthwise branch on the residual
     width) is gated too: near-dead, it goes first."""
-    monkeypatch.setenv("IDAPGRAPH_CACHE", str(shared_cache))
-    torch.manual_seed(0)
-    net = GrouplessBlockNet().eval()
-    with torch.no_grad():
-        net.b2[2].weight.mul_(1e-4)
-        net.b2[2].bias.zero_()
-    proto = export_onnx(net, (torch.randn(4, 3, 64, 64),))
     from idapgraph.latency_target import latency_model
+
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(shared_cache))
+    proto = _dead_second_branch(GrouplessBlockNet)
 
     a = idapgraph.analyze(proto)
     m, _ = latency_model(a, a.blocks, lat.LatencyTable(

@@ -1,6 +1,7 @@
 """Latency targets on torchvision models (random weights): does ``--latency R`` land on R, and
 how much of the FLOPs saving turns into speed, against FLOPs-targeted selection and
-Torch-Pruning's uniform pruning at the same measured latency.
+Torch-Pruning's uniform pruning at the same measured latency. A ``timm:<arch>`` model name
+builds a timm model instead (random weights too).
 
     python3 tools/bench_latency.py [--models resnet50,mobilenet_v2,efficientnet_b0,convnext_tiny]
                                    [--targets 0.5,0.3] [--threads 1] [--runs 30] [--hog]
@@ -118,7 +119,12 @@ def main() -> int:
     prof_rows, rows = [], []
     for name in args.models.split(","):
         torch.manual_seed(0)
-        net = getattr(torchvision.models, name)(weights=None).eval()
+        if name.startswith("timm:"):  # e.g. timm:deit_small_patch16_224 (use --no-peers)
+            import timm
+
+            net = timm.create_model(name[5:], pretrained=False).eval()
+        else:
+            net = getattr(torchvision.models, name)(weights=None).eval()
         x = torch.randn(1, 3, args.size, args.size)
         proto = export(net, x)
         f0 = flops_of(proto)
