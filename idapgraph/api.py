@@ -449,14 +449,18 @@ def analyze(model, example_inputs=None, *, calib=None, divergence_scores: bool =
     return a
 
 
-def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1) -> dict[str, Any]:
-    """onnxruntime CPU latency of an ONNX model (path or ``ModelProto``) on seeded random inputs
+def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1,
+            provider: str = "cpu") -> dict[str, Any]:
+    """onnxruntime latency of an ONNX model (path or ``ModelProto``) on seeded random inputs
     (batch 1 where the batch is symbolic): ``threads`` intra-op threads, ``warmup`` untimed runs,
-    then the median/min/max of ``runs`` timed ones, in milliseconds."""
+    then the median/min/max of ``runs`` timed ones, in milliseconds. ``provider``: ``cpu``
+    (default) or ``cuda`` (onnxruntime-gpu; inputs and outputs kept on the GPU)."""
     from .runners.bench import latency as ort_latency
+    from .runners.providers import resolve
 
     if runs < 1 or warmup < 0 or threads < 1:
         raise InputError("need runs >= 1, warmup >= 0 and threads >= 1")
+    provider = resolve(provider)
     if isinstance(model, (str, os.PathLike)):
         from .frontends import onnx_file
 
@@ -465,29 +469,33 @@ def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1) -> dict
 
     if not isinstance(model, onnx.ModelProto):
         raise InputError("latency is measured on ONNX models (a path or an onnx.ModelProto)")
-    return ort_latency(model, runs=runs, warmup=warmup, threads=threads).to_dict()
+    return ort_latency(model, runs=runs, warmup=warmup, threads=threads,
+                       provider=provider).to_dict()
 
 
 def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = False,
             min_keep: float = 0.1, round_to: int = 1, progress=None,
-            table_path=None) -> dict[str, Any]:
+            table_path=None, provider: str = "cpu") -> dict[str, Any]:
     """Build (or, with ``refresh``, re-time) the onnxruntime latency tables ``latency=R`` reads
     for ``model``'s conv/linear layers at every channel count the selection may choose, cached
-    on disk per machine and thread count (``$IDAPGRAPH_CACHE``, default ``~/.cache/idapgraph``),
-    and time the whole model. Returns what was timed, reused and measured."""
+    on disk per machine, execution provider (``cpu`` or ``cuda``) and thread count
+    (``$IDAPGRAPH_CACHE``, default ``~/.cache/idapgraph``), and time the whole model. Returns
+    what was timed, reused and measured."""
     from . import latency_target
-    from .passes import latency as lat
+    from .runners.providers import resolve
 
     _check_threads(threads)
+    provider = resolve(provider)
     if not 0 <= min_keep < 1:
         raise InputError(f"min_keep must be in [0, 1), got {min_keep!r}")
     a = analyze(model, example_inputs)
     a.model.check_runnable()
-    table = latency_target.table_for(threads, table_path)
+    table = latency_target.table_for(threads, table_path, provider)
     lm, info = latency_target.latency_model(a, a.blocks, table, min_keep=min_keep,
                                             **latency_target.grid(round_to), progress=progress,
                                             refresh=refresh)
-    measured = latency_target.measure(a.model.as_onnx(a.model.source), threads)
+    measured = latency_target.measure(a.model.as_onnx(a.model.source), threads,
+                                      provider=provider)
     tables_ms, _ = lm.raw(lm.full_choice())
     layers = sum(len(t.nodes) for t in lm.terms if t.kind == "lut")
     return {**info, "layers": layers, "model_ms": round(measured, 4),
@@ -594,7 +602,7 @@ def _emitted(a: Analysis, plan: Plan):
 
 def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss, warn, min_keep,
                   round_to, threads, gates, kinds, keep_nodes, solver, progress,
-                  gate_error: float):
+                  gate_error: float, provider: str):
     """``latency=R`` selection (see :mod:`idapgraph.latency_target`): one-shot scores of
     ``method``, then the MILP over measured tables with closed-loop timing of the candidates.
     Blocks whose bypass alone raises the calibration output error past ``gate_error`` are not
@@ -620,7 +628,7 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
     weights = _block_weights(a, scores, gate_errors, error, min_keep) if blocks else None
 
     plan, info = latency_target.select(
-        a, scores, target=target, threads=threads, blocks=blocks,
+        a, scores, target=target, threads=threads, blocks=blocks, provider=provider,
         realize=lambda p: a.model.as_onnx(_emitted(a, p)), min_keep=min_keep,
         block_weights=weights, **latency_target.grid(round_to), solver=solver, progress=progress,
         block_errors=gate_errors if blocks else None, max_error=gate_error,
@@ -634,17 +642,20 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
 
 
 def _block_weights(a: Analysis, scores, block_errors: dict[str, float], error, min_keep: float):
-    """Each block's importance on the unit scores' scale, from measured calibration output
-    errors: removing the lower-scoring half of every group (masked) costs ``E`` for ``S`` score
-    units, so a block whose bypass alone costs ``e`` weighs ``e·S/E``. None when that
+    """Each block's importance on the scale of the groups' importance
+    (:func:`idapgraph.passes.latency.kept_importance`), from measured calibration output
+    errors: removing the lower-scoring half of every group (masked) costs ``E`` for ``S`` of
+    that importance, so a block whose bypass alone costs ``e`` weighs ``e·S/E``. None when that
     calibration gives no scale (then a bypass costs its own groups' units)."""
+    from .passes.latency import kept_importance
+
     remove, lost = {}, 0.0
     for g, s in zip(a.coupling.groups, scores):
         k = g.n_units - max(select_pass.min_kept(g.n_units, min_keep), -(-g.n_units // 2))
         if k > 0:
             order = np.argsort(s, kind="stable")[:k]
             remove[g.key] = sorted(int(u) for u in order)
-            lost += float(np.sum(np.asarray(s)[order]))
+            lost += g.n_units - float(kept_importance(s, [g.n_units - k])[0])
     if not remove or lost <= 0:
         return None
     half = Plan(remove=remove, meta={"backend": a.graph.backend})
@@ -850,7 +861,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
              block_kinds=None, round_to: int = 1, keep=None, progress=None,
              finetune=None, evaluate=None, finetune_steps: int = 3,
              latency: float | None = None, threads: int = 1, block_gates: bool = True,
-             solver: str = "milp") -> Result:
+             solver: str = "milp", provider: str = "cpu") -> Result:
     """Compress ``model`` to ``flops``/``params`` (fractions of the original to keep).
 
     Returns a :class:`Result` whose ``model`` is of the same kind as the input (an fx
@@ -883,7 +894,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     the teacher is the previous step's model (:func:`idapgraph.finetune.distill` builds one).
     ``evaluate(model) -> float`` adds a metric to each step's entry in ``report.pipeline``.
     ``latency=R``: keep ``R`` of the unpruned model's onnxruntime latency, measured with
-    ``threads`` intra-op threads. Channel counts (kernel-friendly: multiples of 8/16/32
+    ``threads`` intra-op threads on ``provider`` (``cpu``, default, or ``cuda``: onnxruntime-gpu's
+    CUDA provider, tables of its own). Channel counts (kernel-friendly: multiples of 8/16/32
     channels, or of ``round_to`` when larger; a narrow group also halvings down to 4 channels when
     the budget cannot be met otherwise) and, with ``block_gates``, bypasses of blocks
     that hold channel groups of their own are chosen together by a MILP (``solver="milp"``,
@@ -895,6 +907,9 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     _check_ratio("flops", flops)
     _check_ratio("params", params)
     _check_ratio("latency", latency)
+    from .runners.providers import resolve
+
+    provider = resolve(provider)
     if latency is not None:
         if flops is not None or params is not None or plan is not None:
             raise InputError("latency= is a target of its own: drop flops=/params=/plan=")
@@ -970,7 +985,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
                                              round_to=round_to, threads=threads,
                                              gates=block_gates, kinds=block_kinds,
                                              keep_nodes=kept_nodes, solver=solver,
-                                             progress=progress,
+                                             progress=progress, provider=provider,
                                              gate_error=0.05 if max_error is None else max_error)
     elif plan is None:
         sel, kind = _select_plan(a, method, flops=flops, params=params, calib=calib, seed=seed,
@@ -1021,7 +1036,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     if lat_info is not None:
         from .latency_target import ratio
 
-        ref, now = ratio(a.model.as_onnx(a.model.source), a.model.as_onnx(out), threads)
+        ref, now = ratio(a.model.as_onnx(a.model.source), a.model.as_onnx(out), threads,
+                         provider=provider)
         lat_info["after_ms"], lat_info["reference_ms"] = round(now, 4), round(ref, 4)
         lat_info["ratio"] = round(now / ref, 4)
         if lat_info["ratio"] > 1.1 * latency:

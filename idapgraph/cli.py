@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-layer latency tables (cached; see `idapgraph profile`)")
     c.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
                    help="onnxruntime intra-op threads for --latency and --bench (default 1)")
+    c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
+                   help="onnxruntime execution provider --latency and --bench time on: cpu "
+                        "(default) or cuda (needs onnxruntime-gpu; tables of its own)")
     c.add_argument("--solver", default="milp", choices=["milp", "greedy"],
                    help="--latency selection: milp (HiGHS, default) or greedy (the fallback)")
     c.add_argument("--no-block-gates", action="store_true",
@@ -92,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and parameter names): their channel groups are frozen and blocks "
                         "holding them are not bypassed (repeatable)")
     c.add_argument("--bench", action="store_true",
-                   help="measure onnxruntime CPU latency before and after (1 thread, 5 warm-up "
-                        "runs, median of --bench-runs)")
+                   help="measure onnxruntime latency before and after (--provider, --threads, "
+                        "5 warm-up runs, median of --bench-runs)")
     c.add_argument("--bench-runs", type=_at_least(20), default=20, metavar="N",
                    help="timed runs of --bench (default and minimum 20)")
     c.add_argument("--json", action="store_true",
@@ -111,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("input")
     pr.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
                     help="onnxruntime intra-op threads (default 1); tables are kept per count")
+    pr.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
+                    help="execution provider to time on: cpu (default) or cuda (needs "
+                         "onnxruntime-gpu); tables are kept per provider")
     pr.add_argument("--refresh", action="store_true", help="time every entry again")
     pr.add_argument("--min-keep", type=float, default=0.1,
                     help="smallest fraction of a group the table covers (default 0.1)")
@@ -192,11 +198,13 @@ def cmd_compress(args) -> int:
                            block_kinds=args.block_kinds, plan=plan, round_to=args.round_to,
                            keep=args.keep, progress=bar, latency=args.latency,
                            threads=args.threads, solver=args.solver,
-                           block_gates=not args.no_block_gates)
+                           block_gates=not args.no_block_gates, provider=args.provider)
         lat = None
         if args.bench:
-            before = api.latency(args.input, runs=args.bench_runs, threads=args.threads)
-            after = api.latency(res.model, runs=args.bench_runs, threads=args.threads)
+            before = api.latency(args.input, runs=args.bench_runs, threads=args.threads,
+                                 provider=args.provider)
+            after = api.latency(res.model, runs=args.bench_runs, threads=args.threads,
+                                provider=args.provider)
             lat = {"before": before, "after": after,
                    "speedup": before["median_ms"] / after["median_ms"]}
     from .frontends.onnx_file import data_files, disk_size
@@ -288,14 +296,15 @@ def cmd_profile(args) -> int:
     with warnings.catch_warnings(), ProgressView(enabled=not args.json) as bar:
         warnings.simplefilter("ignore")
         rep = api.profile(args.input, threads=args.threads, refresh=args.refresh,
-                          min_keep=args.min_keep, progress=bar)
+                          min_keep=args.min_keep, progress=bar, provider=args.provider)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
     print(f"{rep['layers']} timed layers, {rep['needed']} table entries: {rep['timed']} timed now, "
           f"{rep['reused']} from the cache, in {rep['seconds']:.1f} s")
     print(f"whole model: {rep['model_ms']:.3f} ms measured, tables sum to {rep['tables_ms']:.3f} ms "
-          f"({rep['threads']} thread(s), {rep['machine']['cpu']})")
+          f"({rep['threads']} thread(s), {rep['machine']['provider']} on "
+          f"{rep['machine'].get('device') or rep['machine']['cpu']})")
     print(f"table: {rep['path']} ({rep['entries']} entries)")
     return 0
 

@@ -9,7 +9,9 @@
    ``tol``, the model is refitted to every measurement so far
    (:meth:`~idapgraph.passes.latency.LatencyModel.refit`) and the MILP solved again, from the
    second correction on with the budget also rescaled by target / measured (at most ``rounds``
-   solves); the closest round wins. Every round is recorded with its prediction.
+   solves). The winner is the most important round measured within the target (``tol`` over
+   it at most) -- a model faster than asked is a good answer when nothing more fits -- or,
+   when none is, the fastest. Every round is recorded with its prediction.
 4. Bypassed blocks together: with ``bypass_error``, a plan bypassing several blocks has their
    joint calibration output error measured (blocks bypassed, channels whole); above
    ``max_error`` the bound on their summed single errors is tightened by the overshoot and the
@@ -29,10 +31,13 @@ from .passes import latency_select
 from .runners import op_timer
 from .runners.bench import latency as ort_latency
 from .runners.bench import paired
+from .runners.providers import CPU
 
 
-def table_for(threads: int, path=None) -> lat.LatencyTable:
-    return lat.LatencyTable(op_timer.machine(threads), path)
+def table_for(threads: int, path=None, provider: str = CPU) -> lat.LatencyTable:
+    """The latency table of this machine, ``threads`` and ``provider`` (a full onnxruntime
+    name: :func:`idapgraph.runners.providers.resolve`)."""
+    return lat.LatencyTable(op_timer.machine(threads, provider), path)
 
 
 def grid(round_to: int) -> dict:
@@ -59,14 +64,28 @@ def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantu
                    "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def measure(model_proto, threads: int, runs: int = 20) -> float:
-    return ort_latency(model_proto, runs=runs, warmup=5, threads=threads).median_ms
+def measure(model_proto, threads: int, runs: int = 20, provider: str = CPU) -> float:
+    return ort_latency(model_proto, runs=runs, warmup=5, threads=threads,
+                       provider=provider).median_ms
 
 
-def ratio(reference, candidate, threads: int, runs: int = 20) -> tuple[float, float]:
+def ratio(reference, candidate, threads: int, runs: int = 20,
+          provider: str = CPU) -> tuple[float, float]:
     """(reference ms, candidate ms), timed in turns: their ratio survives a change of load."""
-    ref, cand = paired([reference, candidate], runs=runs, threads=threads)
+    ref, cand = paired([reference, candidate], runs=runs, threads=threads, provider=provider)
     return ref, cand
+
+
+def _better(new: tuple[float, float], old: tuple[float, float], limit_ms: float) -> bool:
+    """Whether a round of (importance, measured ms) beats another under a ``limit_ms`` latency
+    limit: within the limit beats over it; within it, more importance (then speed) wins; both
+    over it, the faster."""
+    (imp, ms), (imp0, ms0) = new, old
+    if (ms <= limit_ms) != (ms0 <= limit_ms):
+        return ms <= limit_ms
+    if ms <= limit_ms:
+        return (imp, -ms) > (imp0, -ms0)
+    return ms < ms0
 
 
 def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
@@ -89,7 +108,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
            realize: Callable[[Plan], Any], min_keep: float = 0.1, quantum: int = 8,
            finest: int = 4,
            solver: str = "milp", rounds: int = 4, tol: float = 0.05, progress=None,
-           table: lat.LatencyTable | None = None,
+           table: lat.LatencyTable | None = None, provider: str = CPU,
            block_weights: dict[str, float] | None = None,
            block_errors: dict[str, float] | None = None,
            bypass_error: Callable[[list[str]], float] | None = None,
@@ -99,11 +118,13 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
     keeping it (see :class:`~idapgraph.passes.latency.LatencyModel`). ``block_errors`` (each
     block's error bypassed alone), ``bypass_error`` (the joint error of bypassing the given
     blocks) and ``max_error``: the bypassed blocks' joint error stays within ``max_error``.
+    Everything is timed on ``provider`` (the table's own when ``table`` is given).
 
     Counts are multiples of ``quantum`` channels first; only while that grid's fastest plan is
     predicted within ``tol`` of the budget or above it are narrow groups also offered halvings
     down to ``finest`` channels (:func:`lat.group_options`), every timing so far refitted."""
-    table = table or table_for(threads)
+    table = table or table_for(threads, provider=provider)
+    provider = table.machine["provider"]
     checked = bypass_error is not None and max_error is not None and block_errors is not None
     measured: list[tuple[list[int], list[int], float]] = []  # (counts, kept blocks, ms)
 
@@ -147,7 +168,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
                 min(model.error_cap, summed) * 0.9 * max_error / joint[key]
         raise AssertionError("unreachable: a zero error cap admits no bypass")
     original = a.model.as_onnx(a.model.source)
-    base = measure(original, threads)
+    base = measure(original, threads, provider=provider)
     used = max(finest, quantum)
     model, tinfo, imp = prepare(used, float(max_error) if checked else None)
     goal = target * base
@@ -159,7 +180,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
             tinfo = {k: v + fine_info[k] if k in ("timed", "seconds") else fine_info[k]
                      for k, v in tinfo.items()}
         sol, plan, err = solve(budget)
-        ref, cand = ratio(original, realize(plan), threads)
+        ref, cand = ratio(original, realize(plan), threads, provider=provider)
         got = base * cand / ref  # on the scale of the first measurement of the original
         log.append({"round": r, "budget_ms": round(budget, 4), "predicted_ms": round(sol.predicted_ms, 4),
                     "measured_ms": round(got, 4), "reference_ms": round(ref, 4),
@@ -167,7 +188,8 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
                     "solve_s": round(sol.seconds, 3), "feasible": sol.feasible,
                     "blocks_bypassed": list(plan.bypass),
                     "bypass_error": None if err is None else round(err, 6)})
-        if best is None or abs(got / goal - 1) < abs(best[2] / goal - 1):
+        if best is None or _better((sol.importance, got), (best[1].importance, best[2]),
+                                   goal * (1 + tol)):
             best = (plan, sol, got)
         if progress is not None:
             progress("latency", r + 1, None)
@@ -177,7 +199,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
         measured.append((model.counts(sol.choice), list(sol.kept_blocks), got))
         budget = goal if r == 0 else budget * goal / got
     plan, sol, got = best
-    info = {"target": target, "threads": threads, "provider": table.machine["provider"],
+    info = {"target": target, "threads": threads, "provider": provider,
             "before_ms": round(base, 4), "goal_ms": round(goal, 4),
             "predicted_ms": round(sol.predicted_ms, 4), "selected_ms": round(got, 4),
             "model_error": round(sol.predicted_ms / got - 1, 4),

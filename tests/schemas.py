@@ -20,7 +20,7 @@ CORRECTION = tuple(dict(h, layer=str) for h in HEALED)
 
 FROZEN = {"layer": str, "source": str, "role": str, "channels": int, "reason": str}
 LATENCY = {"median_ms": float, "min_ms": float, "max_ms": float, "runs": int, "warmup": int,
-           "threads": int}
+           "threads": int, "provider": str}
 
 LATENCY_ROUND = {"round": int, "budget_ms": float, "predicted_ms": float, "measured_ms": float,
                  "reference_ms": float,

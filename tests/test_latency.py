@@ -81,7 +81,8 @@ def test_models_are_timed_in_settled_turns(monkeypatch):
         def run(self, outputs, feeds):
             calls.append(self.name)
 
-    monkeypatch.setattr(validate, "session", lambda m, threads=1: Session(m.graph.name))
+    monkeypatch.setattr(validate, "session",
+                        lambda m, threads=1, provider="": Session(m.graph.name))
     monkeypatch.setattr(validate, "example_feeds", lambda m: {})
     models = [onnx.helper.make_model(onnx.helper.make_graph([], n, [], [])) for n in "ab"]
     times = bench._times(models, None, runs=7, warmup=2, threads=1, block=4, settle=1)
@@ -91,6 +92,23 @@ def test_models_are_timed_in_settled_turns(monkeypatch):
     assert len(bench.paired(models, runs=5)) == 2
     with pytest.raises(ValueError):
         bench._times(models, None, runs=3, warmup=0, threads=1, block=2, settle=2)
+
+
+def test_the_closed_loop_keeps_the_best_round_within_the_target():
+    """A latency target is a limit: of the rounds measured within it (tol over at most), the
+    most important wins -- also when it is far faster than asked (two near-dead blocks
+    bypassed, nothing left to spend the budget on) and a later round, with the budget raised,
+    lands closer but over it; with none within it, the fastest."""
+    from idapgraph.latency_target import _better
+
+    limit = 5.0 * 1.05
+    assert _better((10.0, 0.8), (12.0, 10.2), limit)  # within beats over, however close
+    assert not _better((12.0, 10.2), (10.0, 0.8), limit)
+    assert _better((11.0, 5.2), (10.0, 4.0), limit)  # both within: more importance
+    assert not _better((9.0, 5.0), (10.0, 0.8), limit)
+    assert _better((10.0, 4.0), (10.0, 5.0), limit)  # same importance: the faster
+    assert _better((1.0, 6.0), (9.0, 7.0), limit)  # both over: the faster
+    assert not _better((9.0, 7.0), (1.0, 6.0), limit)
 
 
 def test_table_is_cached_on_disk_and_reused(tmp_path):
@@ -306,9 +324,85 @@ def test_conv_timed_in_context_counts_the_layer_not_its_neighbours():
                           opset_imports=[helper.make_opsetid("", op_timer.OPSET)])
     onnx.checker.check_model(m, full_check=True)
     middle = min(op_timer.time_in_context(m, 1, "CPUExecutionProvider") for _ in range(3))
-    whole = min(op_timer.time_session(op_timer._session(m, 1, "CPUExecutionProvider"),
-                                      example_feeds(m)) for _ in range(3)) * 1e3
+    sess = op_timer._session(m, 1, "CPUExecutionProvider")
+    feeds = example_feeds(m)
+    whole = min(op_timer.time_session(lambda: sess.run(None, feeds)) for _ in range(3)) * 1e3
     assert 0 < middle < 0.2 * whole, (middle, whole)
+
+
+# -- execution providers ------------------------------------------------------------------------
+
+CUDA = "CUDAExecutionProvider"
+HAS_CUDA = CUDA in __import__("onnxruntime").get_available_providers()
+
+
+def test_provider_names_resolve_and_a_missing_one_is_one_clear_error():
+    from idapgraph.runners import providers
+
+    assert providers.resolve("cpu") == providers.resolve("CPUExecutionProvider") == \
+        providers.resolve(None) == "CPUExecutionProvider"
+    if HAS_CUDA:
+        assert providers.resolve("cuda") == CUDA
+    else:  # onnxruntime, not onnxruntime-gpu: the error says what is there and what to install
+        with pytest.raises(InputError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
+            providers.resolve("cuda")
+    with pytest.raises(InputError, match="no TPUExecutionProvider"):
+        providers.resolve("TPUExecutionProvider")
+    assert providers.session_providers(CUDA) == [CUDA, "CPUExecutionProvider"]
+
+
+def test_a_device_table_has_a_key_of_its_own(tmp_path, monkeypatch):
+    """CPU and CUDA timings never share a table: the key names the provider and the device."""
+    from idapgraph import latency_target
+    from idapgraph.runners import providers
+
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(tmp_path))
+    cpu = latency_target.table_for(1)
+    gpu = latency_target.table_for(1, provider=CUDA)
+    assert gpu.machine["provider"] == CUDA and gpu.machine["device"] == providers.device_name(CUDA)
+    assert "device" not in cpu.machine and cpu.path != gpu.path
+
+
+def test_io_bound_calls_compute_what_run_computes():
+    """The way a device provider is timed (inputs placed once, outputs bound on the device),
+    exercised on the CPU device: the bound call computes the model's outputs, and a layer timed
+    that way costs more when it does more."""
+    import onnxruntime as ort
+
+    from idapgraph.runners import providers
+
+    sig = {"op": "conv", "spatial": [28, 28], "kernel": [3, 3], "stride": [1, 1],
+           "pads": [1, 1, 1, 1], "dilation": [1, 1], "group_in": None, "bias": True, "batch": 1,
+           "dtype": "float32"}
+    m = op_timer.one_op_model(sig, 16, 32)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = example_feeds(m)
+    sess.run(None, feeds)
+    io = sess.io_binding()
+    for name, arr in feeds.items():
+        io.bind_cpu_input(name, arr)
+    io.bind_output("y", "cpu")
+    call = providers.io_bound_call(sess, feeds, "cpu")
+    call()
+    sess.run_with_iobinding(io)
+    np.testing.assert_allclose(io.copy_outputs_to_cpu()[0], sess.run(None, feeds)[0], rtol=1e-5)
+    heavy = min(op_timer.time_op(sig, 64, 64, device="cpu") for _ in range(3))
+    light = min(op_timer.time_op({**sig, "kernel": [1, 1], "pads": [0] * 4}, 8, 8, device="cpu")
+                for _ in range(3))
+    assert heavy > 10 * light >= 0, (heavy, light)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA: the error path cannot happen")
+def test_cli_cuda_without_onnxruntime_gpu_is_one_clear_error(wide_cnn_onnx, tmp_path):
+    cli = [sys.executable, "-m", "idapgraph"]
+    for args in (["profile", str(wide_cnn_onnx), "--provider", "cuda"],
+                 ["compress", str(wide_cnn_onnx), "-o", str(tmp_path / "x.onnx"), "--flops",
+                  "0.5", "--bench", "--provider", "cuda"]):
+        p = subprocess.run(cli + args, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 2, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and "onnxruntime-gpu" in p.stderr
+        assert "Traceback" not in p.stderr
+    assert not (tmp_path / "x.onnx").exists()
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -526,10 +620,15 @@ def test_latency_aware_keeps_accuracy_at_equal_latency(target, shared_cache, mon
     """The trained MNIST CNN (batch 16, so compute, not call overhead, is timed): latency-aware
     selection at R against FLOPs-targeted selection whose FLOPs target is bisected until its
     measured latency matches -- same idap scores, same calibration, training-free, each plan
-    healed by least squares (the default). The latency-aware model must keep at least the
-    accuracy (within half a point, 10 of 2,000 test images). At 0.4 the multiple-of-8 grid's
-    fastest plan (every group at 8 channels) is not fast enough, so the 16-channel groups are
-    also offered 4 (it lost there, 75.5 % against 82.3 %, while the grid stopped at 8).
+    healed by least squares (the default). Latency is compared as the ratio to the original,
+    timed in turns with it (load changes cancel). Where no FLOPs target lands within 3 % (its
+    latency moves in steps), the FLOPs-targeted model compared is the fastest that is not
+    faster than the latency-aware one: it gets the benefit of the doubt. The latency-aware model
+    must keep at least the accuracy (within half a point, 10 of 2,000 test images). At 0.4 on an AVX-512 Xeon the
+    multiple-of-8 grid's fastest plan (every group at 8 channels) was not fast enough, so the
+    16-channel groups were also offered 4 (it lost there, 75.5 % against 82.3 %, while the grid
+    stopped at 8); on an AVX2 EPYC the grid reaches 0.4 itself. Which grid was used is
+    printed: the accuracy must hold either way.
     Statistics-matching healing is printed, not asserted: the latency-aware plan moves with
     timing noise through the closed loop, and healed by matching alone it scored 29.8-67.6 %
     against 20.4-33.1 % at 0.6 over five runs -- ahead in three, behind in two."""
@@ -541,25 +640,28 @@ def test_latency_aware_keeps_accuracy_at_equal_latency(target, shared_cache, mon
     res = idapgraph.compress(proto, latency=target, calib=cal, heal="none")
     lt = res.report.latency_target
     assert lt["gated_blocks"] == 0  # each block alone changes the output far past the bound
-    assert lt["finest"] == (4 if target == 0.4 else 8)
     # a missed target or an unmatched bisection means the timings were too noisy for an
     # equal-latency comparison (seen with two test runs sharing 2 cores): say so, not "less accurate"
     assert lt["ratio"] <= 1.1 * target, f"latency target {target} missed ({lt['ratio']}): noisy timing?"
-    goal = lt["after_ms"]
-    lo, hi, best = 0.05, 1.0, None
+    from idapgraph.latency_target import ratio
+
+    goal = lt["ratio"]
+    lo, hi, tried = 0.05, 1.0, []
     for _ in range(7):
         f = (lo + hi) / 2
         cand = idapgraph.compress(proto, flops=f, calib=cal, heal="none")
-        ms = idapgraph.latency(cand.model, runs=30)["median_ms"]
-        if best is None or abs(ms / goal - 1) < abs(best[2] / goal - 1):
-            best = (f, cand.plan, ms)
-        if abs(ms / goal - 1) < 0.03:
+        ref, ms = ratio(proto, cand.model, 1, runs=30)
+        tried.append((ms / ref, f, cand.plan))
+        if abs(ms / ref / goal - 1) < 0.03:
             break
-        lo, hi = (lo, f) if ms > goal else (f, hi)
-    f, plan, ms = best
-    assert abs(ms / goal - 1) < 0.1, f"no FLOPs target matched {goal:.3f} ms (closest {ms:.3f}): noisy timing?"
-    print(f"\nlatency {target} ({goal:.3f} ms): latency-aware keeps {res.report.flops_ratio:.3f} of the "
-          f"FLOPs; FLOPs-targeted needs a target of {f:.3f} for {ms:.3f} ms")
+        lo, hi = (lo, f) if ms / ref > goal else (f, hi)
+    close = [t for t in tried if abs(t[0] / goal - 1) < 0.03]
+    r, f, plan = min(close or [t for t in tried if t[0] >= 0.97 * goal] or [(np.inf, 0, None)],
+                     key=lambda t: t[0])
+    assert r < 1.3 * goal, f"no FLOPs target matched latency {goal:.3f} (tried {sorted(t[0] for t in tried)}): noisy timing?"
+    print(f"\nlatency {target} (ratio {goal:.3f}): latency-aware keeps {res.report.flops_ratio:.3f} of "
+          f"the FLOPs (counts down to {lt['finest']} channels); FLOPs-targeted needs a target of "
+          f"{f:.3f} for {r:.3f}")
     acc = {}
     for heal in ("stats", "lsq"):
         acc[heal] = [accuracy(idapgraph.compress(proto, plan=p, calib=cal, heal=heal).model,

@@ -29,13 +29,18 @@ def example_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict
     return feeds
 
 
-def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
-    """An onnxruntime CPU session. An in-memory model with external tensors (see
+def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True,
+            provider: str = "CPUExecutionProvider"):
+    """An onnxruntime session (CPU unless ``provider`` names another, which then falls back to
+    the CPU for ops it lacks). An in-memory model with external tensors (see
     :mod:`idapgraph.frontends.onnx_external`) is loaded from a file beside its data files, which
     onnxruntime memory-maps; weight prepacking, which would copy the weights, is then off."""
     import onnxruntime as ort
 
     from ..frontends import onnx_external
+    from ..runners.providers import session_providers
+
+    providers = session_providers(provider)
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -48,7 +53,7 @@ def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     if folder is None:
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, so, providers=providers)
     # from a model file in the data files' folder: onnxruntime resolves them against it
     import os
     import tempfile
@@ -57,7 +62,7 @@ def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, so, providers=providers)
     finally:
         os.unlink(path)
 

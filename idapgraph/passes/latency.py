@@ -404,12 +404,32 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
                         internal=internal, timed=len(pending), needed=len(needed))
 
 
-def importance(scores: list[np.ndarray], options: list[list[int]]) -> list[np.ndarray]:
-    """Per group and option: the summed score of the units kept (the highest-scoring ones)."""
-    out = []
-    for s, opts in zip(scores, options):
-        top = np.concatenate([[0.0], np.cumsum(np.sort(np.asarray(s, dtype=float))[::-1])])
-        out.append(np.array([top[c] for c in opts]))
-    return out
+# How concave a group's importance is in the share of its score it keeps (see kept_importance)
+CONCAVITY = 0.5
+
+
+def kept_importance(s, counts, concavity: float = CONCAVITY) -> np.ndarray:
+    """Importance of a group with unit scores ``s`` keeping each of ``counts`` highest-scoring
+    units: ``n·(S_k/S_n)^concavity``, with ``S_k`` the summed score of the ``k`` kept and ``n``
+    the group's units (all scores zero: the share of units kept).
+
+    With ``concavity=1`` (and mean-normalised scores) this is the summed score of the kept
+    units: every unit weighs about the same wherever it is, so a knapsack over latency empties
+    the groups whose units cost the most milliseconds -- the narrow, high-resolution ones,
+    where a network can least afford it. Concave, the first units a group loses cost less than
+    its last: cuts are spread, and a group is cut deep only where its time is worth it. On the
+    trained MNIST CNN (least-squares healing, latency 0.6 / 0.4 / 0.3) the summed score gave
+    89.1 / 89.4 / 88.7 % top-1, ``0.5`` gave 96.9 / 94.7 / 92.9 % (BENCHMARKS.md)."""
+    s = np.asarray(s, dtype=float)
+    counts = np.asarray(counts, dtype=int)
+    top = np.concatenate([[0.0], np.cumsum(np.sort(s)[::-1])])
+    share = top[counts] / top[-1] if top[-1] > 0 else counts / max(len(s), 1)
+    return len(s) * np.clip(share, 0.0, 1.0) ** concavity
+
+
+def importance(scores: list[np.ndarray], options: list[list[int]],
+               concavity: float = CONCAVITY) -> list[np.ndarray]:
+    """Per group and option: the importance of keeping that many units (:func:`kept_importance`)."""
+    return [kept_importance(s, opts, concavity) for s, opts in zip(scores, options)]
 
 

@@ -11,6 +11,10 @@ onnxruntime with a fixed thread count.
   1×1 conv costs its 26 µs conversion there, which a conv timed alone never shows.
 * **Linear layers** (MatMul + Add) are timed alone, the per-call overhead of an empty model
   taken off.
+* **On a device provider** (``CUDAExecutionProvider``; :mod:`.providers`) every layer is timed
+  alone, inputs and outputs kept on the device (I/O binding), less the overhead of an empty
+  call made the same way: the blocked CPU layout does not exist there, and onnxruntime's
+  profiler does not see when device kernels end.
 
 A *signature* is a JSON-able dict naming everything but the two channel counts: ``{"op": "conv",
 "spatial": [56, 56], "kernel": [3, 3], "stride": ..., "pads": ..., "dilation": ...,
@@ -35,6 +39,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..emit.validate import example_feeds
+from . import providers
+from .providers import CPU
 
 _DT = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
 OPSET = 17
@@ -124,36 +130,47 @@ def _options(threads: int):
 def _session(model: onnx.ModelProto, threads: int, provider: str):
     import onnxruntime as ort
 
-    return ort.InferenceSession(model.SerializeToString(), _options(threads), providers=[provider])
+    return ort.InferenceSession(model.SerializeToString(), _options(threads),
+                                providers=providers.session_providers(provider))
 
 
-def time_session(sess, feeds, *, blocks: int = 7, block_s: float = 0.002, warmup: int = 2) -> float:
-    """Median seconds per call over ``blocks`` timed blocks of repeated calls (each block at
-    least ``block_s`` long, so sub-millisecond ops are timed over many calls)."""
+def time_session(call, *, blocks: int = 7, block_s: float = 0.002, warmup: int = 2) -> float:
+    """Median seconds per ``call()`` over ``blocks`` timed blocks of repeated calls (each block
+    at least ``block_s`` long, so sub-millisecond ops are timed over many calls)."""
     for _ in range(warmup):
-        sess.run(None, feeds)
+        call()
     t = time.perf_counter()
-    sess.run(None, feeds)
+    call()
     one = max(time.perf_counter() - t, 1e-7)
     reps = max(1, int(block_s / one))
     times = []
     for _ in range(blocks):
         t = time.perf_counter()
         for _ in range(reps):
-            sess.run(None, feeds)
+            call()
         times.append((time.perf_counter() - t) / reps)
     return statistics.median(times)
 
 
+def _time_alone(model: onnx.ModelProto, threads: int, provider: str, device: str | None) -> float:
+    """Milliseconds per call of ``model`` on ``provider``, called through I/O binding on
+    ``device`` (None: the provider's own way, :func:`providers.bound_call`)."""
+    sess = _session(model, threads, provider)
+    feeds = example_feeds(model, seed=1)
+    call = providers.bound_call(sess, feeds, provider) if device is None else \
+        providers.io_bound_call(sess, feeds, device)
+    return 1e3 * time_session(call)
+
+
 @lru_cache(maxsize=8)
-def call_overhead_ms(threads: int, provider: str) -> float:
-    """What onnxruntime spends on a call that computes nothing (an Identity of one float)."""
+def call_overhead_ms(threads: int, provider: str, device: str | None = None) -> float:
+    """What onnxruntime spends on a call that computes nothing (an Identity of one float),
+    called the way layers are (``device``: see :func:`_time_alone`)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
-    sess = _session(m, threads, provider)
-    return 1e3 * min(time_session(sess, {"x": np.zeros(1, np.float32)}) for _ in range(3))
+    return min(_time_alone(m, threads, provider, device) for _ in range(3))
 
 
 def time_in_context(model: onnx.ModelProto, threads: int, provider: str, *,
@@ -196,16 +213,16 @@ def time_in_context(model: onnx.ModelProto, threads: int, provider: str, *,
     return float(np.mean(sums[q:len(sums) - q])) / 1e3
 
 
-def time_op(sig: dict, cin: int, cout: int, *, threads: int = 1,
-            provider: str = "CPUExecutionProvider") -> float:
-    """Milliseconds one call of the layer takes: a conv in context (:func:`time_in_context`), a
-    linear layer alone less the empty-call overhead (never below 0)."""
-    if sig["op"] == "conv":
+def time_op(sig: dict, cin: int, cout: int, *, threads: int = 1, provider: str = CPU,
+            device: str | None = None) -> float:
+    """Milliseconds one call of the layer takes: on the CPU a conv in context
+    (:func:`time_in_context`); a linear layer, and on a device provider every layer, alone
+    less the empty-call overhead (never below 0). ``device`` forces the I/O-bound way of a
+    device provider onto the CPU (``"cpu"``; for tests, where no GPU is at hand)."""
+    if sig["op"] == "conv" and provider == CPU and device is None:
         return time_in_context(context_model(sig, cin, cout), threads, provider)
-    m = one_op_model(sig, cin, cout)
-    sess = _session(m, threads, provider)
-    ms = 1e3 * time_session(sess, example_feeds(m, seed=1))
-    return max(0.0, ms - call_overhead_ms(threads, provider))
+    ms = _time_alone(one_op_model(sig, cin, cout), threads, provider, device)
+    return max(0.0, ms - call_overhead_ms(threads, provider, device))
 
 
 def _cpu_name() -> str:
@@ -218,10 +235,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(threads: int = 1, provider: str = "CPUExecutionProvider") -> dict:
-    """What a timing depends on besides the layer: CPU, onnxruntime, provider, threads (the key
-    of a :class:`~idapgraph.passes.latency.LatencyTable`)."""
+def machine(threads: int = 1, provider: str = CPU) -> dict:
+    """What a timing depends on besides the layer: CPU, onnxruntime, provider (and the device
+    it runs on), threads (the key of a :class:`~idapgraph.passes.latency.LatencyTable`)."""
     import onnxruntime as ort
 
-    return {"cpu": _cpu_name(), "arch": platform.machine(), "onnxruntime": ort.__version__,
+    info = {"cpu": _cpu_name(), "arch": platform.machine(), "onnxruntime": ort.__version__,
             "provider": provider, "threads": int(threads), "timing": TIMING}
+    if provider != CPU:
+        info["device"] = providers.device_name(provider)
+    return info
