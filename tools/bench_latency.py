@@ -14,8 +14,12 @@ Per model: ``idapgraph profile`` timed in a fresh cache, then again (reuse); the
 * ``flops=R``: the naive FLOPs target;
 * ``TP uniform@same``: Torch-Pruning 1.6 MetaPruner, magnitude importance, the same ratio in
   every layer (``global_pruning=False``), exported to ONNX, ratio bisected to the same latency.
-All final models are then timed again, interleaved (``--rounds`` passes of median-of-``--runs``,
-the median of the passes), so they are compared under the same machine load. Efficiency =
+Every latency is a ratio to the original, the two timed in turns (``runners.bench.paired``:
+turns of 10 runs, the first 2 not counted, ``--runs`` counted each), so a change of machine
+load between two measurements cancels out -- on a 2-core EPYC VM the original alone measured
+10.6-15.2 ms within a minute, and ratios of separately timed models 0.41-0.55 for one model
+whose paired ratio stayed at 0.50-0.51. The bisections match ratios, and all final models are
+timed again the same way (``--rounds`` paired passes each, the median ratio). Efficiency =
 speedup × FLOPs kept. Prints markdown tables. ``--hog`` runs everything beside a
 memory-bandwidth hog (a process copying 64 MiB arrays in a loop), to see what a loaded machine
 does to the results.
@@ -53,24 +57,33 @@ def lat(proto, threads: int, runs: int) -> float:
     return idapgraph.latency(proto, runs=runs, warmup=5, threads=threads)["median_ms"]
 
 
+def ratio_to(original, model, threads: int, runs: int) -> tuple[float, float]:
+    """(model ms / original ms, original ms), the two timed in turns."""
+    from idapgraph.runners.bench import paired
+
+    ref, ms = paired([original, model], runs=runs, threads=threads)
+    return ms / ref, ref
+
+
 def flops_of(proto) -> int:
     return idapgraph.analyze(proto).cost.flops
 
 
-def bisect(make, goal_ms: float, threads: int, runs: int, lo: float = 0.05, hi: float = 1.0,
-           iters: int = 7, get=lambda m: m):
+def bisect(make, original, goal: float, threads: int, runs: int, lo: float = 0.05,
+           hi: float = 1.0, iters: int = 7, get=lambda m: m):
     """``make(r)`` with latency falling as ``r`` falls (``get(made)``: its ModelProto): what
-    ``make`` made whose measured latency is closest to ``goal_ms``. Returns (r, made, ms)."""
+    ``make`` made whose latency ratio to ``original`` (:func:`ratio_to`) is closest to
+    ``goal``. Returns (r, made, ratio)."""
     best = None
     for _ in range(iters):
         mid = (lo + hi) / 2
         m = make(mid)
-        ms = lat(get(m), threads, runs)
-        if best is None or abs(ms / goal_ms - 1) < abs(best[2] / goal_ms - 1):
-            best = (mid, m, ms)
-        if abs(ms / goal_ms - 1) < 0.02:
+        q, _ = ratio_to(original, get(m), threads, runs)
+        if best is None or abs(q / goal - 1) < abs(best[2] / goal - 1):
+            best = (mid, m, q)
+        if abs(q / goal - 1) < 0.02:
             break
-        lo, hi = (lo, mid) if ms > goal_ms else (mid, hi)
+        lo, hi = (lo, mid) if q > goal else (mid, hi)
     return best
 
 
@@ -145,32 +158,34 @@ def main() -> int:
             secs = time.time() - t
             lt = res.report.latency_target
             models = {"latency": (res.model, res.report.flops_ratio)}
-            goal = lt["after_ms"]
+            goal = lt["ratio"]
 
             def by_flops(f):
                 return idapgraph.compress(proto, flops=f, method="magnitude", heal="none").model
 
-            fr, fm, _ = bisect(by_flops, goal, args.threads, args.runs)
+            fr, fm, _ = bisect(by_flops, proto, goal, args.threads, args.runs)
             models["flops@same"] = (fm, flops_of(fm) / f0)
             naive = by_flops(r)
             models[f"flops={r}"] = (naive, flops_of(naive) / f0)
             note = ""
             if not args.no_peers:
                 try:
-                    tr, tm, _ = bisect(lambda q: tp_uniform(net, x, 1 - q), goal, args.threads,
-                                       args.runs, lo=0.05, hi=1.0)
+                    tr, tm, _ = bisect(lambda q: tp_uniform(net, x, 1 - q), proto, goal,
+                                       args.threads, args.runs, lo=0.05, hi=1.0)
                     models["TP uniform@same"] = (tm, flops_of(tm) / f0)
                 except Exception as e:  # noqa: BLE001 - a peer's failure is a result
                     note = f"Torch-Pruning failed: {type(e).__name__}: {str(e).splitlines()[0]}"
-            # interleaved re-timing of everything under the same load
-            times: dict[str, list[float]] = {k: [] for k in ["original", *models]}
+            # every final model timed again in turns with the original, in passes
+            ratios: dict[str, list[float]] = {k: [] for k in models}
+            refs: list[float] = []
             for _ in range(args.rounds):
-                times["original"].append(lat(proto, args.threads, args.runs))
                 for k, (m, _) in models.items():
-                    times[k].append(lat(m, args.threads, args.runs))
-            base = statistics.median(times["original"])
+                    q, ref = ratio_to(proto, m, args.threads, args.runs)
+                    ratios[k].append(q)
+                    refs.append(ref)
+            base = statistics.median(refs)
             for k, (m, fk) in models.items():
-                ms = statistics.median(times[k])
+                ms = statistics.median(ratios[k]) * base
                 extra = ""
                 if k == "latency":
                     extra = (f"{secs:.0f} s, {len(lt['rounds'])} round(s), in-run ratio "

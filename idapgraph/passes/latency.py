@@ -418,8 +418,10 @@ def kept_importance(s, counts, concavity: float = CONCAVITY) -> np.ndarray:
     the groups whose units cost the most milliseconds -- the narrow, high-resolution ones,
     where a network can least afford it. Concave, the first units a group loses cost less than
     its last: cuts are spread, and a group is cut deep only where its time is worth it. On the
-    trained MNIST CNN (least-squares healing, latency 0.6 / 0.4 / 0.3) the summed score gave
-    89.1 / 89.4 / 88.7 % top-1, ``0.5`` gave 96.9 / 94.7 / 92.9 % (BENCHMARKS.md)."""
+    trained MNIST CNN (least-squares healing, latency 0.6 / 0.4 / 0.3, one sweep on one
+    table) the summed score gave 89.1 / 89.4 / 88.7 % top-1, ``0.5`` 96.9 / 94.7 / 92.9 %; the
+    plans move with timing noise, so single runs of either can land elsewhere (BENCHMARKS.md,
+    "Latency against accuracy")."""
     s = np.asarray(s, dtype=float)
     counts = np.asarray(counts, dtype=int)
     top = np.concatenate([[0.0], np.cumsum(np.sort(s)[::-1])])
