@@ -9,9 +9,9 @@
    ``tol``, the model is refitted to every measurement so far
    (:meth:`~idapgraph.passes.latency.LatencyModel.refit`) and the MILP solved again, from the
    second correction on with the budget also rescaled by target / measured (at most ``rounds``
-   solves). The winner is the most important round measured within the target (``MISS`` over
-   it at most, what the report still counts as reached) -- a model faster than asked is a
-   good answer when nothing more fits -- or, when none is, the fastest. Every round is recorded with its prediction.
+   solves). The winner is the round measured closest to the target among those within it
+   (``MISS`` over it at most, what the report still counts as reached) -- a model faster than
+   asked is a good answer when nothing more fits -- or, when none is, the fastest. Every round is recorded with its prediction.
 4. Bypassed blocks together: with ``bypass_error``, a plan bypassing several blocks has their
    joint calibration output error measured (blocks bypassed, channels whole); above
    ``max_error`` the bound on their summed single errors is tightened by the overshoot and the
@@ -85,16 +85,15 @@ def ratio(reference, candidate, threads: int, runs: int = 20,
     return ref, cand
 
 
-def _better(new: tuple[float, float], old: tuple[float, float], limit_ms: float) -> bool:
-    """Whether a round of (importance, measured ms) beats another under a ``limit_ms`` latency
-    limit: within the limit beats over it; within it, more importance (then speed) wins; both
-    over it, the faster."""
-    (imp, ms), (imp0, ms0) = new, old
-    if (ms <= limit_ms) != (ms0 <= limit_ms):
-        return ms <= limit_ms
-    if ms <= limit_ms:
-        return (imp, -ms) > (imp0, -ms0)
-    return ms < ms0
+def _better(new: float, old: float, goal_ms: float, limit_ms: float) -> bool:
+    """Whether a round measured at ``new`` ms beats one at ``old`` for a ``goal_ms`` target
+    allowed up to ``limit_ms``: within the limit beats over it; both within, the closer to the
+    goal; both over, the faster."""
+    if (new <= limit_ms) != (old <= limit_ms):
+        return new <= limit_ms
+    if new <= limit_ms:
+        return abs(new / goal_ms - 1) < abs(old / goal_ms - 1)
+    return new < old
 
 
 def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
@@ -197,8 +196,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
                     "solve_s": round(sol.seconds, 3), "feasible": sol.feasible,
                     "blocks_bypassed": list(plan.bypass),
                     "bypass_error": None if err is None else round(err, 6)})
-        if best is None or _better((sol.importance, got), (best[1].importance, best[2]),
-                                   goal * (1 + MISS)):
+        if best is None or _better(got, best[2], goal, goal * (1 + MISS)):
             best = (plan, sol, got)
         if progress is not None:
             progress("latency", r + 1, None)
