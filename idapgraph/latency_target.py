@@ -11,7 +11,8 @@
    second correction on with the budget also rescaled by target / measured (at most ``rounds``
    solves). The winner is the round measured closest to the target among those within it
    (``MISS`` over it at most, what the report still counts as reached) -- a model faster than
-   asked is a good answer when nothing more fits -- or, when none is, the fastest. Every round is recorded with its prediction.
+   asked is a good answer when nothing more fits -- or, when none is, the fastest. Every
+   round is recorded with its prediction.
 4. Bypassed blocks together: with ``bypass_error``, a plan bypassing several blocks has their
    joint calibration output error measured (blocks bypassed, channels whole); above
    ``max_error`` the bound on their summed single errors is tightened by the overshoot and the
