@@ -655,7 +655,8 @@ def _block_weights(a: Analysis, scores, block_errors: dict[str, float], error, m
         if k > 0:
             order = np.argsort(s, kind="stable")[:k]
             remove[g.key] = sorted(int(u) for u in order)
-            lost += g.n_units - float(kept_importance(s, [g.n_units - k])[0])
+            whole, half = kept_importance(s, [g.n_units, g.n_units - k])
+            lost += float(whole - half)
     if not remove or lost <= 0:
         return None
     half = Plan(remove=remove, meta={"backend": a.graph.backend})

@@ -370,10 +370,10 @@ def test_a_device_table_has_a_key_of_its_own(tmp_path, monkeypatch):
     assert "device" not in cpu.machine and cpu.path != gpu.path
 
 
-def test_io_bound_calls_compute_what_run_computes():
+def test_io_bound_calls_compute_what_run_computes(monkeypatch):
     """The way a device provider is timed (inputs placed once, outputs bound on the device),
     exercised on the CPU device: the bound call computes the model's outputs, and a layer timed
-    that way costs more when it does more."""
+    that way (the CPU made a "device" provider) costs more when it does more."""
     import onnxruntime as ort
 
     from idapgraph.runners import providers
@@ -384,18 +384,15 @@ def test_io_bound_calls_compute_what_run_computes():
     m = op_timer.one_op_model(sig, 16, 32)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = example_feeds(m)
-    sess.run(None, feeds)
-    io = sess.io_binding()
-    for name, arr in feeds.items():
-        io.bind_cpu_input(name, arr)
-    io.bind_output("y", "cpu")
     call = providers.io_bound_call(sess, feeds, "cpu")
-    call()
-    sess.run_with_iobinding(io)
-    np.testing.assert_allclose(io.copy_outputs_to_cpu()[0], sess.run(None, feeds)[0], rtol=1e-5)
-    heavy = min(op_timer.time_op(sig, 64, 64, device="cpu") for _ in range(3))
-    light = min(op_timer.time_op({**sig, "kernel": [1, 1], "pads": [0] * 4}, 8, 8, device="cpu")
+    np.testing.assert_allclose(call().copy_outputs_to_cpu()[0], sess.run(None, feeds)[0],
+                               rtol=1e-5)
+    monkeypatch.setattr(providers, "DEVICES", {"CPUExecutionProvider": "cpu"})
+    op_timer.call_overhead_ms.cache_clear()
+    heavy = min(op_timer.time_op(sig, 64, 64) for _ in range(3))
+    light = min(op_timer.time_op({**sig, "kernel": [1, 1], "pads": [0] * 4}, 8, 8)
                 for _ in range(3))
+    op_timer.call_overhead_ms.cache_clear()
     assert heavy > 10 * light >= 0, (heavy, light)
 
 

@@ -152,25 +152,22 @@ def time_session(call, *, blocks: int = 7, block_s: float = 0.002, warmup: int =
     return statistics.median(times)
 
 
-def _time_alone(model: onnx.ModelProto, threads: int, provider: str, device: str | None) -> float:
-    """Milliseconds per call of ``model`` on ``provider``, called through I/O binding on
-    ``device`` (None: the provider's own way, :func:`providers.bound_call`)."""
+def _time_alone(model: onnx.ModelProto, threads: int, provider: str) -> float:
+    """Milliseconds per call of ``model`` on ``provider``, called the provider's way
+    (:func:`providers.bound_call`)."""
     sess = _session(model, threads, provider)
-    feeds = example_feeds(model, seed=1)
-    call = providers.bound_call(sess, feeds, provider) if device is None else \
-        providers.io_bound_call(sess, feeds, device)
-    return 1e3 * time_session(call)
+    return 1e3 * time_session(providers.bound_call(sess, example_feeds(model, seed=1), provider))
 
 
 @lru_cache(maxsize=8)
-def call_overhead_ms(threads: int, provider: str, device: str | None = None) -> float:
+def call_overhead_ms(threads: int, provider: str) -> float:
     """What onnxruntime spends on a call that computes nothing (an Identity of one float),
-    called the way layers are (``device``: see :func:`_time_alone`)."""
+    called the way layers are."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
-    return min(_time_alone(m, threads, provider, device) for _ in range(3))
+    return min(_time_alone(m, threads, provider) for _ in range(3))
 
 
 def time_in_context(model: onnx.ModelProto, threads: int, provider: str, *,
@@ -213,16 +210,15 @@ def time_in_context(model: onnx.ModelProto, threads: int, provider: str, *,
     return float(np.mean(sums[q:len(sums) - q])) / 1e3
 
 
-def time_op(sig: dict, cin: int, cout: int, *, threads: int = 1, provider: str = CPU,
-            device: str | None = None) -> float:
+def time_op(sig: dict, cin: int, cout: int, *, threads: int = 1, provider: str = CPU) -> float:
     """Milliseconds one call of the layer takes: on the CPU a conv in context
-    (:func:`time_in_context`); a linear layer, and on a device provider every layer, alone
-    less the empty-call overhead (never below 0). ``device`` forces the I/O-bound way of a
-    device provider onto the CPU (``"cpu"``; for tests, where no GPU is at hand)."""
-    if sig["op"] == "conv" and provider == CPU and device is None:
+    (:func:`time_in_context`); a linear layer, and on a device provider
+    (:data:`providers.DEVICES`) every layer, alone less the empty-call overhead (never below
+    0)."""
+    if sig["op"] == "conv" and provider not in providers.DEVICES:
         return time_in_context(context_model(sig, cin, cout), threads, provider)
-    ms = _time_alone(one_op_model(sig, cin, cout), threads, provider, device)
-    return max(0.0, ms - call_overhead_ms(threads, provider, device))
+    ms = _time_alone(one_op_model(sig, cin, cout), threads, provider)
+    return max(0.0, ms - call_overhead_ms(threads, provider))
 
 
 def _cpu_name() -> str:

@@ -45,7 +45,7 @@ def session_providers(provider: str) -> list[str]:
     return [provider] if provider == CPU else [provider, CPU]
 
 
-def bound_call(sess, feeds: dict, provider: str = CPU) -> Callable[[], None]:
+def bound_call(sess, feeds: dict, provider: str = CPU) -> Callable[[], object]:
     """A call of ``sess`` on ``feeds`` to time: on the CPU ``sess.run``; on a device the inputs
     are placed on it once and the outputs bound there (every call then runs the model only;
     onnxruntime synchronises the device at the end of each run)."""
@@ -55,9 +55,10 @@ def bound_call(sess, feeds: dict, provider: str = CPU) -> Callable[[], None]:
     return io_bound_call(sess, feeds, device)
 
 
-def io_bound_call(sess, feeds: dict, device: str) -> Callable[[], None]:
+def io_bound_call(sess, feeds: dict, device: str) -> Callable[[], object]:
     """``sess`` called through onnxruntime's I/O binding with inputs and outputs on ``device``
-    (``"cuda"``, or ``"cpu"``, which the tests use, as no GPU is at hand there)."""
+    (``"cuda"``, or ``"cpu"``, which the tests use, as no GPU is at hand there); each call
+    returns the binding, whose outputs are the run's."""
     import onnxruntime as ort
 
     io = sess.io_binding()
@@ -69,9 +70,10 @@ def io_bound_call(sess, feeds: dict, device: str) -> Callable[[], None]:
     for out in sess.get_outputs():
         io.bind_output(out.name, device, 0)
 
-    def call() -> None:
+    def call():
         sess.run_with_iobinding(io)
         _ = held
+        return io
 
     return call
 
