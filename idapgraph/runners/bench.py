@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import onnx
 
+from .affinity import pinned
 from .providers import CPU, bound_call
 
 
@@ -32,26 +33,28 @@ def _times(models: list[onnx.ModelProto], feeds_list, runs: int, warmup: int,
            provider: str = CPU, min_s: float = 0.0) -> list[list[float]]:
     """Milliseconds of ``runs`` runs of each model (more while the turns have taken less than
     ``min_s`` seconds), after ``warmup`` runs each: the models timed in turns of ``block``
-    consecutive runs, the first ``settle`` runs of every turn not counted."""
+    consecutive runs, the first ``settle`` runs of every turn not counted; on ``threads`` fixed
+    CPUs (:func:`~idapgraph.runners.affinity.pinned`)."""
     from ..emit.validate import example_feeds, session
 
     if not 0 <= settle < block:
         raise ValueError(f"need 0 <= settle < block, got settle={settle}, block={block}")
     feeds_list = feeds_list or [example_feeds(m) for m in models]
-    calls = [bound_call(session(m, threads=threads, provider=provider), f, provider)
-             for m, f in zip(models, feeds_list)]
-    for call in calls:
-        for _ in range(warmup):
-            call()
     times: list[list[float]] = [[] for _ in models]
-    t0 = time.perf_counter()
-    while len(times[0]) < runs or time.perf_counter() - t0 < min_s:
-        for i, call in enumerate(calls):
-            for j in range(block):
-                t = time.perf_counter()
+    with pinned(threads):
+        calls = [bound_call(session(m, threads=threads, provider=provider), f, provider)
+                 for m, f in zip(models, feeds_list)]
+        for call in calls:
+            for _ in range(warmup):
                 call()
-                if j >= settle:
-                    times[i].append((time.perf_counter() - t) * 1e3)
+        t0 = time.perf_counter()
+        while len(times[0]) < runs or time.perf_counter() - t0 < min_s:
+            for i, call in enumerate(calls):
+                for j in range(block):
+                    t = time.perf_counter()
+                    call()
+                    if j >= settle:
+                        times[i].append((time.perf_counter() - t) * 1e3)
     cut = runs if min_s <= 0 else min(len(t) for t in times)  # every model as many runs
     return [t[:cut] for t in times]
 

@@ -40,13 +40,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..emit.validate import example_feeds
 from . import providers
+from .affinity import pinned
 from .providers import CPU
 
 _DT = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
 OPSET = 17
 # how entries are timed; part of the table key, so tables timed another way are not mixed in
-# (2: convs in context)
-TIMING = 2
+# (2: convs in context; 3: on pinned CPUs, runners.affinity)
+TIMING = 3
 
 
 def one_op_model(sig: dict, cin: int, cout: int) -> onnx.ModelProto:
@@ -155,8 +156,10 @@ def time_session(call, *, blocks: int = 7, block_s: float = 0.002, warmup: int =
 def _time_alone(model: onnx.ModelProto, threads: int, provider: str) -> float:
     """Milliseconds per call of ``model`` on ``provider``, called the provider's way
     (:func:`providers.bound_call`)."""
-    sess = _session(model, threads, provider)
-    return 1e3 * time_session(providers.bound_call(sess, example_feeds(model, seed=1), provider))
+    with pinned(threads):
+        sess = _session(model, threads, provider)
+        return 1e3 * time_session(providers.bound_call(sess, example_feeds(model, seed=1),
+                                                       provider))
 
 
 @lru_cache(maxsize=8)
@@ -178,7 +181,7 @@ def time_in_context(model: onnx.ModelProto, threads: int, provider: str, *,
     sums (the profiler counts whole microseconds, so a mean, not a median)."""
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, pinned(threads):
         so = _options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "op")
