@@ -669,8 +669,8 @@ def test_latency_aware_keeps_accuracy_at_equal_latency(target, shared_cache, mon
     faster than the latency-aware one: it gets the benefit of the doubt. The latency-aware model
     must keep at least the accuracy (within half a point, 10 of 2,000 test images).
     Asserted at 0.4 and 0.3. Not at 0.5 and 0.6: with timings on pinned CPUs (so the closed
-    loop lands within 5 % in one round) the two selections are level there on the 2-core EPYC
-    VM -- least squares 93.2 against 93.4 % and 93.9 against 94.2 % at 0.5, once 92.4 against
+    loop lands within 5 % in one round) the two selections are level there on a 2-core AVX-512
+    EPYC VM -- least squares 93.2 against 93.4 % and 93.9 against 94.2 % at 0.5, once 92.4 against
     94.2 %; 96.0 against 95.6 % at 0.6 -- while at 0.4 latency-aware selection led by 2.3-5.2
     points and at 0.3 by 25-27 (BENCHMARKS.md; README, known limits: unit scores are comparable
     within a group only, so the solver cannot see which group's deep cut hurts most). At 0.4 on
