@@ -117,8 +117,16 @@ def test_timing_runs_on_pinned_cpus(monkeypatch):
     with pinned(1):
         assert os.sched_getaffinity(0) == {max(mask)}
     assert os.sched_getaffinity(0) == mask
-    for n in (0, len(mask)):
+    for n in (0, -1, len(mask)):
         with pinned(n):
+            assert os.sched_getaffinity(0) == mask
+
+    def refused(pid, cpus):
+        raise PermissionError("sandboxed")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "sched_setaffinity", refused)
+        with pinned(1):
             assert os.sched_getaffinity(0) == mask
     seen = []
 

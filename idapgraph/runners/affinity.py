@@ -16,16 +16,20 @@ from contextlib import contextmanager
 @contextmanager
 def pinned(threads: int):
     """The block runs on the last ``threads`` CPUs of the calling thread's affinity mask, which
-    is restored afterwards. No change where the platform cannot set affinities (not Linux),
-    for ``threads <= 0`` (onnxruntime's default: every core) or where the mask has no more
-    CPUs than ``threads``."""
+    is restored afterwards. No change where the platform cannot set affinities (not Linux) or
+    setting one fails (``OSError``), for ``threads <= 0`` (onnxruntime's default: every core),
+    or where the mask has no more CPUs than ``threads``."""
     get = getattr(os, "sched_getaffinity", None)
     allowed = sorted(get(0)) if get is not None and threads > 0 else []
-    if len(allowed) <= threads:
-        yield
-        return
-    os.sched_setaffinity(0, allowed[-threads:])  # pid 0: on Linux, the calling thread
+    try:
+        if threads > 0 and len(allowed) > threads:
+            os.sched_setaffinity(0, allowed[-threads:])  # pid 0: on Linux, the calling thread
+        else:
+            allowed = []
+    except OSError:  # a sandbox that forbids it: time unpinned
+        allowed = []
     try:
         yield
     finally:
-        os.sched_setaffinity(0, allowed)
+        if allowed:
+            os.sched_setaffinity(0, allowed)
