@@ -450,11 +450,12 @@ def analyze(model, example_inputs=None, *, calib=None, divergence_scores: bool =
 
 
 def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1,
-            provider: str = "cpu") -> dict[str, Any]:
+            provider: str = "cpu", dims: dict | None = None) -> dict[str, Any]:
     """onnxruntime latency of an ONNX model (path or ``ModelProto``) on seeded random inputs
-    (batch 1 where the batch is symbolic): ``threads`` intra-op threads, ``warmup`` untimed runs,
-    then the median/min/max of ``runs`` timed ones, in milliseconds. ``provider``: ``cpu``
-    (default) or ``cuda`` (onnxruntime-gpu; inputs and outputs kept on the GPU)."""
+    (symbolic dims at 1, or at their ``dims`` sizes): ``threads`` intra-op threads, ``warmup``
+    untimed runs, then the median/min/max of ``runs`` timed ones, in milliseconds.
+    ``provider``: ``cpu`` (default) or ``cuda`` (onnxruntime-gpu; inputs and outputs kept on
+    the GPU)."""
     from .runners.bench import latency as ort_latency
     from .runners.providers import resolve
 
@@ -469,18 +470,23 @@ def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1,
 
     if not isinstance(model, onnx.ModelProto):
         raise InputError("latency is measured on ONNX models (a path or an onnx.ModelProto)")
+    if dims:
+        from .frontends import onnx_dims
+
+        model = onnx_dims.fixed(model, onnx_dims.check(model, dict(dims)))
     return ort_latency(model, runs=runs, warmup=warmup, threads=threads,
                        provider=provider).to_dict()
 
 
 def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = False,
             min_keep: float = 0.1, round_to: int = 1, progress=None,
-            table_path=None, provider: str = "cpu") -> dict[str, Any]:
+            table_path=None, provider: str = "cpu", dims: dict | None = None) -> dict[str, Any]:
     """Build (or, with ``refresh``, re-time) the onnxruntime latency tables ``latency=R`` reads
     for ``model``'s conv/linear layers at every channel count the selection may choose, cached
     on disk per machine, execution provider (``cpu`` or ``cuda``) and thread count
-    (``$IDAPGRAPH_CACHE``, default ``~/.cache/idapgraph``), and time the whole model. Returns
-    what was timed, reused and measured."""
+    (``$IDAPGRAPH_CACHE``, default ``~/.cache/idapgraph``), and time the whole model. ``dims``
+    (symbolic dim name -> size, ONNX only): the sizes to time those dims at, as ``compress``
+    would (default 1). Returns what was timed, reused and measured."""
     from . import latency_target
     from .runners.providers import resolve
 
@@ -490,21 +496,64 @@ def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = Fal
         raise InputError(f"min_keep must be in [0, 1), got {min_keep!r}")
     a = analyze(model, example_inputs)
     a.model.check_runnable()
+    timed = _timing_analysis(a, dims)
     table = latency_target.table_for(threads, table_path, provider)
-    lm, info = latency_target.latency_model(a, a.blocks, table, min_keep=min_keep,
+    lm, info = latency_target.latency_model(timed, timed.blocks, table, min_keep=min_keep,
                                             **latency_target.grid(round_to), progress=progress,
                                             refresh=refresh)
-    measured = latency_target.measure(a.model.as_onnx(a.model.source), threads,
+    measured = latency_target.measure(_as_timed(dims)(a.model.as_onnx(a.model.source)), threads,
                                       provider=provider)
     tables_ms, _ = lm.raw(lm.full_choice())
     layers = sum(len(t.nodes) for t in lm.terms if t.kind == "lut")
     return {**info, "layers": layers, "model_ms": round(measured, 4),
-            "tables_ms": round(tables_ms, 4), "threads": threads, "machine": table.machine}
+            "tables_ms": round(tables_ms, 4), "threads": threads, "machine": table.machine,
+            "dims": dict(dims or {})}
 
 
 def _check_threads(threads) -> None:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+
+
+def _timing_analysis(a: Analysis, dims, keep_nodes=frozenset()) -> Analysis:
+    """The analysis latency is modelled and timed on: ``a`` itself without ``dims``; with them
+    (symbolic dim name -> size, ONNX only) the analysis of ``a``'s model with those dims fixed,
+    which must find every channel group (same key, same units) and block of ``a``, and keeps
+    only those (``keep_nodes`` protected alike). Fixed sizes can let it find more: a dynamo
+    export of BERT with its sequence fixed also offers groups on sliced position-id
+    constants."""
+    if not dims:
+        return a
+    from .frontends import onnx_dims
+
+    if a.graph.backend != "onnx":
+        raise InputError("dims fixes symbolic dims of an ONNX model's inputs; a torch module is "
+                         "traced at the shapes of its example inputs")
+    dims = onnx_dims.check(a.model.source, dict(dims))
+    t = analyze(onnx_dims.fixed(a.model.source, dims))
+    if keep_nodes:
+        t.coupling = keep_pass.protect(t.graph, t.coupling, set(keep_nodes))
+    groups = {g.key: g for g in t.coupling.groups}
+    if any(g.key not in groups or groups[g.key].n_units != g.n_units for g in a.coupling.groups) \
+            or not {b.key for b in a.blocks} <= {b.key for b in t.blocks}:
+        raise InputError(f"dims: with {dims} fixed the model's channel groups or blocks differ "
+                         "from those with its dims symbolic; drop dims to time it at size 1")
+    t.coupling = replace(t.coupling, groups=[groups[g.key] for g in a.coupling.groups])
+    keys = {b.key for b in a.blocks}
+    t.__dict__["_blocks"] = [b for b in t.blocks if b.key in keys]
+    return t
+
+
+def _as_timed(dims):
+    """ONNX model -> the model as latency times it: its symbolic dims ``dims`` fixed (checked
+    by :func:`_timing_analysis`). Models are emitted from the symbolic analysis and fixed
+    afterwards: re-emitted from the fixed one, a dynamo export of BERT failed onnxruntime's
+    checks (a Slice's starts and ends)."""
+    if not dims:
+        return lambda m: m
+    from .frontends.onnx_dims import fixed
+
+    return lambda m: fixed(m, dims)
 
 
 def _check_ratio(name: str, r: float | None) -> None:
@@ -602,14 +651,17 @@ def _emitted(a: Analysis, plan: Plan):
 
 def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss, warn, min_keep,
                   round_to, threads, gates, kinds, keep_nodes, solver, progress,
-                  gate_error: float, provider: str):
+                  gate_error: float, provider: str, dims=None):
     """``latency=R`` selection (see :mod:`idapgraph.latency_target`): one-shot scores of
     ``method``, then the MILP over measured tables with closed-loop timing of the candidates.
     Blocks whose bypass alone raises the calibration output error past ``gate_error`` are not
     offered to the solver; the others are priced by that error (:func:`_block_weights`), and
-    the ones bypassed together must keep it within ``gate_error`` as well.
+    the ones bypassed together must keep it within ``gate_error`` as well. Latency is
+    modelled and timed with the symbolic dims ``dims`` fixed (:func:`_timing_analysis`).
     Returns (plan, latency record, calibration kind)."""
     from . import latency_target
+
+    timed = _timing_analysis(a, dims, keep_nodes)
 
     batches, kind = _scoring_data(a, method, calib, seed, warn)
     scores = _scores(a, method, batches, loss, seed)
@@ -627,12 +679,15 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
         blocks = [b for b in blocks if gate_errors[b.key] <= gate_error]
     weights = _block_weights(a, scores, gate_errors, error, min_keep) if blocks else None
 
+    held, as_timed = {b.key: b for b in timed.blocks}, _as_timed(dims)
     plan, info = latency_target.select(
-        a, scores, target=target, threads=threads, blocks=blocks, provider=provider,
-        realize=lambda p: a.model.as_onnx(_emitted(a, p)), min_keep=min_keep,
+        timed, scores, target=target, threads=threads, blocks=[held[b.key] for b in blocks],
+        provider=provider, original=as_timed(a.model.as_onnx(a.model.source)),
+        realize=lambda p: as_timed(a.model.as_onnx(_emitted(a, p))), min_keep=min_keep,
         block_weights=weights, **latency_target.grid(round_to), solver=solver, progress=progress,
         block_errors=gate_errors if blocks else None, max_error=gate_error,
         bypass_error=(lambda keys: error(_bypassed(a, a.model.source, keys))) if blocks else None)
+    info["dims"] = dict(dims or {})
     info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
     info["gate_error"] = gate_error
     for note in info["notes"]:
@@ -862,7 +917,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
              block_kinds=None, round_to: int = 1, keep=None, progress=None,
              finetune=None, evaluate=None, finetune_steps: int = 3,
              latency: float | None = None, threads: int = 1, block_gates: bool = True,
-             solver: str = "milp", provider: str = "cpu") -> Result:
+             solver: str = "milp", provider: str = "cpu", dims: dict | None = None) -> Result:
     """Compress ``model`` to ``flops``/``params`` (fractions of the original to keep).
 
     Returns a :class:`Result` whose ``model`` is of the same kind as the input (an fx
@@ -903,7 +958,9 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     HiGHS; ``"greedy"``: the fallback heuristic) over measured per-layer latency tables cached
     on disk (see :func:`profile`), the emitted candidate timed and the budget corrected up to
     3 times; ``report.latency_target`` has the figures. ``max_error`` (default 0.05) bounds
-    the calibration output error of each block offered to the solver.
+    the calibration output error of each block offered to the solver. ``dims`` (an ONNX
+    model's symbolic input dim name -> size, e.g. ``{"sequence": 128}``): the sizes latency is
+    timed at (default 1 for every symbolic dim); the output keeps its dims symbolic.
     """
     _check_ratio("flops", flops)
     _check_ratio("params", params)
@@ -922,6 +979,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
         _check_threads(threads)
         if solver not in ("milp", "greedy"):
             raise InputError(f"unknown solver {solver!r} (choose from milp, greedy)")
+    elif dims:
+        raise InputError("dims= gives the sizes latency=R is timed at: give latency= too")
     if method not in scoring.METHODS:
         raise InputError(f"unknown method {method!r} (choose from {', '.join(scoring.METHODS)})")
     if plan is None and flops is None and params is None and latency is None and not blocks \
@@ -986,7 +1045,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
                                              round_to=round_to, threads=threads,
                                              gates=block_gates, kinds=block_kinds,
                                              keep_nodes=kept_nodes, solver=solver,
-                                             progress=progress, provider=provider,
+                                             progress=progress, provider=provider, dims=dims,
                                              gate_error=0.05 if max_error is None else max_error)
     elif plan is None:
         sel, kind = _select_plan(a, method, flops=flops, params=params, calib=calib, seed=seed,
@@ -1037,8 +1096,9 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     if lat_info is not None:
         from .latency_target import MISS, ratio
 
-        ref, now = ratio(a.model.as_onnx(a.model.source), a.model.as_onnx(out), threads,
-                         provider=provider)
+        as_timed = _as_timed(dims)
+        ref, now = ratio(as_timed(a.model.as_onnx(a.model.source)), as_timed(a.model.as_onnx(out)),
+                         threads, provider=provider)
         lat_info["after_ms"], lat_info["reference_ms"] = round(now, 4), round(ref, 4)
         lat_info["ratio"] = round(now / ref, 4)
         if lat_info["ratio"] > (1 + MISS) * latency:

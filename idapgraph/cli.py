@@ -29,6 +29,23 @@ def _ratio(text: str) -> float:
     return r
 
 
+def _dims(text: str) -> dict[str, int]:
+    """``NAME=N[,NAME=N...]``: sizes for an ONNX model's symbolic input dims."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, eq, size = part.partition("=")
+        if not eq or not name.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise argparse.ArgumentTypeError(f"expected NAME=N[,NAME=N...] with N >= 1, got {text!r}")
+        out[name.strip()] = int(size)
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected NAME=N[,NAME=N...], got {text!r}")
+    return out
+
+
+DIMS_HELP = ("sizes to time an ONNX model's symbolic input dims at, e.g. sequence=128 or "
+             "batch=8,sequence=128 (default 1 each)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -49,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-layer latency tables (cached; see `idapgraph profile`)")
     c.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
                    help="onnxruntime intra-op threads for --latency and --bench (default 1)")
+    c.add_argument("--dims", type=_dims, default=None, metavar="NAME=N,...",
+                   help="--latency and --bench: " + DIMS_HELP + "; the output keeps them symbolic")
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
                    help="onnxruntime execution provider --latency and --bench time on: cpu "
                         "(default) or cuda (needs onnxruntime-gpu; tables of its own)")
@@ -117,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
                     help="execution provider to time on: cpu (default) or cuda (needs "
                          "onnxruntime-gpu); tables are kept per provider")
+    pr.add_argument("--dims", type=_dims, default=None, metavar="NAME=N,...", help=DIMS_HELP)
     pr.add_argument("--refresh", action="store_true", help="time every entry again")
     pr.add_argument("--min-keep", type=float, default=0.1,
                     help="smallest fraction of a group the table covers (default 0.1)")
@@ -174,6 +194,8 @@ def cmd_compress(args) -> int:
     from .emit.save import save_onnx, write_bytes_atomic
     from .report_view import ProgressView, print_compress
 
+    if args.dims and args.latency is None and not args.bench:
+        raise _UserError("--dims sizes what --latency and --bench time: give one of them")
     plan = _read_plan(args.plan_in) if args.plan_in else None
     if plan is None and args.flops is None and args.params is None and args.latency is None \
             and not args.blocks and args.max_error is None:
@@ -198,13 +220,14 @@ def cmd_compress(args) -> int:
                            block_kinds=args.block_kinds, plan=plan, round_to=args.round_to,
                            keep=args.keep, progress=bar, latency=args.latency,
                            threads=args.threads, solver=args.solver,
-                           block_gates=not args.no_block_gates, provider=args.provider)
+                           block_gates=not args.no_block_gates, provider=args.provider,
+                           dims=args.dims if args.latency is not None else None)
         lat = None
         if args.bench:
             before = api.latency(args.input, runs=args.bench_runs, threads=args.threads,
-                                 provider=args.provider)
+                                 provider=args.provider, dims=args.dims)
             after = api.latency(res.model, runs=args.bench_runs, threads=args.threads,
-                                provider=args.provider)
+                                provider=args.provider, dims=args.dims)
             lat = {"before": before, "after": after,
                    "speedup": before["median_ms"] / after["median_ms"]}
     from .frontends.onnx_file import data_files, disk_size
@@ -296,7 +319,8 @@ def cmd_profile(args) -> int:
     with warnings.catch_warnings(), ProgressView(enabled=not args.json) as bar:
         warnings.simplefilter("ignore")
         rep = api.profile(args.input, threads=args.threads, refresh=args.refresh,
-                          min_keep=args.min_keep, progress=bar, provider=args.provider)
+                          min_keep=args.min_keep, progress=bar, provider=args.provider,
+                          dims=args.dims)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0

@@ -114,7 +114,8 @@ def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
 
 
 def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: list,
-           realize: Callable[[Plan], Any], min_keep: float = 0.1, quantum: int = 8,
+           realize: Callable[[Plan], Any], original=None, min_keep: float = 0.1,
+           quantum: int = 8,
            finest: int = 4,
            solver: str = "milp", rounds: int = 4, tol: float = 0.05, progress=None,
            table: lat.LatencyTable | None = None, provider: str = CPU,
@@ -123,7 +124,8 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
            bypass_error: Callable[[list[str]], float] | None = None,
            max_error: float | None = None) -> tuple[Plan, dict]:
     """The plan for ``target`` × the measured latency; ``realize(plan)`` builds the pruned
-    model as an ONNX ModelProto for timing. ``block_weights``: block key -> importance of
+    model as an ONNX ModelProto for timing, timed against ``original`` (default: ``a``'s
+    model). ``block_weights``: block key -> importance of
     keeping it (see :class:`~idapgraph.passes.latency.LatencyModel`). ``block_errors`` (each
     block's error bypassed alone), ``bypass_error`` (the joint error of bypassing the given
     blocks) and ``max_error``: the bypassed blocks' joint error stays within ``max_error``.
@@ -176,7 +178,8 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
             model.error_cap = 0.0 if attempt >= 10 else \
                 min(model.error_cap, summed) * 0.9 * max_error / joint[key]
         raise AssertionError("unreachable: a zero error cap admits no bypass")
-    original = a.model.as_onnx(a.model.source)
+    if original is None:
+        original = a.model.as_onnx(a.model.source)
     base = measure(original, threads, provider=provider)
     used = max(finest, quantum)
     model, tinfo, imp = prepare(used, float(max_error) if checked else None)

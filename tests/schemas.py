@@ -34,6 +34,7 @@ LATENCY_TARGET = {
     "table": {"path": str, "entries": int, "needed": int, "timed": int, "reused": int,
               "seconds": float},
     "quantum": int, "finest": int, "gated_blocks": int, "gate_error": float, "gate_errors": {str: float},
+    "dims": {str: int},
     "error_cap": (float, None),
 }
 

@@ -521,6 +521,21 @@ def test_an_unreachable_latency_gives_the_fastest_model_and_says_so(wide_cnn_onn
     onnx.checker.check_model(res.model, full_check=True)
 
 
+def test_nothing_to_choose_keeps_the_model_and_says_so(wide_cnn_onnx, shared_cache, monkeypatch):
+    """Every group kept (``keep="*"``) and no block gates: the solver has no variable, so the
+    unpruned model is the answer, the target reported missed (the MILP once got an empty
+    objective and raised from SciPy: GPT-2's TorchScript export has no prunable group)."""
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(shared_cache))
+    with pytest.warns(UserWarning):
+        res = idapgraph.compress(str(wide_cnn_onnx), latency=0.5, method="magnitude",
+                                 heal="none", block_gates=False, keep="*")
+    rep = res.report
+    assert not rep.reached and not res.plan.remove and not res.plan.bypass
+    assert any("nothing to choose" in n for n in rep.latency_target["notes"])
+    assert any("latency target 0.5 missed" in w for w in rep.warnings)
+    onnx.checker.check_model(res.model, full_check=True)
+
+
 def _dead_second_branch(cls) -> onnx.ModelProto:
     """``cls`` (TwoBlockNet or a variant) with its second branch's last conv scaled to almost
     nothing, exported."""
@@ -725,3 +740,83 @@ def test_latency_aware_keeps_accuracy_at_equal_latency(target, shared_cache, mon
                               batch=16) for p in (res.plan, plan)]
         print(f"  heal {heal}: latency-aware {acc[heal][0]:.4f}, FLOPs-targeted {acc[heal][1]:.4f}")
     assert acc["lsq"][0] >= acc["lsq"][1] - 0.005
+
+
+class TokenMLP(nn.Module):
+    """Two residual token MLPs over ``[batch, sequence, 64]``, pooled over the sequence."""
+
+    def __init__(self, d: int = 64, hidden: int = 256):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(),
+                                                  nn.Linear(hidden, d)) for _ in range(2))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = x + b(x)
+        return self.head(x.mean(1))
+
+
+@pytest.fixture(scope="module")
+def token_mlp_onnx():
+    torch.manual_seed(0)
+    return export_onnx(TokenMLP(), (torch.randn(1, 8, 64),), input_names=["x"],
+                       dynamic_axes={"x": {0: "batch", 1: "sequence"}})
+
+
+def test_symbolic_dims_are_timed_at_the_given_sizes(token_mlp_onnx, shared_cache, monkeypatch,
+                                                    tmp_path):
+    """``dims``: a symbolic sequence axis counts as 1 unless given a size. At ``sequence=256``
+    the tables and the whole model are timed on 256 rows (far slower than on 1), the latency target
+    is met on that size and the output keeps its dims symbolic (it runs at any length);
+    ``--bench`` times at the same sizes; bad ``dims`` are one clear error each (API, and the
+    CLI's exit 2)."""
+    from idapgraph.frontends.onnx_dims import input_dims
+
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(shared_cache))
+    assert input_dims(token_mlp_onnx) == ["batch", "sequence"]
+    one = idapgraph.profile(token_mlp_onnx)
+    long = idapgraph.profile(token_mlp_onnx, dims={"sequence": 256})
+    assert long["dims"] == {"sequence": 256} and one["dims"] == {}
+    assert long["tables_ms"] > 5 * one["tables_ms"] and long["model_ms"] > 3 * one["model_ms"]
+    res = idapgraph.compress(token_mlp_onnx, latency=0.5, method="magnitude", heal="none",
+                             dims={"sequence": 256})
+    lt = res.report.latency_target
+    assert lt["dims"] == {"sequence": 256} and lt["before_ms"] > 3 * one["model_ms"]
+    assert lt["ratio"] <= 0.5 * 1.1, lt
+    out = res.model
+    assert [d.dim_param for d in out.graph.input[0].type.tensor_type.shape.dim[:2]] == \
+        ["batch", "sequence"]
+    onnx.checker.check_model(out, full_check=True)
+    import onnxruntime as ort
+
+    y = ort.InferenceSession(out.SerializeToString()).run(
+        None, {"x": np.random.default_rng(0).standard_normal((2, 17, 64)).astype(np.float32)})[0]
+    assert y.shape == (2, 10)
+    for kw, msg in ((dict(latency=0.5, dims={"seq": 64}), "no symbolic dim 'seq'"),
+                    (dict(latency=0.5, dims={"sequence": 0}), "integer >= 1"),
+                    (dict(flops=0.5, dims={"sequence": 256}), "give latency= too")):
+        with pytest.raises(InputError, match=msg):
+            idapgraph.compress(token_mlp_onnx, method="magnitude", **kw)
+    with pytest.raises(InputError, match="torch module"):
+        idapgraph.compress(TokenMLP(), (torch.randn(1, 8, 64),), latency=0.5,
+                           dims={"sequence": 256})
+    path = tmp_path / "tok.onnx"
+    onnx.save(token_mlp_onnx, path)
+    cli = [sys.executable, "-m", "idapgraph"]
+    for args, msg in ((["--latency", "0.5", "--dims", "sequence"], "NAME=N"),
+                      (["--latency", "0.5", "--dims", "seq=4"], "no symbolic dim 'seq'"),
+                      (["--flops", "0.5", "--dims", "sequence=4"], "--latency and --bench")):
+        p = subprocess.run(cli + ["compress", str(path), "-o", str(tmp_path / "o.onnx"), *args],
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 2 and msg in p.stderr and not (tmp_path / "o.onnx").exists(), \
+            p.stderr
+        assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) <= 2, p.stderr
+    # --bench times the input and the output at the same sizes
+    p = subprocess.run(cli + ["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--flops",
+                              "0.5", "--method", "magnitude", "--bench", "--dims", "sequence=256",
+                              "--json"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    bench = json.loads(p.stdout)["latency"]
+    assert bench["before"]["median_ms"] > 3 * one["model_ms"]
+    assert abs(bench["before"]["median_ms"] / long["model_ms"] - 1) < 0.5

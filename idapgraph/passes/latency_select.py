@@ -117,6 +117,12 @@ def solve(model: LatencyModel, imp: list[np.ndarray], budget_ms: float, *,
                          f"frozen channels and the per-group minimum allow ({floor:.4g} ms, "
                          "predicted)")
         return sol
+    if not model.blocks and all(len(o) < 2 for o in model.options):
+        full = model.full_choice()
+        return Solution(full, [], floor, _objective(imp, model, full, []),
+                        "highs" if method == "milp" else "greedy", "nothing to choose", 0.0,
+                        True, ["nothing to choose: every channel group is frozen or has one "
+                               "count, and no block is offered"])
     if method == "milp":
         try:
             from scipy.optimize import milp  # noqa: F401
