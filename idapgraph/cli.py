@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-layer latency tables (cached; see `idapgraph profile`)")
     c.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
                    help="onnxruntime intra-op threads for --latency and --bench (default 1)")
+    c.add_argument("--measure-groups", action="store_true",
+                   help="--latency: weigh each channel group by its measured calibration loss "
+                        "(three healed models per group: slower, better across groups)")
     c.add_argument("--dims", type=_dims, default=None, metavar="NAME=N,...",
                    help="--latency and --bench: " + DIMS_HELP + "; the output keeps them symbolic")
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
@@ -221,7 +224,8 @@ def cmd_compress(args) -> int:
                            keep=args.keep, progress=bar, latency=args.latency,
                            threads=args.threads, solver=args.solver,
                            block_gates=not args.no_block_gates, provider=args.provider,
-                           dims=args.dims if args.latency is not None else None)
+                           dims=args.dims if args.latency is not None else None,
+                           measure_groups=args.measure_groups)
         lat = None
         if args.bench:
             before = api.latency(args.input, runs=args.bench_runs, threads=args.threads,

@@ -120,13 +120,16 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
            solver: str = "milp", rounds: int = 4, tol: float = 0.05, progress=None,
            table: lat.LatencyTable | None = None, provider: str = CPU,
            block_weights: dict[str, float] | None = None,
+           group_losses: list[dict[int, float]] | None = None,
            block_errors: dict[str, float] | None = None,
            bypass_error: Callable[[list[str]], float] | None = None,
            max_error: float | None = None) -> tuple[Plan, dict]:
     """The plan for ``target`` × the measured latency; ``realize(plan)`` builds the pruned
     model as an ONNX ModelProto for timing, timed against ``original`` (default: ``a``'s
     model). ``block_weights``: block key -> importance of
-    keeping it (see :class:`~idapgraph.passes.latency.LatencyModel`). ``block_errors`` (each
+    keeping it (see :class:`~idapgraph.passes.latency.LatencyModel`). ``group_losses`` (per
+    group: kept count -> measured error): the groups' importance on that scale
+    (:func:`lat.measured_importance`). ``block_errors`` (each
     block's error bypassed alone), ``bypass_error`` (the joint error of bypassing the given
     blocks) and ``max_error``: the bypassed blocks' joint error stays within ``max_error``.
     Everything is timed on ``provider`` (the table's own when ``table`` is given).
@@ -155,7 +158,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
         m.calibrate(base)
         for counts, kept, ms in measured:
             m.refit([o.index(c) for o, c in zip(m.options, counts)], kept, ms)
-        return m, info_, lat.importance(scores, m.options)
+        return m, info_, lat.importance(scores, m.options, losses=group_losses)
 
     joint: dict[tuple, float] = {}
 

