@@ -21,8 +21,11 @@ install-test:
 demo: install
 	$(PYTHON) -m idapgraph demo --out demo_out
 
+# two pytest-xdist workers, a test file each at a time (module fixtures built once per file)
+TEST_WORKERS ?= 2
+
 test: install-test
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # benchmarks against the peers (tools/bench/; not part of `make test`): tables + plots in
 # bench_out/; `make bench ARGS=--quick` or `make bench-quick` for the < 10 min version

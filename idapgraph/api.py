@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .frontends import onnx_dims
 from .ir.annotations import Coupling
 from .ir.graph import Graph
 from .ir.plan import Plan, Rewrite
@@ -28,6 +29,7 @@ from .passes import reconstruct as recon_pass
 from .passes import divergence, scoring
 from .passes import heal as heal_pass, select as select_pass
 from .passes import keep as keep_pass
+from .passes.latency import untimed_note
 
 
 class Model:
@@ -40,6 +42,7 @@ class Model:
     batch_size: int = 1
     exact_batch: bool = True  # the model only takes batches of exactly ``batch_size``
     progress: Any = None  # progress(stage, done, total) after every calibration batch, or None
+    notes: tuple[str, ...] | list[str] = ()  # optional loading steps that failed (warnings)
 
     def ticking(self, batches):
         """``batches``, reporting each one to :attr:`progress` as it has been run."""
@@ -157,28 +160,39 @@ class TorchModel(Model):
         self.output_shapes = [self.graph.shape(t) for t in self.graph.outputs]
         self.batch_size = self._probe_batch()
 
+    # what torch raises for a module that only runs at the batch it was traced at: a shape or
+    # size mismatch (RuntimeError: view/reshape/expand/cat/matmul), a dim out of range
+    # (IndexError), sizes a functional rejects (ValueError), a traced ``torch._assert``
+    _BATCH_ERRORS = (RuntimeError, ValueError, IndexError, AssertionError)
+
     def _probe_batch(self, big: int = 32) -> int:
-        """Calibrate in batches of ``big`` when the module accepts them, else the example's."""
+        """Calibrate in batches of ``big`` when a module traced at batch 1 runs at batch 2 with
+        every output the traced shape but for a doubled leading dim; else at the example's
+        batch. Only what torch raises for a batch the module does not take (``_BATCH_ERRORS``)
+        means no: any other exception propagates."""
+        import contextlib
+        import io
+
         import torch
+
+        from .emit.validate import flatten_outputs
 
         first = self.example_inputs[0] if self.example_inputs else None
         own = int(first.shape[0]) if getattr(first, "ndim", 0) else 1
-        try:
-            args = tuple(torch.cat([a] * 2) if isinstance(a, torch.Tensor) and a.ndim else a
-                         for a in self.example_inputs)
-            import contextlib
-            import io
-
-            from .emit.validate import flatten_outputs
-
-            # fx prints the failing generated code to stderr itself; a failed probe is expected
+        if own != 1:
+            return own
+        args = tuple(torch.cat([a] * 2) if isinstance(a, torch.Tensor) and a.ndim else a
+                     for a in self.example_inputs)
+        try:  # fx prints the failing generated code to stderr itself; a failed probe is expected
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 outs = flatten_outputs(self.source(*args))
-            if all(o.shape[0] == 2 * own for o in outs) and own == 1:
-                self.exact_batch = False
-                return big
-        except Exception:  # noqa: BLE001 - a module that cannot batch keeps its own size
-            pass
+        except self._BATCH_ERRORS:
+            return own
+        want = [(2, *s[1:]) if s and s[0] == 1 else None for s in self.output_shapes]
+        got = [tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in outs]
+        if len(got) == len(want) and all(w is not None and g == w for g, w in zip(got, want)):
+            self.exact_batch = False
+            return big
         return own
 
     def run(self, model, names, batches, reduce, outputs=False):
@@ -260,7 +274,8 @@ class OnnxModel(Model):
                 raise InputError("this ModelProto refers to external data files: pass the "
                                  "model's path instead (its data is then read from its folder)")
         self.original = model
-        self.source = onnx_frontend.normalize(model)
+        self.notes = []
+        self.source = onnx_frontend.normalize(model, self.notes)
         onnx_frontend.check_runnable(self.source)
         self.graph = onnx_frontend.to_ir(self.source)
         self.output_shapes = None
@@ -415,6 +430,11 @@ class Analysis:
     def graph(self) -> Graph:
         return self.model.graph
 
+    @property
+    def warnings(self) -> list[str]:
+        """Loading steps that failed and were skipped (the analysis may be less sharp)."""
+        return list(self.model.notes)
+
 
 @contextlib.contextmanager
 def _gc_paused():
@@ -471,8 +491,6 @@ def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1,
     if not isinstance(model, onnx.ModelProto):
         raise InputError("latency is measured on ONNX models (a path or an onnx.ModelProto)")
     if dims:
-        from .frontends import onnx_dims
-
         model = onnx_dims.fixed(model, onnx_dims.check(model, dict(dims)))
     return ort_latency(model, runs=runs, warmup=warmup, threads=threads,
                        provider=provider).to_dict()
@@ -501,13 +519,15 @@ def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = Fal
     lm, info = latency_target.latency_model(timed, timed.blocks, table, min_keep=min_keep,
                                             **latency_target.grid(round_to), progress=progress,
                                             refresh=refresh)
-    measured = latency_target.measure(_as_timed(dims)(a.model.as_onnx(a.model.source)), threads,
-                                      provider=provider)
+    measured = latency_target.measure(onnx_dims.fixed(a.model.as_onnx(a.model.source), dims),
+                                      threads, provider=provider)
     tables_ms, _ = lm.raw(lm.full_choice())
     layers = sum(len(t.nodes) for t in lm.terms if t.kind == "lut")
+    note = untimed_note(table)
     return {**info, "layers": layers, "model_ms": round(measured, 4),
             "tables_ms": round(tables_ms, 4), "threads": threads, "machine": table.machine,
-            "dims": dict(dims or {})}
+            "dims": dict(dims or {}), "untimed": lm.untimed, "untimed_layers": lm.untimed_layers,
+            "warnings": [note] if note else []}
 
 
 def _check_threads(threads) -> None:
@@ -524,8 +544,6 @@ def _timing_analysis(a: Analysis, dims, keep_nodes=frozenset()) -> Analysis:
     constants."""
     if not dims:
         return a
-    from .frontends import onnx_dims
-
     if a.graph.backend != "onnx":
         raise InputError("dims fixes symbolic dims of an ONNX model's inputs; a torch module is "
                          "traced at the shapes of its example inputs")
@@ -542,18 +560,6 @@ def _timing_analysis(a: Analysis, dims, keep_nodes=frozenset()) -> Analysis:
     keys = {b.key for b in a.blocks}
     t.__dict__["_blocks"] = [b for b in t.blocks if b.key in keys]
     return t
-
-
-def _as_timed(dims):
-    """ONNX model -> the model as latency times it: its symbolic dims ``dims`` fixed (checked
-    by :func:`_timing_analysis`). Models are emitted from the symbolic analysis and fixed
-    afterwards: re-emitted from the fixed one, a dynamo export of BERT failed onnxruntime's
-    checks (a Slice's starts and ends)."""
-    if not dims:
-        return lambda m: m
-    from .frontends.onnx_dims import fixed
-
-    return lambda m: fixed(m, dims)
 
 
 def _check_ratio(name: str, r: float | None) -> None:
@@ -689,11 +695,16 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
     else:
         weights = _block_weights(a, scores, gate_errors, error, min_keep) if blocks else None
 
-    held, as_timed = {b.key: b for b in timed.blocks}, _as_timed(dims)
+    # models are emitted from the symbolic analysis and their dims fixed afterwards: emitted
+    # from the fixed one, a dynamo export of BERT failed onnxruntime's checks (a Slice's
+    # starts and ends)
+    held = {b.key: b for b in timed.blocks}
+    table = latency_target.table_for(threads, provider=provider)
     plan, info = latency_target.select(
         timed, scores, target=target, threads=threads, blocks=[held[b.key] for b in blocks],
-        provider=provider, original=as_timed(a.model.as_onnx(a.model.source)),
-        realize=lambda p: as_timed(a.model.as_onnx(_emitted(a, p))), min_keep=min_keep,
+        provider=provider, original=onnx_dims.fixed(a.model.as_onnx(a.model.source), dims),
+        realize=lambda p: onnx_dims.fixed(a.model.as_onnx(_emitted(a, p)), dims),
+        min_keep=min_keep, table=table,
         block_weights=weights, group_losses=losses, **latency_target.grid(round_to),
         solver=solver, progress=progress, block_errors=gate_errors if blocks else None,
         max_error=gate_error,
@@ -704,7 +715,7 @@ def _latency_plan(a: Analysis, method: str, target: float, *, calib, seed, loss,
          for g, ls in zip(a.coupling.groups, losses)}
     info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
     info["gate_error"] = gate_error
-    for note in info["notes"]:
+    for note in info["notes"] + ([untimed_note(table)] if table.failed else []):  # untimed layers
         warn.append(note)
         warnings.warn(note, stacklevel=3)
     return plan, info, kind
@@ -725,7 +736,6 @@ def _group_losses(a: Analysis, scores, batches, min_keep: float,
     tables, plans for predicted latencies 0.7 to 0.4 scored 94.4-96.9 % top-1 after
     least-squares healing, the unit-count weighting 80.5-95.5 %; measured without healing
     (masked), the losses saturate and did worse."""
-    error = a.model.output_error(batches)
     out = []
     for i, (g, s) in enumerate(zip(a.coupling.groups, scores)):
         lo, got = select_pass.min_kept(g.n_units, min_keep), {}
@@ -736,9 +746,9 @@ def _group_losses(a: Analysis, scores, batches, min_keep: float,
                 cut = Plan(remove={g.key: sorted(int(u) for u in order[:g.n_units - k])},
                            meta={"backend": a.graph.backend})
                 rewrite = prune_pass.resolve(a.graph, a.coupling, cut)
-                healed, _ = _heal(a, a.model.emit(rewrite, "remove"), rewrite, batches,
-                                  mode="lsq")
-                got[k] = float(error(healed))
+                _, rep = _heal(a, a.model.emit(rewrite, "remove"), rewrite, batches, mode="lsq")
+                # the error of the model healing keeps (healed, or not where that is worse)
+                got[k] = float(min(rep.error_before, rep.error_after))
         out.append(got)
         if progress is not None:
             progress("group losses", i + 1, len(scores))
@@ -1089,7 +1099,9 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
                              f"{sorted(held & set(plan.remove))}, kept by --keep")
         a.coupling = keep_pass.protect(a.graph, a.coupling, kept_nodes)
     g, coupling = a.graph, a.coupling
-    warn: list[str] = []
+    warn: list[str] = a.warnings
+    for msg in warn:
+        warnings.warn(msg, stacklevel=2)
     log: list[dict] = []
     reached, kind = True, "none"
     lat_info = None
@@ -1144,6 +1156,7 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
             kinds=block_kinds, keep_nodes=kept_nodes, sized=params is not None)
         plan.bypass = list(bypassed)
         if blocks and len(bypassed) < blocks:
+            reached = False
             msg = f"bypassed {len(bypassed)} of the {blocks} blocks asked for (no more found or error bound hit)"
             warn.append(msg)
             warnings.warn(msg, stacklevel=2)
@@ -1151,9 +1164,8 @@ def compress(model, example_inputs=None, *, flops: float | None = None, params: 
     if lat_info is not None:
         from .latency_target import MISS, ratio
 
-        as_timed = _as_timed(dims)
-        ref, now = ratio(as_timed(a.model.as_onnx(a.model.source)), as_timed(a.model.as_onnx(out)),
-                         threads, provider=provider)
+        ref, now = ratio(onnx_dims.fixed(a.model.as_onnx(a.model.source), dims),
+                         onnx_dims.fixed(a.model.as_onnx(out), dims), threads, provider=provider)
         lat_info["after_ms"], lat_info["reference_ms"] = round(now, 4), round(ref, 4)
         lat_info["ratio"] = round(now / ref, 4)
         if lat_info["ratio"] > (1 + MISS) * latency:

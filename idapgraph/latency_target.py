@@ -29,16 +29,14 @@ import numpy as np
 from .ir.plan import Plan
 from .passes import latency as lat
 from .passes import latency_select
-from .runners import op_timer
-from .runners.bench import latency as ort_latency
-from .runners.bench import paired
+from .runners import clock
 from .runners.providers import CPU
 
 
 def table_for(threads: int, path=None, provider: str = CPU) -> lat.LatencyTable:
     """The latency table of this machine, ``threads`` and ``provider`` (a full onnxruntime
     name: :func:`idapgraph.runners.providers.resolve`)."""
-    return lat.LatencyTable(op_timer.machine(threads, provider), path)
+    return lat.LatencyTable(clock.current().machine(threads, provider), path)
 
 
 def grid(round_to: int) -> dict:
@@ -52,11 +50,11 @@ def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantu
     """The latency model of analysis ``a`` and how its table was obtained."""
     t0 = time.perf_counter()
     tick = (lambda d, n: progress("profile", d, n)) if progress is not None else None
+    clk, threads, provider = clock.current(), table.machine["threads"], table.machine["provider"]
     model = lat.build(a.graph, a.coupling, blocks, table, min_keep=min_keep, quantum=quantum,
                       finest=finest,
-                      timer=lambda sig, cin, cout: op_timer.time_op(
-                          sig, cin, cout, threads=table.machine["threads"],
-                          provider=table.machine["provider"]),
+                      timer=lambda sig, cin, cout: clk.layer(sig, cin, cout, threads=threads,
+                                                             provider=provider),
                       progress=tick, refresh=refresh, gate_groupless=gate_groupless)
     if model.timed:
         table.save()
@@ -66,24 +64,19 @@ def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantu
 
 
 def measure(model_proto, threads: int, runs: int = 20, provider: str = CPU) -> float:
-    return ort_latency(model_proto, runs=runs, warmup=5, threads=threads,
-                       provider=provider).median_ms
+    """Milliseconds of one call of ``model_proto`` on the clock in use."""
+    return clock.current().model(model_proto, threads=threads, provider=provider, runs=runs)
 
 
 # a latency target counts as reached up to this fraction over it (the report's ``reached``)
 MISS = 0.10
-# the closed loop's timing of a candidate against the original lasts at least this long, so a
-# small model gets more than ``runs`` runs (on a 2-core EPYC VM, MobileNetV2's final 20-run
-# ratio read 0.392 where three passes of 30 runs each read 0.329)
-RATIO_MIN_S = 1.5
 
 
 def ratio(reference, candidate, threads: int, runs: int = 20,
           provider: str = CPU) -> tuple[float, float]:
     """(reference ms, candidate ms), timed in turns: their ratio survives a change of load."""
-    ref, cand = paired([reference, candidate], runs=runs, threads=threads, provider=provider,
-                       min_s=RATIO_MIN_S)
-    return ref, cand
+    return clock.current().pair(reference, candidate, threads=threads, provider=provider,
+                                runs=runs)
 
 
 def _better(new: float, old: float, goal_ms: float, limit_ms: float) -> bool:

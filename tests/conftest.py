@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import numpy as np
@@ -5,7 +6,8 @@ import pytest
 import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-torch.set_num_threads(2)
+# one torch thread per pytest-xdist worker (two workers share the two cores), else two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(autouse=True)

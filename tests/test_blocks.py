@@ -69,8 +69,16 @@ def mnist():
     return model, x, export_onnx(model, x), calibration()
 
 
+# BENCHMARKS.md, "Layer truncation on the same MNIST CNN": --blocks 2 on the unpruned CNN (97.15 %)
+# keeps 32.2 % top-1 with mean substitution (stats, and the torch module's default) and 26.4 %
+# with --heal none; asserted to be no more than 3 points below (2,000 test images)
+BLOCKS_2_ACC = {"stats": 0.322, "none": 0.264}
+ACC_MARGIN = 0.03
+
+
 def test_cli_blocks_2_on_onnx(mnist, tmp_path):
     _, _, proto, cal = mnist
+    acc = {}
     src = tmp_path / "m.onnx"
     onnx.save(proto, src)
     np.savez(tmp_path / "cal.npz", x=cal)
@@ -88,7 +96,11 @@ def test_cli_blocks_2_on_onnx(mnist, tmp_path):
         if heal == "none":  # without mean substitution the Add disappears altogether
             assert sum(n.op_type == "Add" for n in small.graph.node) == \
                 sum(n.op_type == "Add" for n in proto.graph.node) - 2
-        print(heal, "accuracy with 2 blocks bypassed:", accuracy(small), rep["flops_ratio"])
+        acc[heal] = accuracy(small)
+        print(heal, "accuracy with 2 blocks bypassed:", acc[heal], rep["flops_ratio"])
+        assert acc[heal] >= BLOCKS_2_ACC[heal] - ACC_MARGIN, acc
+        assert rep["flops_ratio"] == pytest.approx(0.643, abs=0.005)
+    assert acc["stats"] > acc["none"], acc  # mean substitution helps
 
 
 def test_fx_blocks_2_and_accuracy(mnist):
@@ -98,13 +110,16 @@ def test_fx_blocks_2_and_accuracy(mnist):
     assert residual_adds_fx(r.model) == residual_adds_fx(torch.fx.symbolic_trace(model)) - 2
     assert r.report.flops_after < r.report.flops_before
     acc = accuracy(r.model)
-    print("fx accuracy with 2 blocks bypassed:", acc)  # reported; 6 blocks only, each matters
+    print("fx accuracy with 2 blocks bypassed:", acc)  # 6 blocks only, each matters
+    assert acc >= BLOCKS_2_ACC["stats"] - ACC_MARGIN  # as the ONNX route
     assert set(r.report.block_scores) == set(r.report.blocks_bypassed)
 
 
 def test_max_error_bound_holds(mnist):
     model, x, proto, cal = mnist
-    bound = 0.05
+    # each block changes its input by ~90 %: one bypass costs 0.42 of the output, two 0.86, so
+    # a bound of 0.5 lets one go (0.05, as before, let none: the check was vacuous)
+    bound = 0.5
     r = idapgraph.compress(proto, blocks=None, max_error=bound, calib=cal, heal="none")
     from idapgraph.emit.validate import session
 
@@ -116,8 +131,9 @@ def test_max_error_bound_holds(mnist):
         b = got.run(None, {name: cal[i:i + 1]})[0].astype(np.float64)
         num += float(((a - b) ** 2).sum())
         den += float((a * a).sum())
-    assert num / den <= bound + 1e-9
-    assert len(r.report.blocks_bypassed) < 6  # the bound stopped it before every block was gone
+    assert 0 < num / den <= bound + 1e-9
+    # some blocks went, and the bound stopped it before every block was gone
+    assert 1 <= len(r.report.blocks_bypassed) < 6, r.report.blocks_bypassed
 
 
 def test_plan_with_bypass_roundtrips(mnist):

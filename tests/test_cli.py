@@ -259,38 +259,56 @@ BAD = ["missing", "empty", "garbage", "text", "truncated", "cycle", "unknown_dom
        "plan_bypass_unknown"]
 
 
-# what the one line must say (the reason, not just any error)
-SAYS = {"missing": "no such file", "empty": "empty", "truncated": "not a valid ONNX",
-        "cycle": "topologically", "unknown_domain": "com.example.Foo",
-        "external_escape": "escapes the model's folder", "same_output": "is the input",
-        "same_output_spelled": "is the input", "same_output_symlink": "is the input",
-        "same_output_via_link_input": "is the input", "ratio_zero": "(0, 1]",
-        "ratio_big": "(0, 1]", "ratio_negative_params": "(0, 1]", "bad_method": "nope",
-        "bad_round_to": "--round-to", "keep_matches_nothing": "no/such/*",
-        "no_out_dir": "does not exist", "unwritable_out_dir": "not writable",
-        "unwritable_plan_out": "does not exist", "calib_names": "lacks model input",
-        "calib_shape": "shape", "calib_rank": "shape", "calib_dtype": "dtype",
-        "calib_not_npz": "npz", "plan_garbage": "not an idapgraph plan",
-        "plan_missing": "cannot read plan", "plan_other_model": "w999.out",
-        "plan_out_of_range": "unit 64", "plan_empties_group": "every unit",
-        "plan_bypass_unknown": "b99"}
+# what the one line must say (the reason, not just any error); one entry per case of BAD
+SAYS = {"missing": "no such file", "empty": "empty file, not an ONNX model",
+        "garbage": "not a valid ONNX model", "text": "not a valid ONNX model",
+        "truncated": "not a valid ONNX model", "cycle": "topologically sorted",
+        "unknown_domain": "com.example.Foo", "external_escape": "escapes the model's folder",
+        "same_output": "is the input file", "same_output_spelled": "is the input file",
+        "same_output_symlink": "is the input file", "same_output_via_link_input": "is the input file",
+        "ratio_zero": "--flops: must be a fraction to keep in (0, 1], got 0",
+        "ratio_big": "--flops: must be a fraction to keep in (0, 1], got 1.5",
+        "ratio_negative_params": "--params: must be a fraction to keep in (0, 1], got -0.5",
+        "ratio_nan": "--params: not a number: 'abc'", "no_target": "give a target",
+        "bad_method": "unknown method 'nope'", "bad_round_to": "--round-to: must be >= 1",
+        "keep_matches_nothing": "['no/such/*'] match no node", "no_out_dir": "nodir does not exist",
+        "unwritable_out_dir": "is not writable", "unwritable_plan_out": "nodir does not exist",
+        "no_output": "give an output file with -o", "calib_names": "lacks model input",
+        "calib_shape": "has shape (4, 3, 32, 64)", "calib_rank": "has shape (3, 64, 64)",
+        "calib_dtype": "has dtype int32", "calib_not_npz": "not a readable .npz file",
+        "plan_garbage": "is not an idapgraph plan", "plan_missing": "cannot read plan",
+        "plan_other_model": "'w999.out', which this model does not have",
+        "plan_out_of_range": "removes unit 64 of group 'w1.out'",
+        "plan_empties_group": "removes every unit of channel group 'w1.out'",
+        "plan_bypass_unknown": "['b99'], which this model does not have"}
+
+
+def test_says_covers_bad():
+    assert len(set(BAD)) == len(BAD) and set(SAYS) == set(BAD)
+
+
+def _files(root) -> set:
+    return {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs}
 
 
 @pytest.mark.parametrize("name", BAD)
 def test_bad_input_exit_2(name, model_path, tmp_path):
     args, inp = _bad(tmp_path, model_path, name)
     before = digest(inp) if inp else None
-    r = run(*args)
+    files = _files(tmp_path)
+    # every output path a case names (-o, --plan-out), the root fallback included
+    at_stake = [tmp_path / "out.onnx", tmp_path / "nodir" / "x.onnx", tmp_path / "ro" / "x.onnx",
+                tmp_path / "nodir" / "plan.json", "/sys/idapgraph-test.onnx"]
+    r = run(*args, cwd=tmp_path)  # in tmp_path, so a default output path would be seen too
     assert r.returncode == 2, (r.returncode, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("idapgraph: error: "), lines
-    assert SAYS.get(name, "") in lines[0], lines[0]
-    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "plan.out").exists()
+    assert SAYS[name] in lines[0], lines[0]
+    assert not [p for p in at_stake if os.path.lexists(p)]
+    assert _files(tmp_path) == files, "a bad input wrote a file"  # no output, plan or .tmp
     if inp:
         assert digest(inp) == before
-    assert not [f for _, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".tmp")]
-    assert not os.path.exists("/sys/idapgraph-test.onnx")
 
 
 def test_analyze_json(model_path, tmp_path):

@@ -136,7 +136,15 @@ def _edit_locations(path, fn):
     path.write_bytes(m.SerializeToString())
 
 
-@pytest.mark.parametrize("case", ["escape", "absolute", "missing", "short", "bad_length"])
+# what each refusal's one line must say
+SAYS = {"escape": "'../outside.bin' of tensor 'w1_0' escapes the model's folder",
+        "absolute": "weights.bin' of tensor 'w1_0' escapes the model's folder",
+        "missing": "external data file 'weights.bin' of tensor 'w1_0' is missing",
+        "short": "runs past the end of 'weights.bin'",
+        "bad_length": "external data length 12 does not match its shape"}
+
+
+@pytest.mark.parametrize("case", list(SAYS))
 def test_bad_external_data_refused_with_one_line(case, ext_model, tmp_path):
     data = ext_model.parent / "weights.bin"
     if case == "escape":  # a FIFO outside the folder: reading it would hang the test
@@ -155,11 +163,16 @@ def test_bad_external_data_refused_with_one_line(case, ext_model, tmp_path):
     with pytest.raises(InputError):
         onnx_file.load(ext_model)
     out = tmp_path / "o.onnx"
-    r = subprocess.run(CLI + ["analyze", str(ext_model)], capture_output=True, text=True,
-                       timeout=120)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert not out.exists()
+    files = {os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs}
+    for args in (["analyze", str(ext_model)],
+                 ["compress", str(ext_model), "-o", str(out), "--flops", "0.5"]):
+        r = subprocess.run(CLI + args, capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert lines[0].startswith("idapgraph: error: ") and SAYS[case] in lines[0], lines[0]
+    # compress was refused before writing anything: no output, no data file, no temp file
+    assert not out.exists() and not os.path.lexists(str(out) + ".data")
+    assert {os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs} == files
 
 
 def test_output_never_overwrites_the_input_data(tmp_path):

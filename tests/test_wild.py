@@ -173,7 +173,14 @@ def test_low_precision_stored_weights(dtype, name, heal):
     model, args = _model(name)
     proto = store_weights_as(export(model, args), dtype)
     r = check_handled(proto, heal=heal)
-    assert r.report.heal["kept"] is not None
+    h = r.report.heal
+    # healing ran on the low-precision weights (frozen ones would give it no layer to correct)
+    assert h["method"] == heal and h["layers"] > 0 and len(h["corrections"]) == h["layers"]
+    assert h["error_before"] is not None and h["error_after"] is not None
+    assert h["kept"] == (h["error_after"] <= h["error_before"])
+    # measured: lsq helps both models (cnn 0.065 -> 0.0006, block 0.024 -> 0.0087); stats helps
+    # the cnn (0.065 -> 0.017) but not the transformer block (0.0243 -> 0.0263), so it is dropped
+    assert h["kept"] == (heal == "lsq" or name == "cnn"), (h["error_before"], h["error_after"])
     low = "FLOAT16" if dtype == "float16" else "BFLOAT16"
     assert set(_float_types(r.model, min_rank=2)) == {low}, "emitted weights changed dtype"
     assert _float_types(r.model)[low] >= _float_types(proto)[low]

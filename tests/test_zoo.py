@@ -9,7 +9,7 @@ import torch
 
 import idapgraph
 from helpers import export_onnx, onnx_out, rel_err, torch_out
-from zoo import ALL, CNNS, build
+from zoo import ALL, build
 
 def _feeds(proto, args):
     names = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
@@ -17,12 +17,14 @@ def _feeds(proto, args):
 
 
 def _check_report(r, name):
+    """Every zoo model is prunable to the test's 0.6 FLOPs target, the transformers (ViT, Swin,
+    BERT, GPT-2: heads and MLP units) as well as the CNNs: an empty plan fails."""
     rep = r.report
-    assert rep.flops_after <= rep.flops_before
+    assert r.plan.remove and rep.units_removed == r.plan.n_removed > 0, f"{name}: nothing pruned"
+    assert rep.flops_after < rep.flops_before
     assert all("internal:" not in f["reason"] for f in rep.frozen), rep.frozen
-    if name in CNNS:
-        assert rep.params_after < rep.params_before, "params not reduced on a CNN"
-        assert rep.reached and rep.flops_ratio <= 0.6 + 1e-9
+    assert rep.params_after < rep.params_before, f"{name}: params not reduced"
+    assert rep.reached and rep.flops_ratio <= 0.6 + 1e-9, (name, rep.reached, rep.flops_ratio)
 
 
 @pytest.mark.parametrize("name", ALL)

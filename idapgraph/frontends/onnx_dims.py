@@ -4,9 +4,12 @@ inference and the latency tables see the sizes too)."""
 
 from __future__ import annotations
 
-import onnx
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # onnx is imported where a model is copied: importing idapgraph stays light
+    import onnx
 
 
 def input_dims(model: onnx.ModelProto) -> list[str]:
@@ -43,7 +46,12 @@ def fixed(model: onnx.ModelProto, dims: dict[str, int]) -> onnx.ModelProto:
     outputs, and without the intermediate shapes (``value_info``), which shape inference
     derives again: a dynamo export's shape-computing tensors annotated with the symbolic dim
     made onnxruntime reject the model once only the dims were replaced (BERT: "Incorrect or
-    missing input value for starts and ends" at a Slice). Other symbolic dims stay."""
+    missing input value for starts and ends" at a Slice). Other symbolic dims stay; no
+    ``dims``: ``model`` itself."""
+    if not dims:
+        return model
+    import onnx
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.value_info[:]

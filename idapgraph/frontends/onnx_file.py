@@ -37,13 +37,19 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def data_files(path: str | os.PathLike) -> set[Path]:
-    """The external data files (in its own folder) that the ONNX file at ``path`` names; empty
-    for a file that cannot be read."""
+    """The external data files (in its own folder) that the ONNX file at ``path`` names. A file
+    that cannot be read is refused (:class:`InputError`), never taken to name none: the output
+    path check relies on this list to keep the input's data from being overwritten."""
     p = Path(path)
     try:
         model = onnx.load(str(p), load_external_data=False)
-    except Exception:  # noqa: BLE001
-        return set()
+    except Exception as e:  # noqa: BLE001 - protobuf and the file system raise many kinds
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if isinstance(e, (DecodeError, RuntimeError, ValueError)):  # as load() says it
+            raise InputError(f"{p}: not a valid ONNX model (truncated or corrupt: {first})") \
+                from None
+        raise InputError(f"{p}: cannot list the external data files it names, so cannot make "
+                         f"sure the output does not overwrite them: {first}") from None
     base = p.resolve().parent
     out = set()
     for t in onnx_external.external_tensors(model):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections import defaultdict
@@ -66,6 +67,9 @@ class LatencyTable:
         self.path = Path(path) if path is not None else cache_dir() / "latency" / f"{digest}.json"
         self.entries: dict[str, dict[str, float]] = {}
         self.new = 0
+        # signatures the timer could not time in this process -> why (not saved: retried in
+        # the next one); their layers are priced per output element
+        self.failed: dict[str, str] = {}
         self._read()
 
     def _read(self) -> None:
@@ -86,6 +90,9 @@ class LatencyTable:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.entries.values())
+
+    def __bool__(self) -> bool:  # a table is there even while empty (``table or default``)
+        return True
 
     def save(self) -> None:
         """Merge with what is on disk now (another run may have added entries), write atomically."""
@@ -201,6 +208,10 @@ class LatencyModel:
     error_cap: float | None = None
     timed: int = 0  # table entries timed while building (the rest came from the cache)
     needed: int = 0  # table entries the model reads
+    # entries of layers the timer could not time (failed signatures): not read, not counted in
+    # ``needed`` or ``timed``; those layers are priced per output element
+    untimed: int = 0
+    untimed_layers: list[str] = field(default_factory=list)
 
     def cost(self, t: Term) -> np.ndarray:
         return t.table * (self.lut_scale if t.kind == "lut" else self.elem_ms)
@@ -321,7 +332,6 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
 
     pending: list[tuple[dict, int, int]] = []
     needed: set[tuple[str, int, int]] = set()
-    failed: set[str] = set()  # signatures the timer could not run
     # ("lut", node, a, b, fa, fb, sig, fallback) or ("elems", node, a, None, fa, per-channel, n)
     specs: list[tuple] = []
 
@@ -362,19 +372,13 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
                     if refresh or table.get(sig, cin, cout) is None:
                         pending.append((sig, cin, cout))
     pending = list(dict.fromkeys((sig_key(s), ci, co) for s, ci, co in pending))
-    if pending:
-        for done, (sk, ci, co) in enumerate(pending, 1):
-            if sk not in failed:
-                sig = json.loads(sk)
-                try:
-                    table.put(sig, ci, co, timer(sig, ci, co))
-                except Exception:  # noqa: BLE001 - e.g. an op the provider lacks for a dtype
-                    failed.add(sk)
-            if progress is not None:
-                progress(done, len(pending))
+    timed_by = _time_entries(pending, table, timer, progress)
+    failed = {sk for sk, _, _ in needed if sk in table.failed}  # untimeable: priced per element
+    untimed = [n for n in needed if n[0] in failed]
+    untimed_layers = [sp[1] for sp in specs if sp[0] == "lut" and sig_key(sp[6]) in failed]
     merged: dict[tuple, Term] = {}
     for spec in specs:
-        if spec[0] == "lut" and sig_key(spec[6]) in failed:  # untimeable: priced per element
+        if spec[0] == "lut" and sig_key(spec[6]) in failed:
             spec = spec[7]
             if spec is None:
                 continue
@@ -401,7 +405,46 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
         else:
             merged[key] = Term(kind, a, b, tab, gates, [name])
     return LatencyModel(options=options, terms=list(merged.values()), blocks=list(blocks),
-                        internal=internal, timed=len(pending), needed=len(needed))
+                        internal=internal,
+                        timed=sum(n for sk, n in timed_by.items() if sk not in failed),
+                        needed=len(needed) - len(untimed), untimed=len(untimed),
+                        untimed_layers=untimed_layers)
+
+
+def _time_entries(pending: list[tuple[str, int, int]], table: LatencyTable, timer,
+                  progress=None) -> dict[str, int]:
+    """Time the table entries ``pending`` ((signature key, cin, cout)) into ``table``; how many
+    of each signature were timed. A signature whose timer raises or returns no finite,
+    non-negative number of milliseconds goes to ``table.failed`` and is not timed again."""
+    timed: dict[str, int] = defaultdict(int)
+    for done, (sk, ci, co) in enumerate(pending, 1):
+        if sk not in table.failed:
+            try:  # e.g. an op the provider lacks for a dtype
+                ms = timer(json.loads(sk), ci, co)
+                if isinstance(ms, bool) or not isinstance(ms, (int, float, np.number)) \
+                        or not math.isfinite(ms) or ms < 0:
+                    raise ValueError(f"the timer returned {ms!r}, not milliseconds")
+            except Exception as e:  # noqa: BLE001 - any failure leaves the layer untimed
+                text = str(e).strip()
+                table.failed[sk] = f"{type(e).__name__}: {text.splitlines()[0][:200]}" \
+                    if text else type(e).__name__
+            else:
+                table.put(json.loads(sk), ci, co, float(ms))
+                timed[sk] += 1
+        if progress is not None:
+            progress(done, len(pending))
+    return timed
+
+
+def untimed_note(table: LatencyTable) -> str | None:
+    """One line on the layer signatures ``table``'s timer could not time, or None."""
+    if not table.failed:
+        return None
+    ops = sorted({str(json.loads(sk).get("op", "?")) for sk in table.failed})
+    first = next(iter(table.failed.values()))
+    return (f"latency tables: {len(table.failed)} layer signature(s) ({', '.join(ops)}) could "
+            f"not be timed ({first}); those layers are untimed, priced per output element "
+            "instead of measured")
 
 
 # How concave a group's importance is in the share of its score it keeps (see kept_importance)

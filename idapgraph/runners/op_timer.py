@@ -194,6 +194,15 @@ def time_in_context(model: onnx.ModelProto, threads: int, provider: str, *,
             sess.run(None, feeds)
             n += 1
         events = json.loads(Path(sess.end_profiling()).read_text())
+    return between_neighbours_ms(events, n)
+
+
+def between_neighbours_ms(events: list[dict], n: int) -> float:
+    """Milliseconds per call between the first and the last compute node, read off the last
+    ``n`` calls (``model_run`` events) of an onnxruntime profile: each call's kernels
+    (``*_kernel_time`` events within it) after its first compute kernel and before its last
+    (``Reorder*`` layout conversions are not compute), the mean of the middle half of the
+    per-call sums."""
     calls = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
     kernels = sorted((e["ts"], e["dur"], e.get("args", {}).get("op_name", ""))
                      for e in events if e.get("cat") == "Node"
