@@ -3,7 +3,7 @@ PIP = $(PYTHON) -m pip
 # torch and torchvision are pinned as a pair (see README); the rest comes from pyproject.toml
 TORCH = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install install-test install-bench demo test bench bench-quick
+.PHONY: install install-test install-bench demo test test-all bench bench-quick
 
 install:
 	$(PIP) install $(TORCH)
@@ -25,6 +25,10 @@ demo: install
 TEST_WORKERS ?= 2
 
 test: install-test
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+# the default run plus the tests marked slow (heavy duplicates of covered routes)
+test-all: install-test
 	$(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # benchmarks against the peers (tools/bench/; not part of `make test`): tables + plots in
