@@ -1,37 +1,23 @@
-"""Zoo coverage on both frontends: every emitted model is valid, smaller, and equal to the
+"""Zoo coverage on fx and the TorchScript ONNX export (dynamo: ``test_zoo_dynamo.py``): every emitted model is valid, smaller, and equal to the
 original with the removed channels zeroed (zero-then-remove equivalence)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import idapgraph
 from helpers import export_onnx, onnx_out, rel_err, torch_out
 from zoo import ALL, build
-
-def _feeds(proto, args):
-    names = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    return {n: a.numpy() for n, a in zip(names, args)}
-
-
-def _check_report(r, name):
-    """Every zoo model is prunable to the test's 0.6 FLOPs target, the transformers (ViT, Swin,
-    BERT, GPT-2: heads and MLP units) as well as the CNNs: an empty plan fails."""
-    rep = r.report
-    assert r.plan.remove and rep.units_removed == r.plan.n_removed > 0, f"{name}: nothing pruned"
-    assert rep.flops_after < rep.flops_before
-    assert all("internal:" not in f["reason"] for f in rep.frozen), rep.frozen
-    assert rep.params_after < rep.params_before, f"{name}: params not reduced"
-    assert rep.reached and rep.flops_ratio <= 0.6 + 1e-9, (name, rep.reached, rep.flops_ratio)
+from zoo_checks import check_onnx_route, check_report
+from zoo_checks import feeds as _feeds
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_fx(name):
     model, args = build(name)
     r = idapgraph.compress(model, args, flops=0.6, method="random", heal="none")
-    _check_report(r, name)
+    check_report(r, name)
     assert isinstance(r.model, torch.fx.GraphModule)
     zero = idapgraph.apply_plan(model, r.plan, args, mode="zero")
     ref = torch_out(model, args)
@@ -41,27 +27,14 @@ def test_fx(name):
 
 
 # the TorchScript exports of the three heaviest models (together 2.5 CPU-minutes) run in
-# `make test-all`, not in the default suite: their dynamo exports are in both
+# `make test-all`, not in the default suite: their dynamo exports are (test_zoo_dynamo.py)
 HEAVY_TS = {"tv_swin_t", "tv_vgg11_bn", "tv_vit_b_16"}
 
 
-@pytest.mark.parametrize("name, exporter", [
-    pytest.param(n, e, marks=pytest.mark.slow) if e == "ts" and n in HEAVY_TS else (n, e)
-    for n in ALL for e in ("ts", "dynamo")])
-def test_onnx(name, exporter):
-    model, args = build(name)
-    proto = export_onnx(model, args, dynamo=exporter == "dynamo")
-    r = idapgraph.compress(proto, flops=0.6, method="random", heal="none")
-    _check_report(r, name)
-    import onnx
-
-    onnx.checker.check_model(r.model, full_check=True)
-    feeds = _feeds(proto, args)
-    zero = idapgraph.apply_plan(proto, r.plan, mode="zero")
-    got, want, ref = onnx_out(r.model, feeds), onnx_out(zero, feeds), onnx_out(proto, feeds)
-    assert [g.shape for g in got] == [w.shape for w in ref]
-    assert max(rel_err(w, g) for w, g in zip(want, got)) < 1e-4
-    assert np.abs(ref[0]).max() > 0  # the comparison is not vacuous
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_TS
+                                  else n for n in ALL])
+def test_onnx_torchscript(name):
+    check_onnx_route(name, "ts")
 
 
 @pytest.mark.parametrize("name", ["tv_resnet50", "tv_mobilenet_v3_small", "tv_densenet121",
