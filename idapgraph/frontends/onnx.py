@@ -282,7 +282,10 @@ def _no_leftover(name: str):
     import os
 
     existed = os.path.exists(name)
-    before = set(os.listdir("."))
+    try:
+        before: set[str] | None = set(os.listdir("."))
+    except OSError:  # an unreadable working directory: its data files are left alone
+        before = None
     try:
         yield
     finally:
@@ -291,7 +294,8 @@ def _no_leftover(name: str):
                 m = onnx.load(name, load_external_data=False)
                 for t in m.graph.initializer:
                     for e in t.external_data:
-                        if e.key == "location" and os.path.basename(e.value) not in before:
+                        if e.key == "location" and before is not None \
+                                and os.path.basename(e.value) not in before:
                             os.remove(e.value)
             with contextlib.suppress(OSError):
                 os.remove(name)
