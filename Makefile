@@ -25,11 +25,11 @@ demo: install
 TEST_WORKERS ?= 2
 
 test: install-test
-	$(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # the default run plus the tests marked slow (heavy duplicates of covered routes)
 test-all: install-test
-	$(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # benchmarks against the peers (tools/bench/; not part of `make test`): tables + plots in
 # bench_out/; `make bench ARGS=--quick` or `make bench-quick` for the < 10 min version

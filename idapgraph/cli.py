@@ -53,8 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"idapgraph {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-
     c = sub.add_parser("compress", help="prune an ONNX model to a FLOPs/params target")
+    _compress_targets(c)
+    _compress_method(c)
+    _compress_output(c)
+    _other_commands(sub)
+    return p
+
+
+def _compress_targets(c) -> None:
+    """``compress``: input, output and the targets (FLOPs, params, latency and its timing)."""
     c.add_argument("input", help="input .onnx file (never modified)")
     c.add_argument("-o", "--output", help="output .onnx file (written atomically; required "
                                          "unless --dry-run)")
@@ -78,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--latency selection: milp (HiGHS, default) or greedy (the fallback)")
     c.add_argument("--no-block-gates", action="store_true",
                    help="--latency: channels only, never bypass a block")
+
+
+def _compress_method(c) -> None:
+    """``compress``: scoring, healing, the schedule and stage 2."""
     c.add_argument("--method", default="idap",
                    help="idap (default: information-flow divergence) | magnitude | random")
     c.add_argument("--calib", help="calibration data: .npz with arrays named by model input "
@@ -104,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 2 candidates (repeatable; default all): residual (conv branches), "
                         "attention / mlp (transformer sub-blocks), layer (whole transformer layers)")
     c.add_argument("--seed", type=int, default=0)
+
+
+def _compress_output(c) -> None:
+    """``compress``: plans, protection, benchmarking and what is printed."""
     c.add_argument("--plan-out", help="also write the plan (JSON) here")
     c.add_argument("--plan-in", help="apply this plan (JSON from --plan-out, possibly edited) "
                                      "instead of selecting one; no target needed")
@@ -126,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true",
                    help="no human output (errors only); with --json, only the JSON")
 
+
+def _other_commands(sub) -> None:
+    """``analyze``, ``profile``, ``diff`` and ``demo``."""
     a = sub.add_parser("analyze", help="show channel groups, frozen spots, cost and divergence")
     a.add_argument("input")
     a.add_argument("--calib", help="calibration .npz: also measure IDAP++ divergence")
@@ -150,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("a", help="the original .onnx")
     df.add_argument("b", help="the changed .onnx (any tool's output)")
     fmt = df.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print the diff as JSON (schema in README)")
+    fmt.add_argument("--json", action="store_true", help="print the diff as JSON (schema in docs/schemas.md)")
     fmt.add_argument("--markdown", action="store_true", help="print Markdown tables")
     df.add_argument("--html", metavar="R.html", help="also write a self-contained HTML report")
     df.add_argument("--model-explorer", metavar="DIR",
@@ -159,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="compress a built-in ResNet-18 (random weights) and compare")
     d.add_argument("--out", default="demo_out", help="folder for the demo's files")
     d.add_argument("--flops", type=_ratio, default=0.5)
-    return p
 
 
 def _at_least(low: int):
@@ -180,7 +198,7 @@ def _writable(path: str, inp: str) -> Path:
     (also read-only file systems, which ``os.access`` misses for root)."""
     import tempfile
 
-    from .emit.save import check_output_path
+    from . import check_output_path
 
     out = check_output_path(path, inp)
     try:
@@ -192,10 +210,25 @@ def _writable(path: str, inp: str) -> Path:
     return out
 
 
+def _options(args, plan):
+    """The compress options of the command line (checked before the model is read)."""
+    from . import CompressOptions
+
+    return CompressOptions(
+        flops=args.flops, params=args.params, method=args.method, seed=args.seed,
+        calib=args.calib, heal=args.heal, steps=args.steps, alpha=args.alpha, base=args.base,
+        min_keep=args.min_keep,
+        blocks=None if args.max_error is not None and not args.blocks else args.blocks,
+        max_error=args.max_error, block_score=args.block_score, block_kinds=args.block_kinds,
+        plan=plan, round_to=args.round_to, keep=args.keep, latency=args.latency,
+        threads=args.threads, solver=args.solver, block_gates=not args.no_block_gates,
+        provider=args.provider, dims=args.dims if args.latency is not None else None,
+        measure_groups=args.measure_groups).validated()
+
+
 def cmd_compress(args) -> int:
-    from . import api
-    from .emit.save import save_onnx, write_bytes_atomic
-    from .report_view import ProgressView, print_compress
+    from . import compress, disk_size, latency, save, write_atomic
+    from .cli_view import ProgressView, print_compress
 
     if args.dims and args.latency is None and not args.bench:
         raise _UserError("--dims sizes what --latency and --bench time: give one of them")
@@ -208,38 +241,25 @@ def cmd_compress(args) -> int:
         raise _UserError("give an output file with -o OUT.onnx (or --dry-run)")
     if args.blocks < 0:
         raise _UserError(f"--blocks must be >= 0, got {args.blocks}")
+    opts = _options(args, plan)
     out = _writable(args.output, args.input) if args.output and not args.dry_run else None
     if args.plan_out:
         _writable(args.plan_out, args.input)
     human = None if args.quiet else (sys.stderr if args.json else sys.stdout)
     with warnings.catch_warnings(), ProgressView(enabled=not (args.quiet or args.json)) as bar:
         warnings.simplefilter("ignore")
-        res = api.compress(args.input, flops=args.flops, params=args.params, method=args.method,
-                           seed=args.seed, calib=args.calib, heal=args.heal, steps=args.steps,
-                           alpha=args.alpha, base=args.base, min_keep=args.min_keep,
-                           blocks=(None if args.max_error is not None and not args.blocks
-                                   else args.blocks),
-                           max_error=args.max_error, block_score=args.block_score,
-                           block_kinds=args.block_kinds, plan=plan, round_to=args.round_to,
-                           keep=args.keep, progress=bar, latency=args.latency,
-                           threads=args.threads, solver=args.solver,
-                           block_gates=not args.no_block_gates, provider=args.provider,
-                           dims=args.dims if args.latency is not None else None,
-                           measure_groups=args.measure_groups)
+        res = compress(args.input, options=opts, progress=bar)
         lat = None
         if args.bench:
-            before = api.latency(args.input, runs=args.bench_runs, threads=args.threads,
-                                 provider=args.provider, dims=args.dims)
-            after = api.latency(res.model, runs=args.bench_runs, threads=args.threads,
-                                provider=args.provider, dims=args.dims)
-            lat = {"before": before, "after": after,
-                   "speedup": before["median_ms"] / after["median_ms"]}
-    from .frontends.onnx_file import data_files, disk_size
-
+            timed = [latency(m, runs=args.bench_runs, threads=args.threads,
+                             provider=args.provider, dims=args.dims)
+                     for m in (args.input, res.model)]
+            lat = {"before": timed[0], "after": timed[1],
+                   "speedup": timed[0]["median_ms"] / timed[1]["median_ms"]}
     if out is not None:  # external data in, external data out
-        save_onnx(res.model, out, external=True if data_files(args.input) else None)
+        save(res.model, out, like=args.input)
     if args.plan_out:
-        write_bytes_atomic(args.plan_out, res.plan.to_json().encode())
+        write_atomic(args.plan_out, res.plan.to_json())
     rep = res.report.to_dict()
     rep["output"] = None if out is None else str(out)
     rep["size_before"] = disk_size(args.input)
@@ -255,8 +275,7 @@ def cmd_compress(args) -> int:
 
 
 def _read_plan(path: str):
-    from .errors import InputError
-    from .ir.plan import Plan
+    from . import InputError, Plan
 
     try:
         text = Path(path).read_text()
@@ -269,65 +288,33 @@ def _read_plan(path: str):
 
 
 def cmd_analyze(args) -> int:
-    from . import api
-    from .review.text import fmt
+    from . import analyze
+    from .cli_view import print_analysis
 
-    a = api.analyze(args.input, calib=args.calib)
-    g = a.graph
-    groups = [{"key": gr.key, "units": gr.n_units,
-               "params": sorted({s.tensor for s in gr.params(g)}),
-               "unit_width": {str(m.spaces[0].tensor): int(m.index.shape[1]) for m in gr.members}}
-              for gr in a.coupling.groups]
-    if a.group_scores is not None:
-        for gr in groups:
-            sc = a.group_scores[gr["key"]]
-            gr["score"] = {"min": float(sc.min()), "mean": float(sc.mean()), "max": float(sc.max())}
-    from dataclasses import asdict
-
-    rep = {"backend": g.backend, "nodes": len(g), "flops": a.cost.flops, "params": a.cost.params,
-           "ops": g.summary(), "groups": groups, "frozen": [asdict(f) for f in a.coupling.frozen],
-           "blocks": [{"key": b.key, "kind": b.kind, "add": b.add, "nodes": len(b.nodes),
-                       "flops": sum(a.cost.per_node.get(n, 0) for n in b.nodes)}
-                      for b in a.blocks],
-           "cost": [{"node": n.name, "op": n.op, "source": n.source,
-                     "flops": a.cost.per_node.get(n.name, 0)} for n in g],
-           "calibration": a.calibration}
-    if a.divergence is not None:
-        rep["divergence"] = {k: [float(x) for x in v] for k, v in a.divergence.items()}
+    rep = analyze(args.input, calib=args.calib).to_dict()
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
-    print(f"{len(g)} nodes, {fmt(a.cost.flops)} FLOPs (1 MAC = 1 FLOP), {fmt(a.cost.params)} params")
-    print(f"{len(groups)} channel groups:")
-    for gr in groups:
-        score = f"  idap score {gr['score']['min']:.3g}..{gr['score']['max']:.3g}" if "score" in gr else ""
-        print(f"  {gr['key']:<14} {gr['units']:>6} units  {len(gr['params'])} parameter tensors{score}")
-    if a.divergence is not None:
-        print("divergence δ per layer (mean over output channels):")
-        for k, v in a.divergence.items():
-            print(f"  {k:<40} {float(v.mean()):.4g}")
-    if rep["blocks"]:
-        print(f"{len(rep['blocks'])} bypassable blocks:")
-        for b in rep["blocks"]:
-            print(f"  {b['key']:<8} {b['kind']:<10} {b['nodes']:>4} nodes  {fmt(b['flops'])} FLOPs")
-    print(f"{len(rep['frozen'])} frozen spots:")
-    for f in rep["frozen"]:
-        print(f"  {f['layer']} ({f['source']}) {f['role']} channels: {f['reason']}")
+    for w in rep["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print_analysis(rep, sys.stdout)
     return 0
 
 
 def cmd_profile(args) -> int:
-    from . import api
-    from .report_view import ProgressView
+    from . import profile
+    from .cli_view import ProgressView
 
     with warnings.catch_warnings(), ProgressView(enabled=not args.json) as bar:
         warnings.simplefilter("ignore")
-        rep = api.profile(args.input, threads=args.threads, refresh=args.refresh,
+        rep = profile(args.input, threads=args.threads, refresh=args.refresh,
                           min_keep=args.min_keep, progress=bar, provider=args.provider,
                           dims=args.dims)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
+    for w in rep["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"{rep['layers']} timed layers, {rep['needed']} table entries: {rep['timed']} timed now, "
           f"{rep['reused']} from the cache, in {rep['seconds']:.1f} s")
     print(f"whole model: {rep['model_ms']:.3f} ms measured, tables sum to {rep['tables_ms']:.3f} ms "
@@ -338,28 +325,26 @@ def cmd_profile(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from . import review
-    from .emit.save import check_output_path, write_bytes_atomic
-    from .review import explorer, html, text
+    from . import check_output_path, diff, review, write_atomic
 
     if args.html:
         check_output_path(args.html, args.a)
         check_output_path(args.html, args.b)
     if args.model_explorer:
-        explorer.check_dir(args.model_explorer)
-    d = review.diff(args.a, args.b)
+        review.check_explorer_dir(args.model_explorer)
+    d = diff(args.a, args.b)
     wrote = []
     if args.html:
-        write_bytes_atomic(args.html, html.report(d).encode())
+        write_atomic(args.html, review.html_report(d))
         wrote.append(args.html)
     if args.model_explorer:
-        wrote += explorer.write(d, args.model_explorer)
+        wrote += review.write_explorer(d, args.model_explorer)
     if args.json:
         print(json.dumps(d.to_dict(), indent=2))
     elif args.markdown:
-        print(text.markdown(d), end="")
+        print(review.markdown(d), end="")
     else:
-        print(text.text(d), end="")
+        print(review.text(d), end="")
         for w in wrote:
             print(f"wrote {w}")
     return 0
@@ -370,7 +355,7 @@ class _UserError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import IdapgraphError, InputError
+    from . import IdapgraphError, InputError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -384,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "profile":
             return cmd_profile(args)
         if args.cmd == "demo":
-            from .demo import run_demo
+            from . import run_demo
 
             return run_demo(Path(args.out), args.flops)
     except (InputError, _UserError) as e:

@@ -29,14 +29,15 @@ import numpy as np
 from .ir.plan import Plan
 from .passes import latency as lat
 from .passes import latency_select
-from .runners import clock
+from .runners import clock, solver_output
+from .runners.latency_cache import DiskTable
 from .runners.providers import CPU
 
 
-def table_for(threads: int, path=None, provider: str = CPU) -> lat.LatencyTable:
+def table_for(threads: int, path=None, provider: str = CPU) -> DiskTable:
     """The latency table of this machine, ``threads`` and ``provider`` (a full onnxruntime
-    name: :func:`idapgraph.runners.providers.resolve`)."""
-    return lat.LatencyTable(clock.current().machine(threads, provider), path)
+    name: :func:`idapgraph.runners.providers.resolve`), read from the cache on disk."""
+    return DiskTable(clock.current().machine(threads, provider), path)
 
 
 def grid(round_to: int) -> dict:
@@ -44,7 +45,7 @@ def grid(round_to: int) -> dict:
     return {"quantum": max(8, round_to), "finest": max(4, round_to)}
 
 
-def latency_model(a, blocks, table: lat.LatencyTable, *, min_keep: float, quantum: int,
+def latency_model(a, blocks, table: DiskTable, *, min_keep: float, quantum: int,
                   finest: int = 4, progress=None, refresh: bool = False,
                   gate_groupless: bool = False) -> tuple[lat.LatencyModel, dict]:
     """The latency model of analysis ``a`` and how its table was obtained."""
@@ -111,7 +112,7 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
            quantum: int = 8,
            finest: int = 4,
            solver: str = "milp", rounds: int = 4, tol: float = 0.05, progress=None,
-           table: lat.LatencyTable | None = None, provider: str = CPU,
+           table: DiskTable | None = None, provider: str = CPU,
            block_weights: dict[str, float] | None = None,
            group_losses: list[dict[int, float]] | None = None,
            block_errors: dict[str, float] | None = None,
@@ -131,86 +132,115 @@ def select(a, scores: list[np.ndarray], *, target: float, threads: int, blocks: 
     predicted within ``tol`` of the budget or above it are narrow groups also offered halvings
     down to ``finest`` channels (:func:`lat.group_options`), every timing so far refitted."""
     table = table or table_for(threads, provider=provider)
-    provider = table.machine["provider"]
-    checked = bypass_error is not None and max_error is not None and block_errors is not None
-    measured: list[tuple[list[int], list[int], float]] = []  # (counts, kept blocks, ms)
+    search = _Search(a, scores, blocks, table, threads=threads, min_keep=min_keep,
+                     quantum=quantum, finest=finest, solver=solver, progress=progress,
+                     block_weights=block_weights, group_losses=group_losses,
+                     block_errors=block_errors, bypass_error=bypass_error, max_error=max_error)
+    if original is None:
+        original = a.model.as_onnx(a.model.source)
+    return search.run(target, original, realize, rounds=rounds, tol=tol)
 
-    def prepare(step: int, cap: float | None):
+
+class _Search:
+    """The closed loop of :func:`select`: the latency model (refitted to every measurement),
+    the MILP, and the joint bypass errors measured so far."""
+
+    def __init__(self, a, scores, blocks, table: DiskTable, *, threads: int, min_keep: float,
+                 quantum: int, finest: int, solver: str, progress, block_weights, group_losses,
+                 block_errors, bypass_error, max_error) -> None:
+        self.a, self.scores, self.blocks, self.table = a, scores, blocks, table
+        self.threads, self.provider = threads, table.machine["provider"]
+        self.min_keep, self.quantum, self.finest = min_keep, quantum, finest
+        self.solver, self.progress = solver, progress
+        self.block_weights, self.group_losses = block_weights, group_losses
+        self.block_errors, self.bypass_error, self.max_error = block_errors, bypass_error, max_error
+        self.checked = bypass_error is not None and max_error is not None \
+            and block_errors is not None
+        self.measured: list[tuple[list[int], list[int], float]] = []  # (counts, kept, ms)
+        self.joint: dict[tuple, float] = {}
+        self.base = 0.0
+
+    def prepare(self, step: int, cap: float | None):
         """The latency model whose narrow groups go down to ``step`` channels, with the error
         cap ``cap``, fitted to every measurement so far; (model, table info, importance per
         option)."""
-        m, info_ = latency_model(a, blocks, table, min_keep=min_keep, quantum=quantum,
-                                 finest=step, progress=progress,
-                                 gate_groupless=block_weights is not None)
-        if block_weights is not None:
-            m.block_weight = [float(block_weights[b.key]) for b in m.blocks]
-        if checked:
+        m, info_ = latency_model(self.a, self.blocks, self.table, min_keep=self.min_keep,
+                                 quantum=self.quantum, finest=step, progress=self.progress,
+                                 gate_groupless=self.block_weights is not None)
+        if self.block_weights is not None:
+            m.block_weight = [float(self.block_weights[b.key]) for b in m.blocks]
+        if self.checked:
             # floored, so that a zero cap admits no bypass at all
-            m.block_error = [max(float(block_errors[b.key]), 1e-12) for b in m.blocks]
+            m.block_error = [max(float(self.block_errors[b.key]), 1e-12) for b in m.blocks]
             m.error_cap = cap
-        m.calibrate(base)
-        for counts, kept, ms in measured:
+        m.calibrate(self.base)
+        for counts, kept, ms in self.measured:
             m.refit([o.index(c) for o, c in zip(m.options, counts)], kept, ms)
-        return m, info_, lat.importance(scores, m.options, losses=group_losses)
+        return m, info_, lat.importance(self.scores, m.options, losses=self.group_losses)
 
-    joint: dict[tuple, float] = {}
-
-    def solve(budget_ms):
+    def solve(self, model, imp, budget_ms: float):
         """The MILP's plan, re-solved with a tighter cap while its bypasses together exceed
         ``max_error``; (solution, plan, their joint error or None)."""
         for attempt in range(12):
-            sol = latency_select.solve(model, imp, budget_ms, method=solver)
-            plan = plan_of(a, model, scores, sol)
-            if not checked or len(plan.bypass) < 2:
+            with solver_output.filtered():
+                sol = latency_select.solve(model, imp, budget_ms, method=self.solver)
+            plan = plan_of(self.a, model, self.scores, sol)
+            if not self.checked or len(plan.bypass) < 2:
                 return sol, plan, None
             key = tuple(sorted(plan.bypass))
-            if key not in joint:
-                joint[key] = float(bypass_error(list(key)))
-            if joint[key] <= max_error:
-                return sol, plan, joint[key]
+            if key not in self.joint:
+                self.joint[key] = float(self.bypass_error(list(key)))
+            err = self.joint[key]
+            if err <= self.max_error:
+                return sol, plan, err
             summed = sum(model.block_error[i] for i, b in enumerate(model.blocks)
                          if b.key in key)
             # after 10 tightenings: no bypass at all
             model.error_cap = 0.0 if attempt >= 10 else \
-                min(model.error_cap, summed) * 0.9 * max_error / joint[key]
+                min(model.error_cap, summed) * 0.9 * self.max_error / err
         raise AssertionError("unreachable: a zero error cap admits no bypass")
-    if original is None:
-        original = a.model.as_onnx(a.model.source)
-    base = measure(original, threads, provider=provider)
-    used = max(finest, quantum)
-    model, tinfo, imp = prepare(used, float(max_error) if checked else None)
-    goal = target * base
-    budget, log, best = goal, [], None
-    for r in range(rounds):
-        if used > finest and latency_select.fastest(model) > (1 - tol) * budget:
-            model, fine_info, imp = prepare(finest, model.error_cap)
-            used = finest
-            tinfo = {k: v + fine_info[k] if k in ("timed", "seconds") else fine_info[k]
-                     for k, v in tinfo.items()}
-        sol, plan, err = solve(budget)
-        ref, cand = ratio(original, realize(plan), threads, provider=provider)
-        got = base * cand / ref  # on the scale of the first measurement of the original
-        log.append({"round": r, "budget_ms": round(budget, 4), "predicted_ms": round(sol.predicted_ms, 4),
-                    "measured_ms": round(got, 4), "reference_ms": round(ref, 4),
-                    "solver": sol.solver, "status": sol.status,
-                    "solve_s": round(sol.seconds, 3), "feasible": sol.feasible,
-                    "blocks_bypassed": list(plan.bypass),
-                    "bypass_error": None if err is None else round(err, 6)})
-        if best is None or _better(got, best[2], goal, goal * (1 + MISS)):
-            best = (plan, sol, got)
-        if progress is not None:
-            progress("latency", r + 1, None)
-        if abs(got / goal - 1) <= tol:
-            break
-        model.refit(sol.choice, sol.kept_blocks, got)
-        measured.append((model.counts(sol.choice), list(sol.kept_blocks), got))
-        budget = goal if r == 0 else budget * goal / got
-    plan, sol, got = best
-    info = {"target": target, "threads": threads, "provider": provider,
-            "before_ms": round(base, 4), "goal_ms": round(goal, 4),
-            "predicted_ms": round(sol.predicted_ms, 4), "selected_ms": round(got, 4),
-            "model_error": round(sol.predicted_ms / got - 1, 4),
-            "solver": sol.solver, "notes": sol.notes, "rounds": log, "table": tinfo,
-            "quantum": quantum, "finest": used, "gated_blocks": len(model.blocks),
-            "error_cap": None if model.error_cap is None else round(model.error_cap, 6)}
-    return plan, info
+
+    def run(self, target: float, original, realize, *, rounds: int, tol: float):
+        """Up to ``rounds`` solves, each timed; the best plan and the record."""
+        self.base = base = measure(original, self.threads, provider=self.provider)
+        used = max(self.finest, self.quantum)
+        model, tinfo, imp = self.prepare(used, float(self.max_error) if self.checked else None)
+        goal = target * base
+        budget, log, best = goal, [], None
+        for r in range(rounds):
+            if used > self.finest and latency_select.fastest(model) > (1 - tol) * budget:
+                model, fine_info, imp = self.prepare(self.finest, model.error_cap)
+                used = self.finest
+                tinfo = {k: v + fine_info[k] if k in ("timed", "seconds") else fine_info[k]
+                         for k, v in tinfo.items()}
+            sol, plan, err = self.solve(model, imp, budget)
+            ref, cand = ratio(original, realize(plan), self.threads, provider=self.provider)
+            got = base * cand / ref  # on the scale of the first measurement of the original
+            log.append(_round_record(r, budget, sol, got, ref, plan, err))
+            if best is None or _better(got, best[2], goal, goal * (1 + MISS)):
+                best = (plan, sol, got)
+            if self.progress is not None:
+                self.progress("latency", r + 1, None)
+            if abs(got / goal - 1) <= tol:
+                break
+            model.refit(sol.choice, sol.kept_blocks, got)
+            self.measured.append((model.counts(sol.choice), list(sol.kept_blocks), got))
+            budget = goal if r == 0 else budget * goal / got
+        plan, sol, got = best
+        info = {"target": target, "threads": self.threads, "provider": self.provider,
+                "before_ms": round(base, 4), "goal_ms": round(goal, 4),
+                "predicted_ms": round(sol.predicted_ms, 4), "selected_ms": round(got, 4),
+                "model_error": round(sol.predicted_ms / got - 1, 4),
+                "solver": sol.solver, "notes": sol.notes, "rounds": log, "table": tinfo,
+                "quantum": self.quantum, "finest": used, "gated_blocks": len(model.blocks),
+                "error_cap": None if model.error_cap is None else round(model.error_cap, 6)}
+        return plan, info
+
+
+def _round_record(r: int, budget: float, sol, got: float, ref: float, plan: Plan, err) -> dict:
+    return {"round": r, "budget_ms": round(budget, 4), "predicted_ms": round(sol.predicted_ms, 4),
+            "measured_ms": round(got, 4), "reference_ms": round(ref, 4),
+            "solver": sol.solver, "status": sol.status,
+            "solve_s": round(sol.seconds, 3), "feasible": sol.feasible,
+            "blocks_bypassed": list(plan.bypass),
+            "bypass_error": None if err is None else round(err, 6)}

@@ -5,33 +5,35 @@ Each step is a whole :func:`idapgraph.compress` of the current (already pruned a
 module toward the step's share of the target, ``target^(t/steps)`` of the original FLOPs or
 parameters, so every step scores and heals the model it actually prunes. The teacher handed to
 ``finetune`` is the previous step's model (the original for the first step). See
-:func:`idapgraph.finetune.distill` for a built-in ``finetune``.
+:func:`idapgraph.distill` for a built-in ``finetune``.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
+from . import stages
+from .analysis import analyze
+from .backends import is_torch_module
 from .errors import InputError
+from .options import CompressOptions
+from .results import Result
 
 
-def run(model, example_inputs, *, flops: float | None, params: float | None, steps: int,
-        finetune: Callable | None, evaluate: Callable | None, kw: dict[str, Any]):
-    """Returns a :class:`~idapgraph.api.Result`: the last step's module and plan, a report
+def run(model, example_inputs, o: CompressOptions) -> Result:
+    """Returns a :class:`~idapgraph.results.Result`: the last step's module and plan, a report
     against the original model whose ``pipeline`` lists every step."""
-    import torch
-
-    from . import api
-
-    if not isinstance(model, torch.nn.Module):
+    if not is_torch_module(model):
         raise InputError("finetune/evaluate need a torch module (fine-tuning runs in torch)")
-    if not isinstance(steps, int) or steps < 1:
+    steps, flops, params = o.finetune_steps, o.flops, o.params
+    finetune, evaluate = o.finetune, o.evaluate
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"finetune_steps must be an integer >= 1, got {steps!r}")
-    blocks, max_error = kw.pop("blocks", 0), kw.pop("max_error", None)
-    ref = api.analyze(model, example_inputs)
-    batches, _ = ref.model.calibration(kw.get("calib"), kw.get("seed", 0))
+    blocks, max_error = o.blocks, o.max_error
+    ref = analyze(model, example_inputs)
+    batches, _ = ref.model.calibration(o.calib, o.seed)
     error = ref.model.output_error(batches)
     base_flops, base_params = ref.cost.flops, ref.cost.params
     teacher, current, now = model, model, ref.cost  # ``now``: the current model's cost
@@ -47,7 +49,7 @@ def run(model, example_inputs, *, flops: float | None, params: float | None, ste
             current = tuned if tuned is not None else current
             current.eval()
         teacher = copy.deepcopy(current)
-        now = api.analyze(current, example_inputs).cost  # once per step, reused below
+        now = analyze(current, example_inputs).cost  # once per step, reused below
         entry = {"step": len(log) + 1, "stage": stage, "flops": now.flops,
                  "params": now.params, "error": error(current)}
         if evaluate is not None:
@@ -57,19 +59,20 @@ def run(model, example_inputs, *, flops: float | None, params: float | None, ste
     targets = (flops, params)
     if any(t is not None for t in targets):
         for t in range(1, steps + 1):
-            step_kw = {}
+            step_kw: dict[str, Any] = {"blocks": 0, "max_error": None, "flops": None,
+                                       "params": None}
             for name, ratio, base, cur in (("flops", flops, base_flops, now.flops),
                                            ("params", params, base_params, now.params)):
                 if ratio is not None:
                     step_kw[name] = min(1.0, ratio ** (t / steps) * base / max(cur, 1))
-            res = api.compress(current, example_inputs, blocks=0, **step_kw, **kw)
+            res = stages.compress(current, example_inputs, replace(o, **step_kw))
             first = first or res
             last = res
             units += res.report.units_removed
             groups = max(groups, res.report.groups_pruned)
             record("filters", res)
     if blocks or max_error is not None:
-        res = api.compress(current, example_inputs, blocks=blocks, max_error=max_error, **kw)
+        res = stages.compress(current, example_inputs, replace(o, flops=None, params=None))
         first = first or res
         last = res
         stored = res.report.params_constants  # mean constants: buffers, counted as parameters
@@ -84,4 +87,4 @@ def run(model, example_inputs, *, flops: float | None, params: float | None, ste
                   target={"flops": flops, "params": params},
                   groups=first.report.groups, units_removed=units, groups_pruned=groups,
                   pipeline=log)
-    return api.Result(model=current, plan=last.plan, report=rep)
+    return Result(model=current, plan=last.plan, report=rep)

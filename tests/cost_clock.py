@@ -10,6 +10,7 @@ import numpy as np
 
 import idapgraph
 from idapgraph.passes import latency as lat
+from idapgraph.ir.ops import weighted_nodes
 
 
 def layer_cost(sig: dict, cin: int, cout: int) -> float:
@@ -51,7 +52,7 @@ def layers_cost(model) -> float:
     graph (a layer without a signature costs nothing)."""
     g = idapgraph.analyze(model).graph
     total = 0.0
-    for n in g.weighted_nodes():
+    for n in weighted_nodes(g):
         ls = lat.layer_signature(g, n)
         if ls is not None:
             sig, sin, sout = ls

@@ -1,4 +1,4 @@
-"""The ``--json`` outputs of ``compress``, ``analyze`` and ``diff`` as small schemas (the ones README
+"""The ``--json`` outputs of ``compress``, ``analyze`` and ``diff`` as small schemas (the ones docs/schemas.md
 documents), and a checker.
 
 Schema language: ``int``/``float``/``str``/``bool`` (a float accepts an int: JSON numbers); a tuple
@@ -71,7 +71,7 @@ ANALYZE = {
          "score": {"min": float, "mean": float, "max": float}})],
     "blocks": [{"key": str, "kind": str, "add": str, "nodes": int, "flops": int}],
     "cost": [{"node": str, "op": str, "source": str, "flops": int}],
-    "frozen": [FROZEN], "calibration": str,
+    "frozen": [FROZEN], "calibration": str, "warnings": [str],
 }
 ANALYZE_CALIB = dict(ANALYZE, divergence={str: [float]})
 

@@ -104,7 +104,7 @@ def test_round_to_and_keep(model_path):
     kept = {f["layer"] for f in rep["frozen"] if f["reason"] == "kept by --keep"}
     assert {n for n in rep["kept_nodes"] if n.endswith("/Conv")} <= kept
     # the plain-text fallback (no rich) says the same things
-    from idapgraph import report_view
+    from idapgraph import cli_view as report_view
 
     for have_rich in (True, False):
         buf = io.StringIO()
@@ -328,21 +328,22 @@ def test_diff_json(model_path, tmp_path):
     assert rep["blocks_bypassed"] and rep["totals"]["nodes"]["changed"]
 
 
-def _readme_section(title: str) -> str:
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
-    assert title in readme, f"README lacks the section {title!r}"
-    return readme.split(title, 1)[1].split("\n#", 1)[0]
+def _schemas_section(title: str) -> str:
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "schemas.md")
+    doc = open(path, encoding="utf-8").read()
+    assert title in doc, f"docs/schemas.md lacks the section {title!r}"
+    return doc.split(title, 1)[1].split("\n#", 1)[0]
 
 
 @pytest.mark.parametrize("title,schema", [
-    ("### JSON schema (`compress --json`), version 1", schemas.COMPRESS),
-    ("### JSON schema (`analyze --json`), version 1", schemas.ANALYZE_CALIB),
-    ("### JSON schema (`--json`), version 2", schemas.DIFF)])
-def test_readme_documents_the_schemas(title, schema):
-    """README's schema blocks name exactly the keys the outputs have (tests/schemas.py)."""
+    ("## JSON schema (`compress --json`), version 1", schemas.COMPRESS),
+    ("## JSON schema (`analyze --json`), version 1", schemas.ANALYZE_CALIB),
+    ("## JSON schema (`--json`), version 2", schemas.DIFF)])
+def test_docs_document_the_schemas(title, schema):
+    """docs/schemas.md's schema blocks name exactly the keys the outputs have (tests/schemas.py)."""
     import re
 
-    section = _readme_section(title)
+    section = _schemas_section(title)
     block = section.split("```text", 1)[1].split("```", 1)[0]
     documented = set(re.findall(r'"(\w+)":', block))
     assert documented == schemas.keys(schema), (sorted(documented - schemas.keys(schema)),
@@ -352,13 +353,13 @@ def test_readme_documents_the_schemas(title, schema):
 def test_internal_error_is_one_line_and_debug_shows_it(model_path, tmp_path, monkeypatch, capsys):
     """An unexpected failure inside the API: exit 1, one line naming it, no output file;
     --debug lets the traceback through."""
-    import idapgraph.api
+    import idapgraph
     from idapgraph import cli
 
     def boom(*a, **k):
         raise RuntimeError("something broke inside\nsecond line")
 
-    monkeypatch.setattr(idapgraph.api, "compress", boom)
+    monkeypatch.setattr(idapgraph, "compress", boom)  # the public name the CLI calls
     out = tmp_path / "o.onnx"
     args = ["compress", str(model_path), "-o", str(out), "--flops", "0.5"]
     assert cli.main(args) == 1
@@ -397,7 +398,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bars_only_on_a_terminal():
-    from idapgraph.report_view import ProgressView
+    from idapgraph.cli_view import ProgressView
 
     term = _Terminal()
     with ProgressView(stream=term) as bar:

@@ -19,7 +19,8 @@ import torchvision
 
 import idapgraph
 from helpers import export_onnx
-from idapgraph.ir.ops import weight_axes
+from idapgraph.frontends import onnx_names
+from idapgraph.ir.ops import weight_axes, weighted_nodes
 from idapgraph.passes import blocks as blocks_pass
 from idapgraph.review import diff
 from idapgraph.review.diff import STATUSES
@@ -85,8 +86,8 @@ def _expected_drop(a_path, plan):
     """Output channels each conv/linear layer of A must lose under ``plan``."""
     an = idapgraph.analyze(str(a_path))
     g = an.graph
-    weight_of = {n.inputs[1]: n for n in g.weighted_nodes()}
-    drop = {n.name: 0 for n in g.weighted_nodes()}
+    weight_of = {n.inputs[1]: n for n in weighted_nodes(g)}
+    drop = {n.name: 0 for n in weighted_nodes(g)}
     for grp in an.coupling.groups:
         k = len(plan.remove.get(grp.key, ()))
         for s in grp.params(g):
@@ -338,8 +339,8 @@ def test_model_explorer_ids_of_unnamed_nodes(models, tmp_path):
     m.graph.node[2].name = m.graph.node[3].name = "dup"
     onnx.save(m, str(anon))
     ids = _adapter_ids(anon)
-    assert explorer.node_ids(m) == [n for n in explorer._fix_names([x.name for x in m.graph.node])]
-    assert set(explorer.node_ids(m)) == ids
+    assert onnx_names.node_ids(m) == onnx_names._fix_names([x.name for x in m.graph.node])
+    assert set(onnx_names.node_ids(m)) == ids
     d = diff(models["a"], anon)
     data = explorer.overlays(d)["b"]
     _check_node_data(data, ids)
@@ -393,13 +394,13 @@ def test_bad_input(models, tmp_path, name, capsys):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
-def test_readme_documents_the_schema(models, capsys):
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    section = readme.split("### JSON schema (`--json`), version 2", 1)[1].split("\n## ", 1)[0]
+def test_docs_document_the_schema(models, capsys):
+    doc = open(os.path.join(REPO, "docs", "schemas.md"), encoding="utf-8").read()
+    section = doc.split("## JSON schema (`--json`), version 2", 1)[1].split("\n## ", 1)[0]
     j = diff(models["a"], models["bypass"][0]).to_dict()
     keys = set(j) | set(j["a"]) | set(j["totals"]) | set(j["totals"]["nodes"]) | set(j["match"])
     keys |= set(j["blocks_bypassed"][0]) | set(j["nodes"][0])
     healed = diff(models["a"], models["pruned"][0]).to_dict()
     keys |= set(healed["healing"]) | {k for n in healed["nodes"] for k in (n["healing"] or {})}
     missing = sorted(k for k in keys if f'"{k}"' not in section)
-    assert not missing, f"README's diff schema lacks {missing}"
+    assert not missing, f"docs/schemas.md's diff schema lacks {missing}"

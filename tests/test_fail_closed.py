@@ -30,7 +30,9 @@ from idapgraph.emit.save import check_output_path
 from idapgraph.errors import InputError
 from idapgraph.frontends import onnx as onnx_frontend
 from idapgraph.passes import latency as lat
+from idapgraph.runners.latency_cache import DiskTable
 from idapgraph.runners import clock
+from idapgraph.ir.ops import weighted_nodes
 
 
 class SmallCNN(nn.Module):
@@ -207,7 +209,7 @@ def test_cli_refuses_before_any_work_when_the_guard_cannot_be_established(tmp_pa
         raise AssertionError("compress ran although the output path was not checked")
 
     monkeypatch.setattr(onnx, "load", unreadable)
-    monkeypatch.setattr(idapgraph.api, "compress", no_work)
+    monkeypatch.setattr(idapgraph, "compress", no_work)
     rc = cli.main(["compress", str(inp), "-o", str(out), "--flops", "0.5"])
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -246,9 +248,9 @@ class FlakyTimer:
 @pytest.mark.parametrize("bad", [None, float("nan"), -1.0])
 def test_untimeable_layers_are_counted_untimed(tmp_path, bad):
     a = idapgraph.analyze(_proto())
-    full = lat.build(a.graph, a.coupling, [], lat.LatencyTable({"m": 0}, tmp_path / "a.json"),
+    full = lat.build(a.graph, a.coupling, [], DiskTable({"m": 0}, tmp_path / "a.json"),
                      timer=lambda s, ci, co: layer_cost(s, ci, co))
-    table = lat.LatencyTable({"m": 0}, tmp_path / "b.json")
+    table = DiskTable({"m": 0}, tmp_path / "b.json")
     timer = FlakyTimer(bad)
     m = lat.build(a.graph, a.coupling, [], table, timer=timer)
     good_calls = [k for k in timer.calls if _fails_for(json.loads(k)) is None]
@@ -258,7 +260,7 @@ def test_untimeable_layers_are_counted_untimed(tmp_path, bad):
     bad_sigs = {k for k in timer.calls if k not in good_calls}
     assert set(table.failed) == bad_sigs and len(bad_sigs) == 2
     assert all(timer.calls.count(k) == 1 for k in bad_sigs)  # a failed signature: tried once
-    sigs = {n.name: lat.layer_signature(a.graph, n) for n in a.graph.weighted_nodes()}
+    sigs = {n.name: lat.layer_signature(a.graph, n) for n in weighted_nodes(a.graph)}
     assert sorted(m.untimed_layers) == sorted(
         k for k, ls in sigs.items() if ls is not None and lat.sig_key(ls[0]) in bad_sigs)
     assert len(m.untimed_layers) == 2

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import idapgraph
 from helpers import export_onnx
-from idapgraph.finetune import distill
+from idapgraph import distill
 from mnist_cnn import ResNetMini, accuracy, calibration, load_mnist, trained
 
 X = (torch.randn(1, 1, 28, 28),)

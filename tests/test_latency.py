@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -25,8 +26,10 @@ from helpers import example_feeds, export_onnx
 from idapgraph.errors import InputError
 from idapgraph.passes import blocks as blocks_pass
 from idapgraph.passes import latency as lat
+from idapgraph.runners.latency_cache import DiskTable
 from idapgraph.passes import latency_select
-from idapgraph.runners import clock, op_timer
+from idapgraph.runners import clock, op_timer, solver_output
+from idapgraph.ir.ops import weighted_nodes
 
 
 class CountingTimer:
@@ -188,26 +191,26 @@ def test_table_is_cached_on_disk_and_reused(tmp_path):
     a = _analysis()
     path = tmp_path / "t.json"
     timer = CountingTimer()
-    tab = lat.LatencyTable({"cpu": "x"}, path)
+    tab = DiskTable({"cpu": "x"}, path)
     m1 = lat.build(a.graph, a.coupling, a.blocks, tab, timer=timer)
     assert timer.calls == m1.timed == m1.needed > 0
-    assert len(lat.LatencyTable({"cpu": "x"}, path)) == 0  # build does not write: save does
+    assert len(DiskTable({"cpu": "x"}, path)) == 0  # build does not write: save does
     tab.save()
     calls = timer.calls
-    m2 = lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({"cpu": "x"}, path), timer=timer)
+    m2 = lat.build(a.graph, a.coupling, a.blocks, DiskTable({"cpu": "x"}, path), timer=timer)
     assert timer.calls == calls and m2.timed == 0 and m2.needed == m1.needed
     # another machine (or thread count) has a table of its own
-    other = lat.LatencyTable({"cpu": "y"}, path)
+    other = DiskTable({"cpu": "y"}, path)
     assert len(other) == 0
     # refresh times every entry again
-    lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({"cpu": "x"}, path), timer=timer,
+    lat.build(a.graph, a.coupling, a.blocks, DiskTable({"cpu": "x"}, path), timer=timer,
               refresh=True)
     assert timer.calls == calls + m1.needed
 
 
 def test_a_deeper_model_reuses_the_shallower_ones_entries(tmp_path):
     """ResNet-34 shares every layer signature of ResNet-18 at the same input size."""
-    tab = lat.LatencyTable({"cpu": "x"}, tmp_path / "t.json")
+    tab = DiskTable({"cpu": "x"}, tmp_path / "t.json")
     timer = CountingTimer()
     a18 = _analysis()
     lat.build(a18.graph, a18.coupling, a18.blocks, tab, timer=timer)
@@ -220,7 +223,7 @@ def _emitted_table_sum(model_proto, timer) -> float:
     """Σ timer over the conv/linear layers of an emitted model, read off its own graph."""
     b = idapgraph.analyze(model_proto)
     total = 0.0
-    for n in b.graph.weighted_nodes():
+    for n in weighted_nodes(b.graph):
         ls = lat.layer_signature(b.graph, n)
         assert ls is not None, n.name
         sig, sin, sout = ls
@@ -238,7 +241,7 @@ def test_model_prediction_equals_the_emitted_models_own_layers(tmp_path, net, by
 
     a = _analysis(getattr(torchvision.models, net)(num_classes=10).eval())
     timer = CountingTimer()
-    m = lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({}, tmp_path / "t.json"),
+    m = lat.build(a.graph, a.coupling, a.blocks, DiskTable({}, tmp_path / "t.json"),
                   timer=timer)
     rng = np.random.default_rng(1)
     for trial in range(3):
@@ -292,7 +295,7 @@ def test_solver_debug_lines_are_filtered(capfd):
     import os
 
     libc = ctypes.CDLL(None)
-    with latency_select.solver_output_filtered():
+    with solver_output.filtered():
         libc.printf(b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
         libc.printf(b"a line of the user's\n")
         os.write(1, b"HighsMipSolverData::another\nand one more")
@@ -308,7 +311,7 @@ def test_milp_matches_brute_force(tmp_path, seed, weighted, capped):
     """Both pricings of a bypass: its own groups' units, or a measured block weight; with an
     error cap, only one of the two blocks' errors fits under it."""
     a = _analysis(TwoBlockNet().eval(), size=16)
-    m = lat.build(a.graph, a.coupling, a.blocks, lat.LatencyTable({}, tmp_path / "t.json"),
+    m = lat.build(a.graph, a.coupling, a.blocks, DiskTable({}, tmp_path / "t.json"),
                   timer=CountingTimer())
     assert len(m.blocks) == 2 and len(m.options) == 3
     m.calibrate(1.3 * m.raw(m.full_choice())[0])
@@ -367,7 +370,7 @@ def test_a_kernel_unfriendly_count_is_avoided(tmp_path):
     """With every count allowed (quantum 1) and odd output counts timed 1.5x slower, the
     solver's choices land on fast counts whenever a fast one keeps as much importance."""
     a = _analysis(TwoBlockNet().eval(), size=16)
-    m = lat.build(a.graph, a.coupling, [], lat.LatencyTable({}, tmp_path / "t.json"),
+    m = lat.build(a.graph, a.coupling, [], DiskTable({}, tmp_path / "t.json"),
                   timer=CountingTimer(), quantum=1)
     m.calibrate(m.raw(m.full_choice())[0])
     assert any(c % 8 for o in m.options for c in o)  # slow counts are on offer
@@ -882,3 +885,20 @@ def test_symbolic_dims_are_timed_at_the_given_sizes(token_mlp_onnx, shared_cache
                             "--method", "magnitude", "--bench", "--dims", "sequence=256",
                             "--json"]) == 0
     assert shapes == [(1, 256, 64), (1, 256, 64)]
+
+
+def test_a_transformer_module_compresses_to_a_latency(shared_cache, monkeypatch, cost_clock):
+    """A torch module traced through ``torch.export`` (BERT) is timed through the dynamo
+    exporter (the TorchScript one cannot put such a module in eval mode), and its fx graph's
+    constant nodes are not mistaken for timed layers (an IndexError before)."""
+    import zoo
+
+    monkeypatch.setenv("IDAPGRAPH_CACHE", str(shared_cache))
+    model, example = zoo.build("hf_bert")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = idapgraph.compress(model, example, latency=0.7)
+    info = r.report.latency_target
+    assert r.report.reached and info["ratio"] <= 0.7 * 1.1, info["ratio"]
+    assert r.report.units_removed > 0 or r.report.blocks_bypassed
+    r.model(*example)

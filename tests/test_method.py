@@ -10,6 +10,7 @@ import torch
 import idapgraph
 from helpers import export_onnx, onnx_out, rel_err
 from idapgraph.passes import heal
+from idapgraph.ir.ops import weighted_nodes
 from mnist_cnn import accuracy, calibration, trained
 
 X = (torch.randn(1, 1, 28, 28),)
@@ -31,8 +32,8 @@ def test_divergence_same_on_both_backends(net):
     model, proto, cal = net
     af = idapgraph.analyze(model, X, calib=cal)
     ao = idapgraph.analyze(proto, calib=cal)
-    names_f = [n.name for n in af.graph.weighted_nodes()]
-    names_o = [n.name for n in ao.graph.weighted_nodes()]
+    names_f = [n.name for n in weighted_nodes(af.graph)]
+    names_o = [n.name for n in weighted_nodes(ao.graph)]
     assert len(names_f) == len(names_o)
     compared = 0
     for nf, no in zip(names_f, names_o):

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-analyze", action="store_true")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from idapgraph.frontends.onnx_file import disk_size
+    from idapgraph import disk_size
 
     size = disk_size(a.model) / 2**30
     out_dir = Path(a.out or str(Path(a.model).resolve().parent) + "_out")

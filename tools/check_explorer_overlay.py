@@ -6,7 +6,7 @@ Without A and B, a pair is built first: torchvision's ResNet-18 (random weights,
 exported to ONNX and compressed with ``flops=0.7, blocks=1``. Then ``idapgraph diff A B
 --model-explorer DIR`` writes ``DIR/a.json`` and ``DIR/b.json``, and for each model:
 
-1. the real ``model-explorer`` command line is started, headless, the way README tells users::
+1. the real ``model-explorer`` command line is started, headless, the way docs/diff.md tells users::
 
        model-explorer A.onnx --extensions=model_explorer_onnx --node_data_paths=DIR/a.json \\
            --no_open_in_browser --port P

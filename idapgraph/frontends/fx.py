@@ -236,28 +236,50 @@ class _Builder:
         self._common(node, node.target, node.args[0], is_method=True)
 
     def _common(self, node: fx.Node, f: Any, first: Any, is_method: bool) -> None:
+        """A torch-level function or method call (``f``; a method by its name), by op family."""
         x = self.ref(first)
         meta = node.meta.get("tensor_meta")
         if not isinstance(meta, (TensorMetadata, tuple, list)) or (
                 isinstance(meta, (tuple, list)) and not meta):
             return self.add(node, "meta", self.tensor_inputs(node))
         name = f if is_method else None
+        for family in (self._torch_pointwise, self._torch_layout, self._torch_layer,
+                       self._torch_split_expand):
+            if family(node, f, name, x, meta, is_method):
+                return None
+        self.add(node, "unknown", self.tensor_inputs(node))
+
+    def _added(self, node: fx.Node, op: str, inputs: list[str | None],
+               attrs: dict | None = None) -> bool:
+        """:meth:`add`, then True: what an op-family handler returns once it mapped ``node``."""
+        self.add(node, op, inputs, attrs)
+        return True
+
+    def _torch_pointwise(self, node: fx.Node, f: Any, name: str | None, x: str | None, meta,
+                         is_method: bool) -> bool:
+        """Elementwise and unary ops, concatenation, pooling and padding (False: not mapped)."""
         if (f in _ELEMENTWISE_FUNCS) or (name in _ELEMENTWISE_METHODS):
             is_add = f in (operator.add, torch.add) or name in ("add", "add_")
-            return self.add(node, "elementwise", self.tensor_inputs(node),
-                            {"fn": "add"} if is_add and "alpha" not in node.kwargs else {})
+            return self._added(node, "elementwise", self.tensor_inputs(node),
+                               {"fn": "add"} if is_add and "alpha" not in node.kwargs else {})
         if f in _UNARY_FUNCS or name in _UNARY_METHODS or _is_stochastic_depth(f):
-            return self.add(node, "unary", [x])
+            return self._added(node, "unary", [x])
         if f in (torch.cat, torch.concat):
             xs = [self.ref(a) for a in _arg(node, 0, "tensors")]
-            return self.add(node, "concat", xs, {"axis": _arg(node, 1, "dim", 0)})
+            return self._added(node, "concat", xs, {"axis": _arg(node, 1, "dim", 0)})
         if f in _POOL_FUNCS:
-            return self.add(node, "pool", [x])
+            return self._added(node, "pool", [x])
         if f is F.pad:
-            return self.pad(node, x, _arg(node, 1, "pad"))
+            self.pad(node, x, _arg(node, 1, "pad"))
+            return True
+        return False
+
+    def _torch_layout(self, node: fx.Node, f: Any, name: str | None, x: str | None, meta,
+                      is_method: bool) -> bool:
+        """Reshapes, permutations, transposes, reductions and softmax (False: not mapped)."""
         if f is torch.flatten or name in ("flatten", "squeeze", "unsqueeze") or f in (
                 torch.squeeze, torch.unsqueeze):
-            return self.add(node, "reshape", [x], {"target": "auto"})
+            return self._added(node, "reshape", [x], {"target": "auto"})
         if f is torch.reshape or name in ("view", "reshape"):
             shape_args = node.args[1:] if is_method else node.args[1:]
             if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
@@ -265,147 +287,201 @@ class _Builder:
             target = [a if isinstance(a, int) else None for a in shape_args]
             if len(target) != len(meta.shape):
                 target = None
-            return self.add(node, "reshape", [x], {"target": target})
+            return self._added(node, "reshape", [x], {"target": target})
         if f is torch.permute or name == "permute":
             perm = node.args[1:] if is_method else node.args[1]
             if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
                 perm = perm[0]
             if all(isinstance(p, int) for p in perm):
                 r = len(meta.shape)
-                return self.add(node, "transpose", [x], {"perm": [p % r for p in perm]})
+                return self._added(node, "transpose", [x], {"perm": [p % r for p in perm]})
         if f is torch.transpose or name == "transpose":
             d0, d1 = node.args[1], node.args[2]
             if isinstance(d0, int) and isinstance(d1, int):
                 r = len(meta.shape)
                 perm = list(range(r))
                 perm[d0 % r], perm[d1 % r] = perm[d1 % r], perm[d0 % r]
-                return self.add(node, "transpose", [x], {"perm": perm})
+                return self._added(node, "transpose", [x], {"perm": perm})
         if f in _REDUCE or name in _REDUCE_METHODS:
             dim = _arg(node, 1, "dim")
             keep = bool(_arg(node, 2, "keepdim", False))
             if dim is None or isinstance(dim, int) or all(isinstance(d, int) for d in dim):
                 axes = None if dim is None else ([dim] if isinstance(dim, int) else list(dim))
-                return self.add(node, "reduce", [x], {"axes": axes, "keepdims": keep})
+                return self._added(node, "reduce", [x], {"axes": axes, "keepdims": keep})
         if f in (F.softmax, torch.softmax, F.log_softmax) or name in ("softmax", "log_softmax"):
-            return self.add(node, "softmax", [x], {"axis": _arg(node, 1, "dim", -1)})
+            return self._added(node, "softmax", [x], {"axis": _arg(node, 1, "dim", -1)})
+        return False
+
+    def _torch_layer(self, node: fx.Node, f: Any, name: str | None, x: str | None, meta,
+                     is_method: bool) -> bool:
+        """Matrix products, linear and conv layers and normalisations (False: not mapped)."""
         if f in (torch.matmul, operator.matmul, torch.bmm) or name in ("matmul", "bmm"):
             b = self.ref(node.args[1])
             if b is not None and self.g.tensors[b].kind == PARAM and self.g.tensors[b].rank == 2:
-                return self.add(node, "linear", [x, b, None], {"layout": "io"})
-            return self.add(node, "matmul", [x, b])
+                return self._added(node, "linear", [x, b, None], {"layout": "io"})
+            return self._added(node, "matmul", [x, b])
         if f is F.linear:
             w, b = self.ref(_arg(node, 1, "weight")), self.ref(_arg(node, 2, "bias"))
             if w is not None and self.g.tensors[w].kind == PARAM:
-                return self.add(node, "linear", [x, w, b], {"layout": "oi"})
+                return self._added(node, "linear", [x, w, b], {"layout": "oi"})
         if f in (F.conv1d, F.conv2d, F.conv3d):
             w, b = self.ref(_arg(node, 1, "weight")), self.ref(_arg(node, 2, "bias"))
             groups = _arg(node, 6, "groups", 1)
             if w is not None and self.g.tensors[w].kind == PARAM and isinstance(groups, int):
-                return self.add(node, "conv", [x, w, b], {"groups": groups, **_geometry(
+                return self._added(node, "conv", [x, w, b], {"groups": groups, **_geometry(
                     _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0),
                     _arg(node, 5, "dilation", 1))})
         if f is F.batch_norm:
             ps = [self.ref(_arg(node, i, n)) for i, n in
                   ((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var"))]
-            return self.add(node, "batchnorm", [x, *ps], {"eps": _arg(node, 7, "eps", 1e-5)})
+            return self._added(node, "batchnorm", [x, *ps], {"eps": _arg(node, 7, "eps", 1e-5)})
         if f is F.group_norm:
             ng = _arg(node, 1, "num_groups")
             w, b = self.ref(_arg(node, 2, "weight")), self.ref(_arg(node, 3, "bias"))
             if isinstance(ng, int):
-                return self.add(node, "groupnorm", [x, w, b], {"groups": ng})
+                return self._added(node, "groupnorm", [x, w, b], {"groups": ng})
         if f is F.layer_norm:
             w, b = self.ref(_arg(node, 2, "weight")), self.ref(_arg(node, 3, "bias"))
             ns = _arg(node, 1, "normalized_shape")
-            return self.add(node, "layernorm", [x, w, b], {"axis": -len(ns)})
+            return self._added(node, "layernorm", [x, w, b], {"axis": -len(ns)})
+        return False
+
+    def _torch_split_expand(self, node: fx.Node, f: Any, name: str | None, x: str | None, meta,
+                            is_method: bool) -> bool:
+        """Chunks, splits and unbinds, attention and expansion (False: not mapped)."""
         if f in (torch.chunk, torch.split) or name in ("chunk", "split"):
             dim = _arg(node, 2, "dim", 0)
             if isinstance(meta, (tuple, list)) and isinstance(dim, int):
-                return self.add(node, "split", [x], {"axis": dim % len(meta[0].shape)})
+                return self._added(node, "split", [x], {"axis": dim % len(meta[0].shape)})
         if f is torch.unbind or name == "unbind":
             dim = _arg(node, 1, "dim", 0)
             if isinstance(meta, (tuple, list)) and meta and isinstance(dim, int):
-                return self.add(node, "unbind", [x], {"axis": dim % (len(meta[0].shape) + 1)})
+                return self._added(node, "unbind", [x], {"axis": dim % (len(meta[0].shape) + 1)})
         if f is F.scaled_dot_product_attention:
-            return self.attention(node)
+            self.attention(node)
+            return True
         if name in ("expand", "expand_as"):
             sizes = node.args[1:] if name == "expand" else ()
             if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
                 sizes = sizes[0]
             target = [a if isinstance(a, int) else None for a in sizes] or None
             like = [self.ref(node.args[1])] if name == "expand_as" else []
-            return self.add(node, "expand", [x] + like, {"target": target})
-        self.add(node, "unknown", self.tensor_inputs(node))
+            return self._added(node, "expand", [x] + like, {"target": target})
+        return False
 
     def aten(self, node: fx.Node, name: str) -> None:
-        """ATen-level graphs (from ``torch.export``, used when symbolic tracing fails)."""
+        """ATen-level graphs (from ``torch.export``, used when symbolic tracing fails), by op
+        family (``name``: the op's overload packet)."""
         meta = node.meta.get("tensor_meta")
         x = self.ref(node.args[0]) if node.args else None
         if not isinstance(meta, (TensorMetadata, tuple, list)) or (
                 isinstance(meta, (tuple, list)) and not meta):
             return self.add(node, "meta", self.tensor_inputs(node))
+        for family in (self._aten_pointwise, self._aten_layer, self._aten_layout,
+                       self._aten_split_index):
+            if family(node, name, x, meta):
+                return None
+        self.add(node, "unknown", self.tensor_inputs(node))
+
+    def _aten_pointwise(self, node: fx.Node, name: str, x: str | None, meta) -> bool:
+        """ATen elementwise and unary ops, padding and pooling (False: not mapped)."""
         if name in _ATEN_ELEMENTWISE:
             is_add = name == "add" and "alpha" not in node.kwargs
-            return self.add(node, "elementwise", self.tensor_inputs(node), {"fn": "add"} if is_add else {})
+            return self._added(node, "elementwise", self.tensor_inputs(node),
+                               {"fn": "add"} if is_add else {})
         if name in _ATEN_UNARY:
-            return self.add(node, "unary", [x])
+            return self._added(node, "unary", [x])
         if name in _ATEN_PADS:
-            return self.pad(node, x, node.args[1] if len(node.args) > 1 else None)
+            self.pad(node, x, node.args[1] if len(node.args) > 1 else None)
+            return True
+        if name in ("adaptive_avg_pool2d", "max_pool2d", "avg_pool2d", "mean_dim",
+                    "upsample_nearest2d"):
+            return self._added(node, "pool", [x])
+        return False
+
+    def _aten_layer(self, node: fx.Node, name: str, x: str | None, meta) -> bool:
+        """ATen linear and conv layers, normalisations, matrix products and attention (False:
+        not mapped)."""
         if name == "linear":
             w, b = self.ref(_arg(node, 1, "weight")), self.ref(_arg(node, 2, "bias"))
             if w is not None and self.g.tensors[w].kind == PARAM:
-                return self.add(node, "linear", [x, w, b], {"layout": "oi"})
+                return self._added(node, "linear", [x, w, b], {"layout": "oi"})
         if name == "addmm":  # bias + x @ w (GPT-2's Conv1D)
             b, xx, w = (self.ref(a) for a in node.args[:3])
             beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
             if w is not None and self.g.tensors[w].kind == PARAM and beta == 1 and alpha == 1 \
                     and b is not None and self.g.tensors[b].rank == 1:
-                return self.add(node, "linear", [xx, w, b], {"layout": "io"})
+                return self._added(node, "linear", [xx, w, b], {"layout": "io"})
         if name in ("conv2d", "conv1d", "conv3d", "convolution"):
             w, b = self.ref(node.args[1]), self.ref(_arg(node, 2, "bias"))
             gpos = 8 if name == "convolution" else 6
             groups = _arg(node, gpos, "groups", 1)
             if w is not None and self.g.tensors[w].kind == PARAM and isinstance(groups, int) and (
                     name != "convolution" or not node.args[6]):
-                return self.add(node, "conv", [x, w, b], {"groups": groups, "groups_arg": gpos,
-                                                          **_geometry(_arg(node, 3, "stride", 1),
-                                                                      _arg(node, 4, "padding", 0),
-                                                                      _arg(node, 5, "dilation", 1))})
+                return self._added(node, "conv", [x, w, b], {
+                    "groups": groups, "groups_arg": gpos,
+                    **_geometry(_arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0),
+                                _arg(node, 5, "dilation", 1))})
+        if name == "layer_norm":
+            return self._added(node, "layernorm", [x, self.ref(_arg(node, 2, "weight")),
+                                                   self.ref(_arg(node, 3, "bias"))],
+                               {"axis": -len(node.args[1])})
+        if name == "batch_norm" or name == "_native_batch_norm_legit_no_training":
+            eps = node.args[-1] if isinstance(node.args[-1], float) else 1e-5
+            return self._added(node, "batchnorm",
+                               [x] + [self.ref(node.args[i]) for i in (1, 2, 3, 4)], {"eps": eps})
+        if name in ("matmul", "bmm"):
+            return self._added(node, "matmul", [x, self.ref(node.args[1])])
+        if name == "scaled_dot_product_attention":
+            self.attention(node)
+            return True
+        return False
+
+    def _aten_layout(self, node: fx.Node, name: str, x: str | None, meta) -> bool:
+        """ATen reshapes, permutations, transposes, expansion, softmax and reductions (False:
+        not mapped)."""
         if name in ("view", "reshape", "_unsafe_view"):
             target = [a if isinstance(a, int) else None for a in node.args[1]]
-            return self.add(node, "reshape", [x], {"target": target if len(target) == len(meta.shape) else None})
+            return self._added(node, "reshape", [x], {
+                "target": target if len(target) == len(meta.shape) else None})
         if name in ("unsqueeze", "squeeze", "flatten"):
-            return self.add(node, "reshape", [x], {"target": "auto"})
+            return self._added(node, "reshape", [x], {"target": "auto"})
         if name == "permute":
             r = len(meta.shape)
-            return self.add(node, "transpose", [x], {"perm": [p % r for p in node.args[1]]})
+            return self._added(node, "transpose", [x], {"perm": [p % r for p in node.args[1]]})
         if name == "transpose":
             r = len(meta.shape)
             perm = list(range(r))
             d0, d1 = node.args[1] % r, node.args[2] % r
             perm[d0], perm[d1] = perm[d1], perm[d0]
-            return self.add(node, "transpose", [x], {"perm": perm})
-        if name == "layer_norm":
-            return self.add(node, "layernorm", [x, self.ref(_arg(node, 2, "weight")),
-                                                self.ref(_arg(node, 3, "bias"))],
-                            {"axis": -len(node.args[1])})
+            return self._added(node, "transpose", [x], {"perm": perm})
+        if name == "expand":
+            target = [a if isinstance(a, int) else None for a in node.args[1]]
+            return self._added(node, "expand", [x], {"target": target})
         if name in ("softmax", "_softmax", "log_softmax"):
-            return self.add(node, "softmax", [x], {"axis": node.args[1]})
-        if name in ("matmul", "bmm"):
-            return self.add(node, "matmul", [x, self.ref(node.args[1])])
-        if name == "cat":
-            return self.add(node, "concat", [self.ref(a) for a in node.args[0]],
-                            {"axis": _arg(node, 1, "dim", 0)})
-        if name in ("split", "split_with_sizes") and isinstance(meta, (tuple, list)):
-            dim = _arg(node, 2, "dim", 0)
-            return self.add(node, "split", [x], {"axis": dim % len(meta[0].shape), "aten": True})
+            return self._added(node, "softmax", [x], {"axis": node.args[1]})
         if name in ("mean", "sum", "amax"):
             dim = _arg(node, 1, "dim")
-            return self.add(node, "reduce", [x], {"axes": dim, "keepdims": bool(_arg(node, 2, "keepdim", False))})
+            return self._added(node, "reduce", [x], {
+                "axes": dim, "keepdims": bool(_arg(node, 2, "keepdim", False))})
+        return False
+
+    def _aten_split_index(self, node: fx.Node, name: str, x: str | None, meta) -> bool:
+        """ATen concatenation, splits, unbinds, selects and slices (False: not mapped)."""
+        if name == "cat":
+            return self._added(node, "concat", [self.ref(a) for a in node.args[0]],
+                               {"axis": _arg(node, 1, "dim", 0)})
+        if name in ("split", "split_with_sizes") and isinstance(meta, (tuple, list)):
+            dim = _arg(node, 2, "dim", 0)
+            return self._added(node, "split", [x], {"axis": dim % len(meta[0].shape), "aten": True})
+        if name == "unbind" and isinstance(meta, (tuple, list)) and meta:
+            return self._added(node, "unbind", [x], {"axis": _arg(node, 1, "dim", 0) % (
+                len(meta[0].shape) + 1)})
         if name == "select":
             r = len(self.g.tensors[x].shape)
             d = node.args[1] % r
-            return self.add(node, "index", [x], {"map": [(ax, 0, self.g.tensors[x].shape[ax], 1)
-                                                         for ax in range(r) if ax != d]})
+            return self._added(node, "index", [x], {"map": [(ax, 0, self.g.tensors[x].shape[ax], 1)
+                                                            for ax in range(r) if ax != d]})
         if name == "slice":
             shape = self.g.tensors[x].shape
             d = _arg(node, 1, "dim", 0) % len(shape)
@@ -415,22 +491,8 @@ class _Builder:
                 start, stop, step = slice(start, stop, step).indices(shape[d])
                 mp = [(ax, 0, shape[ax], 1) for ax in range(len(shape))]
                 mp[d] = (d, start, max(start, stop), step)
-                return self.add(node, "index", [x], {"map": mp, "aten_slice": d})
-        if name in ("adaptive_avg_pool2d", "max_pool2d", "avg_pool2d", "mean_dim", "upsample_nearest2d"):
-            return self.add(node, "pool", [x])
-        if name == "batch_norm" or name == "_native_batch_norm_legit_no_training":
-            eps = node.args[-1] if isinstance(node.args[-1], float) else 1e-5
-            return self.add(node, "batchnorm", [x] + [self.ref(node.args[i]) for i in (1, 2, 3, 4)],
-                            {"eps": eps})
-        if name == "expand":
-            target = [a if isinstance(a, int) else None for a in node.args[1]]
-            return self.add(node, "expand", [x], {"target": target})
-        if name == "scaled_dot_product_attention":
-            return self.attention(node)
-        if name == "unbind" and isinstance(meta, (tuple, list)) and meta:
-            return self.add(node, "unbind", [x], {"axis": _arg(node, 1, "dim", 0) % (
-                len(meta[0].shape) + 1)})
-        self.add(node, "unknown", self.tensor_inputs(node))
+                return self._added(node, "index", [x], {"map": mp, "aten_slice": d})
+        return False
 
     def attention(self, node: fx.Node) -> None:
         """``F.scaled_dot_product_attention`` and its ATen op (same argument order)."""

@@ -403,6 +403,9 @@ def _shape_target(t: gs.Tensor) -> list | None:
     return out
 
 
+_Canon = tuple[str, list, dict[str, Any]]  # a node's IR op, inputs and attributes
+
+
 class _Builder:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.gsg = onnx_external.import_graph(model)
@@ -467,8 +470,9 @@ class _Builder:
         return self.g
 
     # -- op mapping ------------------------------------------------------------------------
-    def _canon(self, n: gs.Node) -> tuple[str, list, dict[str, Any]]:
-        op, a = n.op, n.attrs
+    def _canon(self, n: gs.Node) -> _Canon:
+        """The IR op, inputs and attributes of ``n`` (by op family; "unknown" when none maps it)."""
+        op = n.op
         ins = [self.alias.get(t.name, t) if t.name else t for t in n.inputs]
         data = [t for t in ins if t.name]
         if (n.domain or "") not in ("", "ai.onnx"):
@@ -476,6 +480,16 @@ class _Builder:
         if any(t.name in self.meta for t in data) and all(
                 t.name in self.meta or isinstance(t, gs.Constant) for t in data) or op in _META_SOURCES:
             return "meta", data, {}
+        for family in (self._canon_layer, self._canon_pointwise, self._canon_norm,
+                       self._canon_reduce, self._canon_layout):
+            canon = family(n, ins, data)
+            if canon is not None:
+                return canon
+        return "unknown", data, {}
+
+    def _canon_layer(self, n: gs.Node, ins: list, data: list) -> _Canon | None:
+        """Conv, Gemm and MatMul (a linear layer when its weight is a constant), else None."""
+        op, a = n.op, n.attrs
         if op == "Conv":
             if isinstance(ins[1], gs.Constant):
                 geo = {}
@@ -499,12 +513,22 @@ class _Builder:
             if isinstance(ins[1], gs.Constant) and len(ins[1].shape) == 2:
                 return "linear", [ins[0], ins[1], None], {"layout": "io"}
             return "matmul", ins[:2], {}
+        return None
+
+    def _canon_pointwise(self, n: gs.Node, ins: list, data: list) -> _Canon | None:
+        """Elementwise (several inputs) and unary ops, else None."""
+        op = n.op
         if op in _ELEMENTWISE:
             return "elementwise", data, {"fn": "add"} if op == "Add" else {}
         if op in _UNARY:
             if op == "Dropout" and len([t for t in n.outputs if t.name]) > 1:
                 return "unknown", data, {"reason": "Dropout with a mask output"}
             return "unary", [ins[0]], {}
+        return None
+
+    def _canon_norm(self, n: gs.Node, ins: list, data: list) -> _Canon | None:
+        """Batch, instance, layer (and RMS) and group normalisation, else None."""
+        op, a = n.op, n.attrs
         if op == "BatchNormalization":
             if len([t for t in n.outputs if t.name]) > 1:
                 return "unknown", data, {"reason": "BatchNormalization in training mode"}
@@ -521,10 +545,13 @@ class _Builder:
             if isinstance(c, int) and len(ins) > 1 and ins[1].shape is not None and ins[1].shape[0] == c:
                 return "groupnorm", ins[:3], {"groups": a["num_groups"]}
             return "unknown", data, {"reason": "GroupNormalization with per-group scale (opset 18)"}
+        return None
+
+    def _canon_reduce(self, n: gs.Node, ins: list, data: list) -> _Canon | None:
+        """Pooling, reductions and softmax, else None."""
+        op, a = n.op, n.attrs
         if op in _POOL:
             return "pool", [ins[0]], {}
-        if op == "Pad":
-            return self._pad(n)
         if op in _REDUCE:
             axes = a.get("axes")
             if axes is None and len(ins) > 1 and ins[1].name:
@@ -539,6 +566,14 @@ class _Builder:
             if self.opset < 13:
                 return "unknown", data, {"reason": f"{op} before opset 13 flattens its input"}
             return "softmax", [ins[0]], {"axis": a.get("axis", -1)}
+        return None
+
+    def _canon_layout(self, n: gs.Node, ins: list, data: list) -> _Canon | None:
+        """Padding, concatenation, splitting, slicing, reshapes, transposes, expansion and a
+        constant-index Gather, else None."""
+        op, a = n.op, n.attrs
+        if op == "Pad":
+            return self._pad(n)
         if op == "Concat":
             return "concat", data, {"axis": a["axis"]}
         if op == "Split":
@@ -564,7 +599,7 @@ class _Builder:
             axis = a.get("axis", 0) % r
             mp = [(ax, 0, ins[0].shape[ax], 1) for ax in range(r) if ax != axis]
             return "index", [ins[0]], {"map": mp}
-        return "unknown", data, {}
+        return None
 
     def _pad(self, n: gs.Node):
         """Pad with constant pads (an attribute before opset 11, an input since; opset 18's

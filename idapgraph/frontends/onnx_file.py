@@ -58,8 +58,3 @@ def data_files(path: str | os.PathLike) -> set[Path]:
         if f is not None and base in f.parents and f.is_file():
             out.add(f)
     return out
-
-
-def disk_size(path: str | os.PathLike) -> int:
-    """Bytes on disk of an ONNX file and of the external data files it names."""
-    return Path(path).stat().st_size + sum(f.stat().st_size for f in data_files(path))

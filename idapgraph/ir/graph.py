@@ -127,16 +127,6 @@ class Graph:
     def params(self) -> Iterable[Tensor]:
         return (t for t in self.tensors.values() if t.kind == PARAM)
 
-    def weighted_nodes(self) -> list[Node]:
-        """Nodes with a learned weight operand (conv/linear), in topological order.
-
-        Their ordinal in this list is stable across backends of the same model, because both
-        frontends list nodes in execution order; plans use it to name channel groups.
-        """
-        from .ops import OPS
-
-        return [n for n in self if OPS[n.op].weighted]
-
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for n in self:

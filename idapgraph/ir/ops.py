@@ -815,3 +815,12 @@ OPS: dict[str, OpDef] = {
         OpDef("unknown", "anything else: every axis it touches is frozen", _couple_unknown),
     ]
 }
+
+
+def weighted_nodes(graph: Graph) -> list[Node]:
+    """Nodes with a learned weight operand (conv/linear), in topological order.
+
+    Their ordinal in this list is stable across backends of the same model, because both
+    frontends list nodes in execution order; plans use it to name channel groups.
+    """
+    return [n for n in graph if OPS[n.op].weighted]

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir.graph import PARAM, Graph
-from ..ir.ops import OPS
+from ..ir.ops import OPS, weighted_nodes
 
 
 @dataclass
@@ -66,7 +66,7 @@ def layer_changes(graph: Graph, before: Cost, after: Cost, shape: Callable[[str]
     from ..ir.ops import weight_axes
 
     out = []
-    for n in graph.weighted_nodes():
+    for n in weighted_nodes(graph):
         w = n.inputs[1]
         ws = graph.shape(w) if w is not None else None
         if not ws:

@@ -18,7 +18,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..ir.annotations import ChannelGroup, Coupling, FrozenSpot, Member
 from ..ir.graph import META, PARAM, Graph, Node
-from ..ir.ops import OPS, Relations, Space, weight_axes
+from ..ir.ops import OPS, Relations, Space, weight_axes, weighted_nodes
 
 
 class _UnionFind:
@@ -82,7 +82,7 @@ def collect_relations(graph: Graph) -> Relations:
 def weight_roles(graph: Graph) -> dict[Space, tuple[int, str, str]]:
     """(weight tensor, axis) -> (ordinal among weighted ops, 'out'|'in', node name)."""
     roles: dict[Space, tuple[int, str, str]] = {}
-    for i, node in enumerate(graph.weighted_nodes()):
+    for i, node in enumerate(weighted_nodes(graph)):
         w = node.inputs[1]
         if w is None or graph.tensors[w].rank is None or graph.tensors[w].rank < 2:
             continue
@@ -96,8 +96,21 @@ def weight_roles(graph: Graph) -> dict[Space, tuple[int, str, str]]:
 def analyze(graph: Graph) -> Coupling:
     """Compute channel groups and frozen spots for ``graph``."""
     rel = collect_relations(graph)
+    space_class, class_spaces, class_size, frozen_reason = _space_classes(graph, rel)
+    label, n_comp, elem_cls, elem_idx = _element_components(rel, space_class, class_size,
+                                                            frozen_reason)
+    roles = weight_roles(graph)
+    by_signature, frozen_by_sig, frozen_sig_reason = _unit_signatures(
+        graph, class_spaces, frozen_reason, label, n_comp, elem_cls, elem_idx)
+    return Coupling(groups=_channel_groups(by_signature, class_spaces, roles),
+                    frozen=_frozen_spots(graph, frozen_by_sig, frozen_sig_reason, class_spaces,
+                                         roles),
+                    space_class=space_class, class_size=class_size, class_spaces=class_spaces)
 
-    # -- space level: identical axes ---------------------------------------------------------
+
+def _space_classes(graph: Graph, rel: Relations):
+    """Space level: union the identical axes of ``rel`` into classes. Returns (space -> class,
+    class -> spaces, class -> size or None, frozen class -> why)."""
     uf = _UnionFind()
     all_spaces = []
     for name, t in graph.tensors.items():
@@ -119,8 +132,7 @@ def analyze(graph: Graph) -> Coupling:
             class_spaces.append([])
         space_class[s] = roots[r]
         class_spaces[roots[r]].append(s)
-    n_cls = len(class_spaces)
-    class_size: list[int | None] = [None] * n_cls
+    class_size: list[int | None] = [None] * len(class_spaces)
     frozen_reason: dict[int, str] = {}
     for c, spaces in enumerate(class_spaces):
         sizes = {graph.tensors[s.tensor].shape[s.axis] for s in spaces}
@@ -131,8 +143,16 @@ def analyze(graph: Graph) -> Coupling:
     for s, why in rel.frozen.items():
         if s in space_class:
             frozen_reason.setdefault(space_class[s], why)
+    return space_class, class_spaces, class_size, frozen_reason
 
-    # -- element level: index ties -----------------------------------------------------------
+
+def _element_components(rel: Relations, space_class: dict[Space, int],
+                        class_size: list[int | None], frozen_reason: dict[int, str]):
+    """Element level: tie individual indices (``rel.links``) into connected components, freezing
+    (in ``frozen_reason``) the classes of ties that cannot be followed. The elements are the
+    classes' indices laid end to end; returns (component per element, number of components,
+    class per element, index within its class per element)."""
+    n_cls = len(class_size)
     base = np.zeros(n_cls + 1, dtype=np.int64)
     base[1:] = np.cumsum([0 if n is None else n for n in class_size])
     total = int(base[-1])
@@ -158,10 +178,18 @@ def analyze(graph: Graph) -> Coupling:
         r = c = np.zeros(0, dtype=np.int64)
     adj = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
     n_comp, label = connected_components(adj, directed=False)
-
     elem_cls = np.repeat(np.arange(n_cls), [0 if n is None else n for n in class_size])
     elem_idx = np.arange(total) - base[elem_cls]
-    frozen_cls = np.zeros(n_cls, dtype=bool)
+    return label, n_comp, elem_cls, elem_idx
+
+
+def _unit_signatures(graph: Graph, class_spaces: list[list[Space]], frozen_reason: dict[int, str],
+                     label: np.ndarray, n_comp: int, elem_cls: np.ndarray,
+                     elem_idx: np.ndarray):
+    """Units (components touching a parameter) keyed by signature ((class, indices) per class
+    they span). Returns (signature -> free units as class -> indices, signature -> frozen
+    units, signature -> why its units are frozen)."""
+    frozen_cls = np.zeros(len(class_spaces), dtype=bool)
     frozen_cls[list(frozen_reason)] = True
     comp_frozen = np.zeros(n_comp, dtype=bool)
     np.logical_or.at(comp_frozen, label, frozen_cls[elem_cls])
@@ -169,9 +197,6 @@ def analyze(graph: Graph) -> Coupling:
         [any(graph.tensors[s.tensor].kind == PARAM for s in sp) for sp in class_spaces], dtype=bool)
     comp_param = np.zeros(n_comp, dtype=bool)
     np.logical_or.at(comp_param, label, has_param_cls[elem_cls])
-
-    # -- units and groups --------------------------------------------------------------------
-    roles = weight_roles(graph)
     order = np.lexsort((elem_idx, elem_cls, label))
     lab_sorted = label[order]
     bounds = np.flatnonzero(np.diff(lab_sorted)) + 1
@@ -198,7 +223,14 @@ def analyze(graph: Graph) -> Coupling:
                     (frozen_reason[cid] for cid, _ in sig if cid in frozen_reason), "frozen")
             continue
         by_signature[sig].append(dict(zip(cls_ids, parts)))
+    return by_signature, frozen_by_sig, frozen_sig_reason
 
+
+def _channel_groups(by_signature: dict[tuple, list[dict[int, np.ndarray]]],
+                    class_spaces: list[list[Space]],
+                    roles: dict[Space, tuple[int, str, str]]) -> list[ChannelGroup]:
+    """One group per signature of free units, ordered and named by its anchor (:func:`_anchor`);
+    a repeated name gets a ``#n`` suffix."""
     groups: list[tuple[tuple, ChannelGroup]] = []
     for sig, units in by_signature.items():
         anchor_cls, sort_key = _anchor(sig, class_spaces, roles)
@@ -217,7 +249,14 @@ def analyze(graph: Graph) -> Coupling:
         if seen[g.key] > 1:
             g.key = f"{g.key}#{seen[g.key]}"
         out_groups.append(g)
+    return out_groups
 
+
+def _frozen_spots(graph: Graph, frozen_by_sig: dict[tuple, int],
+                  frozen_sig_reason: dict[tuple, str], class_spaces: list[list[Space]],
+                  roles: dict[Space, tuple[int, str, str]]) -> list[FrozenSpot]:
+    """The weight axes holding frozen units, in graph order: per weighted layer and role, how
+    many channels are frozen and why."""
     frozen: list[FrozenSpot] = []
     for sig, n in frozen_by_sig.items():
         for cid, _ in sig:
@@ -228,8 +267,7 @@ def analyze(graph: Graph) -> Coupling:
                                              role=role, channels=n, reason=frozen_sig_reason[sig]))
     position = {name: i for i, name in enumerate(graph.nodes)}
     frozen.sort(key=lambda f: (position[f.layer], f.role))
-    return Coupling(groups=out_groups, frozen=frozen, space_class=space_class,
-                    class_size=class_size, class_spaces=class_spaces)
+    return frozen
 
 
 def _anchor(sig, class_spaces, roles):

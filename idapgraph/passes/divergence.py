@@ -21,7 +21,7 @@ import numpy as np
 
 from ..ir.annotations import Coupling
 from ..ir.graph import ACTIVATION, Graph
-from ..ir.ops import Space, channel_axis, weight_axes
+from ..ir.ops import Space, channel_axis, weight_axes, weighted_nodes
 from .scoring import combine
 from .stats import ChannelStats
 
@@ -108,7 +108,7 @@ def _bn_after(graph: Graph, y: str) -> str | None:
 def taps(graph: Graph) -> dict[Space, Tap]:
     """For every weighted layer's output- and input-channel weight axis, where to measure it."""
     out: dict[Space, Tap] = {}
-    for node in graph.weighted_nodes():
+    for node in weighted_nodes(graph):
         w = node.inputs[1]
         wt = graph.tensors[w] if w is not None else None
         if wt is None or wt.shape is None or len(wt.shape) < 2 or None in wt.shape:

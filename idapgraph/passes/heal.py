@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.graph import Graph
-from ..ir.ops import channel_axis, weight_axes
+from ..ir.ops import channel_axis, weight_axes, weighted_nodes
 from ..ir.plan import Rewrite
 from .stats import ChannelStats
 
@@ -39,7 +39,7 @@ class Site:
 def sites(graph: Graph, rewrite: Rewrite | None) -> list[Site]:
     """Conv/linear outputs in topological order (model outputs excluded: they stay exact)."""
     out = []
-    for node in graph.weighted_nodes():
+    for node in weighted_nodes(graph):
         y, w = node.outputs[0], node.inputs[1]
         if y in graph.outputs or w is None or graph.tensors[w].rank is None:
             continue
@@ -184,7 +184,7 @@ class CompSite:
 
 def compensation_sites(graph: Graph, rewrite: Rewrite) -> list[CompSite]:
     out = []
-    for node in graph.weighted_nodes():
+    for node in weighted_nodes(graph):
         x, w = node.inputs[0], node.inputs[1]
         if int(node.attrs.get("groups", 1)) != 1 or w is None or graph.tensors[w].rank is None:
             continue

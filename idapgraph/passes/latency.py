@@ -22,14 +22,10 @@ importance under a latency budget with a MILP over these options and gates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -45,13 +41,8 @@ MIN_OPTIONS = 4
 
 
 # ---------------------------------------------------------------------------------------------
-# the on-disk table
+# the table (in memory; read from and saved to disk by idapgraph.runners.latency_cache)
 # ---------------------------------------------------------------------------------------------
-
-def cache_dir() -> Path:
-    """``$IDAPGRAPH_CACHE`` or ``~/.cache/idapgraph``."""
-    return Path(os.environ.get("IDAPGRAPH_CACHE") or Path.home() / ".cache" / "idapgraph")
-
 
 def sig_key(sig: dict) -> str:
     return json.dumps(sig, sort_keys=True, separators=(",", ":"))
@@ -59,27 +50,15 @@ def sig_key(sig: dict) -> str:
 
 class LatencyTable:
     """Measured layer latencies (ms) for one machine (a dict naming what the timings depend on:
-    :func:`idapgraph.runners.op_timer.machine`), read from and merged into a JSON file."""
+    :func:`idapgraph.runners.op_timer.machine`): signature -> "cin,cout" -> ms."""
 
-    def __init__(self, machine_info: dict, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, machine_info: dict) -> None:
         self.machine = machine_info
-        digest = hashlib.sha1(sig_key(machine_info).encode()).hexdigest()[:16]
-        self.path = Path(path) if path is not None else cache_dir() / "latency" / f"{digest}.json"
         self.entries: dict[str, dict[str, float]] = {}
         self.new = 0
         # signatures the timer could not time in this process -> why (not saved: retried in
         # the next one); their layers are priced per output element
         self.failed: dict[str, str] = {}
-        self._read()
-
-    def _read(self) -> None:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return
-        if isinstance(data, dict) and data.get("machine") == self.machine:
-            for k, v in data.get("entries", {}).items():
-                self.entries.setdefault(k, {}).update(v)
 
     def get(self, sig: dict, cin: int, cout: int) -> float | None:
         return self.entries.get(sig_key(sig), {}).get(f"{cin},{cout}")
@@ -88,24 +67,17 @@ class LatencyTable:
         self.entries.setdefault(sig_key(sig), {})[f"{cin},{cout}"] = float(ms)
         self.new += 1
 
+    def merge(self, entries: dict[str, dict[str, float]]) -> None:
+        """Add ``entries`` (this table's form), keeping what it has where both time a layer."""
+        for k, v in entries.items():
+            self.entries.setdefault(k, {}).update({c: ms for c, ms in v.items()
+                                                   if c not in self.entries.get(k, {})})
+
     def __len__(self) -> int:
         return sum(len(v) for v in self.entries.values())
 
     def __bool__(self) -> bool:  # a table is there even while empty (``table or default``)
         return True
-
-    def save(self) -> None:
-        """Merge with what is on disk now (another run may have added entries), write atomically."""
-        mine = self.entries
-        self.entries = {}
-        self._read()
-        for k, v in mine.items():
-            self.entries.setdefault(k, {}).update(v)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"machine": self.machine, "entries": self.entries}, f, sort_keys=True)
-        os.replace(tmp, self.path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +121,10 @@ def _dims(shape, batch: int) -> list[int] | None:
 
 def layer_signature(graph: Graph, node, batch: int = 1) -> tuple[dict, Space, Space] | None:
     """``(signature, input-channel space, output-channel space)`` of a conv/linear layer that
-    can be timed alone, else None."""
+    can be timed alone, else None (also for a node without inputs or outputs: an fx
+    ``get_attr`` or a constant)."""
+    if not node.inputs or not node.outputs:
+        return None
     x, w = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
     y = node.outputs[0]
     if x is None or w is None:
@@ -305,12 +280,30 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
     timing (``timer(sig, cin, cout) -> ms``) every table entry not cached yet (``refresh``:
     every entry the model needs). ``gate_groupless``: also gate blocks without channel groups
     of their own (for a caller that prices blocks by weights: ``LatencyModel.block_weight``)."""
-    drivers = _class_drivers(coupling)
     options = [group_options(g.n_units, _group_width(coupling, g), min_keep=min_keep,
                              quantum=quantum, finest=finest) for g in coupling.groups]
+    blocks, internal, blocks_of = _gated_blocks(graph, coupling, blocks, gate_groupless)
+    sides = _Sides(graph, coupling, _class_drivers(coupling), options, batch)
+    specs, needed, pending = _layer_specs(graph, sides, table, refresh)
+    pending = list(dict.fromkeys((sig_key(s), ci, co) for s, ci, co in pending))
+    timed_by = _time_entries(pending, table, timer, progress)
+    failed = {sk for sk, _, _ in needed if sk in table.failed}  # untimeable: priced per element
+    untimed = [n for n in needed if n[0] in failed]
+    untimed_layers = [sp[1] for sp in specs if sp[0] == "lut" and sig_key(sp[6]) in failed]
+    terms = _merged_terms(specs, failed, options, blocks_of, table)
+    return LatencyModel(options=options, terms=terms, blocks=list(blocks),
+                        internal=internal,
+                        timed=sum(n for sk, n in timed_by.items() if sk not in failed),
+                        needed=len(needed) - len(untimed), untimed=len(untimed),
+                        untimed_layers=untimed_layers)
+
+
+def _gated_blocks(graph: Graph, coupling: Coupling, blocks, gate_groupless: bool):
+    """The blocks that get a gate, (group -> gated blocks holding all of it) and (node -> gated
+    blocks it lies in), indices into the gated blocks. Unweighted, only a block with channel
+    groups of its own is gated: bypassing it costs their importance (a block without any would
+    cost nothing and always go)."""
     internal = _internal(graph, coupling, blocks)
-    # unweighted, only a block with channel groups of its own is gated: bypassing it costs their
-    # importance (a block without any would cost nothing and always go)
     held = list(range(len(blocks))) if gate_groupless else sorted(
         {bi for v in internal.values() for bi in v})
     blocks = [blocks[bi] for bi in held]
@@ -319,51 +312,68 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
     for bi, b in enumerate(blocks):
         for n in b.nodes:
             blocks_of[n] += (bi,)
+    return blocks, internal, blocks_of
 
-    def side(space: Space | None) -> tuple[int | None, Callable[[int], int], int]:
+
+@dataclass
+class _Sides:
+    """How the channel counts of tensor axes follow the groups' options."""
+
+    graph: Graph
+    coupling: Coupling
+    drivers: dict[int, tuple[int, int] | None]  # see _class_drivers
+    options: list[list[int]]
+    batch: int
+
+    def side(self, space: Space | None) -> tuple[int | None, Callable[[int], int], int]:
         """(group, channels at option j, full channels) of one tensor axis."""
-        full = _dims(graph.shape(space.tensor), batch)[space.axis]
-        d = drivers.get(coupling.space_class.get(space)) if space is not None else None
+        full = _dims(self.graph.shape(space.tensor), self.batch)[space.axis]
+        d = self.drivers.get(self.coupling.space_class.get(space)) if space is not None else None
         if d is None:
             return None, lambda j: full, full
         gi, k = d
-        n, opts = coupling.groups[gi].n_units, options[gi]
+        n, opts = self.coupling.groups[gi].n_units, self.options[gi]
         return gi, (lambda j: full - (n - opts[j]) * k), full
 
-    pending: list[tuple[dict, int, int]] = []
-    needed: set[tuple[str, int, int]] = set()
-    # ("lut", node, a, b, fa, fb, sig, fallback) or ("elems", node, a, None, fa, per-channel, n)
-    specs: list[tuple] = []
-
-    def elems_spec(node) -> tuple | None:
+    def elems_spec(self, node) -> tuple | None:
         """A node priced per output element, along the first axis a group prunes."""
         out = node.outputs[0]
-        shape = _dims(graph.shape(out), batch)
+        shape = _dims(self.graph.shape(out), self.batch)
         if shape is None:
             return None
         axis = next((ax for ax in range(len(shape))
-                     if drivers.get(coupling.space_class.get(Space(out, ax)))), None)
+                     if self.drivers.get(self.coupling.space_class.get(Space(out, ax)))), None)
         if axis is None:
             return ("elems", node.name, None, None, None, None, float(np.prod(shape)))
-        a, fa, full = side(Space(out, axis))
+        a, fa, full = self.side(Space(out, axis))
         return ("elems", node.name, a, None, fa, float(np.prod(shape)) / max(full, 1), None)
 
+
+def _layer_specs(graph: Graph, sides: _Sides, table: LatencyTable, refresh: bool):
+    """Per priced node a spec: ``("lut", node, a, b, fa, fb, sig, fallback)`` (a timed layer;
+    ``b == "same"``: both sides are one group; ``fallback``: its elems spec) or ``("elems",
+    node, a, None, fa, per-channel, n)``; plus the table entries the specs read (signature key,
+    cin, cout) and those to time (signature, cin, cout; ``refresh``: all)."""
+    options = sides.options
+    pending: list[tuple[dict, int, int]] = []
+    needed: set[tuple[str, int, int]] = set()
+    specs: list[tuple] = []
     for node in graph:
         if node.op in FREE_OPS or not node.outputs or \
                 graph.tensors[node.outputs[0]].kind != ACTIVATION:
             continue
-        ls = layer_signature(graph, node, batch)
+        ls = layer_signature(graph, node, sides.batch)
         if ls is None:
-            spec = elems_spec(node)
+            spec = sides.elems_spec(node)
             if spec is not None:
                 specs.append(spec)
             continue
         sig, sin, sout = ls
-        a, fa, _ = side(sin)
-        b, fb, _ = side(sout)
+        a, fa, _ = sides.side(sin)
+        b, fb, _ = sides.side(sout)
         if a is not None and a == b:  # depthwise / grouped: both sides are one group
             b = "same"
-        specs.append(("lut", node.name, a, b, fa, fb, sig, elems_spec(node)))
+        specs.append(("lut", node.name, a, b, fa, fb, sig, sides.elems_spec(node)))
         for i in range(len(options[a]) if a is not None else 1):
             for j in ([i] if b == "same" else range(len(options[b]) if b is not None else 1)):
                 cin, cout = fa(i), fb(j)
@@ -371,11 +381,13 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
                     needed.add((sig_key(sig), cin, cout))
                     if refresh or table.get(sig, cin, cout) is None:
                         pending.append((sig, cin, cout))
-    pending = list(dict.fromkeys((sig_key(s), ci, co) for s, ci, co in pending))
-    timed_by = _time_entries(pending, table, timer, progress)
-    failed = {sk for sk, _, _ in needed if sk in table.failed}  # untimeable: priced per element
-    untimed = [n for n in needed if n[0] in failed]
-    untimed_layers = [sp[1] for sp in specs if sp[0] == "lut" and sig_key(sp[6]) in failed]
+    return specs, needed, pending
+
+
+def _merged_terms(specs: list[tuple], failed: set[str], options: list[list[int]],
+                  blocks_of: dict[str, tuple[int, ...]], table: LatencyTable) -> list[Term]:
+    """The specs' tables (a layer of a ``failed`` signature priced by its elems fallback), summed
+    into one term per (kind, groups, gates)."""
     merged: dict[tuple, Term] = {}
     for spec in specs:
         if spec[0] == "lut" and sig_key(spec[6]) in failed:
@@ -384,31 +396,33 @@ def build(graph: Graph, coupling: Coupling, blocks, table: LatencyTable, *,
                 continue
         kind, name, a, b, fa, fb, extra = spec[:7]
         gates = blocks_of.get(name, ())
-        na = len(options[a]) if a is not None else 1
-        if kind == "lut":
-            same = b == "same"
-            nb = 1 if same or b is None else len(options[b])
-            tab = np.zeros((na, nb))
-            for i in range(na):
-                for j in range(nb):
-                    cin, cout = fa(i), fb(i if same else j)
-                    tab[i, j] = table.get(extra, cin, cout) if cin > 0 and cout > 0 else 0.0
-            b = None if same else b
-        elif a is None:
-            tab = np.full((1, 1), extra)
-        else:
-            tab = np.array([[fa(i) * fb] for i in range(na)], dtype=float)
+        tab, b = _spec_table(kind, a, b, fa, fb, extra, options, table)
         key = (kind, a, b, gates)
         if key in merged:
             merged[key].table = merged[key].table + tab
             merged[key].nodes.append(name)
         else:
             merged[key] = Term(kind, a, b, tab, gates, [name])
-    return LatencyModel(options=options, terms=list(merged.values()), blocks=list(blocks),
-                        internal=internal,
-                        timed=sum(n for sk, n in timed_by.items() if sk not in failed),
-                        needed=len(needed) - len(untimed), untimed=len(untimed),
-                        untimed_layers=untimed_layers)
+    return list(merged.values())
+
+
+def _spec_table(kind: str, a, b, fa, fb, extra, options: list[list[int]],
+                table: LatencyTable) -> tuple[np.ndarray, int | None]:
+    """One spec's table over the options of its groups, and its column group (None for
+    ``"same"``: the rows carry both sides)."""
+    na = len(options[a]) if a is not None else 1
+    if kind == "lut":
+        same = b == "same"
+        nb = 1 if same or b is None else len(options[b])
+        tab = np.zeros((na, nb))
+        for i in range(na):
+            for j in range(nb):
+                cin, cout = fa(i), fb(i if same else j)
+                tab[i, j] = table.get(extra, cin, cout) if cin > 0 and cout > 0 else 0.0
+        return tab, None if same else b
+    if a is None:
+        return np.full((1, 1), extra), b
+    return np.array([[fa(i) * fb] for i in range(na)], dtype=float), b
 
 
 def _time_entries(pending: list[tuple[str, int, int]], table: LatencyTable, timer,

@@ -18,11 +18,6 @@ within it: ``Σ error[B]·(1 − z[B]) ≤ cap``.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -134,163 +129,157 @@ def solve(model: LatencyModel, imp: list[np.ndarray], budget_ms: float, *,
     return greedy(model, imp, budget_ms)
 
 
-# HiGHS (SciPy's milp) prints this debug line to the process's stdout even with disp=False
-_SOLVER_NOISE = (b"HighsMipSolverData::",)
-
-
-@contextlib.contextmanager
-def solver_output_filtered():
-    """While the block runs, what native code writes to file descriptor 1 is captured; after it,
-    the capture is written back without the solver's debug lines (:data:`_SOLVER_NOISE`)."""
-    try:
-        libc, saved = ctypes.CDLL(None), os.dup(1)
-    except (OSError, TypeError):  # no C library to flush, or no stdout: leave it alone
-        libc = None
-    if libc is None:
-        yield
-        return
-    try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
-        with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 1)
-            try:
-                yield
-            finally:
-                libc.fflush(None)
-                os.dup2(saved, 1)
-                tmp.seek(0)
-                kept = [line for line in tmp.read().splitlines(keepends=True)
-                        if not line.startswith(_SOLVER_NOISE)]
-                out = memoryview(b"".join(kept))
-                while out:
-                    out = out[os.write(1, out):]
-    finally:
-        os.close(saved)
-
-
 def _milp(model: LatencyModel, imp, budget_ms: float, time_limit: float) -> Solution:
+    """Build the MILP of the module docstring, solve it with HiGHS and decode its solution."""
     from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_matrix
 
     t0 = time.perf_counter()
-    V = _Vars()
-    nG = len(model.options)
-    x = [V.add(len(o), True) if len(o) > 1 else None for o in model.options]
-    z = V.add(len(model.blocks), True)
-    rows: list[tuple[dict[int, float], float, float]] = []  # (coefficients, lower, upper)
-    lat: dict[int, float] = {}
-    obj: dict[int, float] = {}
-    const = 0.0
-
-    def add(into: dict[int, float], var: int, c: float) -> None:
-        into[var] = into.get(var, 0.0) + c
-
-    for g in range(nG):
-        if x[g] is not None:
-            rows.append(({int(v): 1.0 for v in x[g]}, 1.0, 1.0))
-
-    gate_var: dict[tuple, int] = {}
-
-    def gate(gates: tuple) -> int:
-        """A variable equal to 1 exactly when every block of ``gates`` stays."""
-        if len(gates) == 1:
-            return int(z[gates[0]])
-        if gates not in gate_var:
-            v = int(V.add(1, False)[0])
-            for bi in gates:
-                rows.append(({v: 1.0, int(z[bi]): -1.0}, -np.inf, 0.0))
-            rows.append(({v: 1.0, **{int(z[bi]): -1.0 for bi in gates}}, 1.0 - len(gates), np.inf))
-            gate_var[gates] = v
-        return gate_var[gates]
-
-    gated_choice: dict[tuple, np.ndarray] = {}
-
-    def choice_vars(g: int, gates: tuple) -> np.ndarray | None:
-        """``w[i] = x[g, i] · (all gates stay)``: the one-hot choice of ``g``, or all zeros when
-        a gate is shut. None when ``g`` has a single option and no gates."""
-        if not gates:
-            return x[g]
-        key = (g, gates)
-        if key not in gated_choice:
-            gv = gate(gates)
-            if x[g] is None:
-                gated_choice[key] = np.array([gv])
-            else:
-                w = V.add(len(x[g]), False)
-                rows.append(({int(v): 1.0 for v in w} | {gv: -1.0}, 0.0, 0.0))
-                for wv, xv in zip(w, x[g]):
-                    rows.append(({int(wv): 1.0, int(xv): -1.0}, -np.inf, 0.0))
-                    rows.append(({int(wv): 1.0, int(xv): -1.0, gv: -1.0}, -1.0, np.inf))
-                gated_choice[key] = w
-        return gated_choice[key]
-
+    prog = _Program(model)
     for t in model.terms:
-        cost = model.cost(t)
-        a = t.a if t.a is not None and x[t.a] is not None else None
-        b = t.b if t.b is not None and x[t.b] is not None else None
-        if a is None and b is None:
-            if t.gates:
-                add(lat, gate(t.gates), float(cost[0, 0]))
-            else:
-                const += float(cost[0, 0])
-            continue
-        if a is None or b is None:
-            vec = cost[:, 0] if a is not None else cost[0, :]
-            for v, c in zip(choice_vars(a if a is not None else b, t.gates), vec):
-                add(lat, int(v), float(c))
-            continue
-        wa, wb = choice_vars(a, t.gates), choice_vars(b, t.gates)
-        y = V.add(cost.size, False).reshape(cost.shape)
-        for i in range(cost.shape[0]):
-            rows.append(({int(v): 1.0 for v in y[i]} | {int(wa[i]): -1.0}, 0.0, 0.0))
-        for j in range(cost.shape[1]):
-            rows.append(({int(v): 1.0 for v in y[:, j]} | {int(wb[j]): -1.0}, 0.0, 0.0))
-        for (i, j), c in np.ndenumerate(cost):
-            add(lat, int(y[i, j]), float(c))
-    for g in range(nG):
-        gates = model.internal.get(g, ())
-        if gates and x[g] is not None:  # a bypassed block's own groups stay whole (no symmetry)
-            rows.append(({int(x[g][-1]): 1.0, gate(gates): 1.0}, 1.0, np.inf))
-        w = choice_vars(g, gates if model.block_weight is None else ())
-        if w is None:  # one option, no gate: a constant
-            continue
-        for v, s in zip(w, imp[g]):
-            add(obj, int(v), float(s))
-    if model.block_weight is not None:
-        for bi, wt in enumerate(model.block_weight):
-            add(obj, int(z[bi]), float(wt))
-    if _capped(model) and len(model.blocks):
-        rows.append(({int(z[bi]): -float(e) for bi, e in enumerate(model.block_error)}, -np.inf,
-                     model.error_cap - float(sum(model.block_error))))
-    rows.append((lat, -np.inf, budget_ms - const))
-    r, c, d = [], [], []
-    for k, (coef, _, _) in enumerate(rows):
-        for var, val in coef.items():
-            r.append(k)
-            c.append(var)
-            d.append(val)
-    A = coo_matrix((d, (r, c)), shape=(len(rows), V.n)).tocsr()
-    lb = np.array([lo for _, lo, _ in rows])
-    ub = np.array([hi for _, _, hi in rows])
-    cvec = np.zeros(V.n)
-    for var, s in obj.items():
-        cvec[var] = -s
-    with solver_output_filtered():
-        res = milp(cvec, constraints=LinearConstraint(A, lb, ub),
-                   integrality=np.array(V.integral), bounds=Bounds(0, 1),
-                   options={"time_limit": time_limit, "mip_rel_gap": 2e-3, "disp": False})
+        prog.add_term(model.cost(t), t.a, t.b, t.gates)
+    prog.add_objective(model, imp)
+    prog.add_limits(model, budget_ms)
+    A, lb, ub, cvec = prog.arrays()
+    res = milp(cvec, constraints=LinearConstraint(A, lb, ub),
+               integrality=np.array(prog.V.integral), bounds=Bounds(0, 1),
+               options={"time_limit": time_limit, "mip_rel_gap": 2e-3, "disp": False})
     secs = time.perf_counter() - t0
     if res.x is None:
         full = model.full_choice()
         return Solution(full, list(range(len(model.blocks))), model.predict(full), 0.0, "highs",
                         res.message, secs, False, [f"solver: {res.message}"])
     sol = res.x
-    choice = [int(np.argmax(sol[x[g]])) if x[g] is not None else 0 for g in range(nG)]
+    x, z = prog.x, prog.z
+    choice = [int(np.argmax(sol[x[g]])) if x[g] is not None else 0 for g in range(len(x))]
     kept = [bi for bi in range(len(model.blocks)) if sol[z[bi]] > 0.5]
     pred = model.predict(choice, kept)
     return Solution(choice, kept, pred, _objective(imp, model, choice, kept), "highs",
                     res.message, secs, pred <= budget_ms * (1 + 1e-6))
+
+
+def _add(into: dict[int, float], var: int, c: float) -> None:
+    """Add ``c`` to the coefficient of variable ``var`` in ``into``."""
+    into[var] = into.get(var, 0.0) + c
+
+
+class _Program:
+    """The MILP under construction: variables (``x`` per group with a choice, ``z`` per gated
+    block), constraint rows (coefficients, lower, upper), the latency row's coefficients and
+    constant, and the objective's coefficients (maximised)."""
+
+    def __init__(self, model: LatencyModel) -> None:
+        self.V = _Vars()
+        self.x = [self.V.add(len(o), True) if len(o) > 1 else None for o in model.options]
+        self.z = self.V.add(len(model.blocks), True)
+        self.rows: list[tuple[dict[int, float], float, float]] = []
+        self.lat: dict[int, float] = {}
+        self.obj: dict[int, float] = {}
+        self.const = 0.0
+        self.gate_var: dict[tuple, int] = {}
+        self.gated_choice: dict[tuple, np.ndarray] = {}
+        for xg in self.x:  # one option per group
+            if xg is not None:
+                self.rows.append(({int(v): 1.0 for v in xg}, 1.0, 1.0))
+
+    def gate(self, gates: tuple) -> int:
+        """A variable equal to 1 exactly when every block of ``gates`` stays."""
+        z, rows = self.z, self.rows
+        if len(gates) == 1:
+            return int(z[gates[0]])
+        if gates not in self.gate_var:
+            v = int(self.V.add(1, False)[0])
+            for bi in gates:
+                rows.append(({v: 1.0, int(z[bi]): -1.0}, -np.inf, 0.0))
+            rows.append(({v: 1.0, **{int(z[bi]): -1.0 for bi in gates}}, 1.0 - len(gates), np.inf))
+            self.gate_var[gates] = v
+        return self.gate_var[gates]
+
+    def choice_vars(self, g: int, gates: tuple) -> np.ndarray | None:
+        """``w[i] = x[g, i] · (all gates stay)``: the one-hot choice of ``g``, or all zeros when
+        a gate is shut. None when ``g`` has a single option and no gates."""
+        x, rows = self.x, self.rows
+        if not gates:
+            return x[g]
+        key = (g, gates)
+        if key not in self.gated_choice:
+            gv = self.gate(gates)
+            if x[g] is None:
+                self.gated_choice[key] = np.array([gv])
+            else:
+                w = self.V.add(len(x[g]), False)
+                rows.append(({int(v): 1.0 for v in w} | {gv: -1.0}, 0.0, 0.0))
+                for wv, xv in zip(w, x[g]):
+                    rows.append(({int(wv): 1.0, int(xv): -1.0}, -np.inf, 0.0))
+                    rows.append(({int(wv): 1.0, int(xv): -1.0, gv: -1.0}, -1.0, np.inf))
+                self.gated_choice[key] = w
+        return self.gated_choice[key]
+
+    def add_term(self, cost: np.ndarray, a: int | None, b: int | None, gates: tuple) -> None:
+        """Add a latency term (``cost`` over the options of groups ``a`` and ``b``, paid while
+        every block of ``gates`` stays) to the latency row; two groups' terms through ``y``."""
+        a = a if a is not None and self.x[a] is not None else None
+        b = b if b is not None and self.x[b] is not None else None
+        if a is None and b is None:
+            if gates:
+                _add(self.lat, self.gate(gates), float(cost[0, 0]))
+            else:
+                self.const += float(cost[0, 0])
+            return
+        if a is None or b is None:
+            vec = cost[:, 0] if a is not None else cost[0, :]
+            for v, c in zip(self.choice_vars(a if a is not None else b, gates), vec):
+                _add(self.lat, int(v), float(c))
+            return
+        wa, wb = self.choice_vars(a, gates), self.choice_vars(b, gates)
+        y = self.V.add(cost.size, False).reshape(cost.shape)
+        for i in range(cost.shape[0]):
+            self.rows.append(({int(v): 1.0 for v in y[i]} | {int(wa[i]): -1.0}, 0.0, 0.0))
+        for j in range(cost.shape[1]):
+            self.rows.append(({int(v): 1.0 for v in y[:, j]} | {int(wb[j]): -1.0}, 0.0, 0.0))
+        for (i, j), c in np.ndenumerate(cost):
+            _add(self.lat, int(y[i, j]), float(c))
+
+    def add_objective(self, model: LatencyModel, imp) -> None:
+        """The kept importance (:func:`_objective`), and whole groups inside bypassed blocks."""
+        x = self.x
+        for g in range(len(x)):
+            gates = model.internal.get(g, ())
+            if gates and x[g] is not None:  # a bypassed block's own groups stay whole (no symmetry)
+                self.rows.append(({int(x[g][-1]): 1.0, self.gate(gates): 1.0}, 1.0, np.inf))
+            w = self.choice_vars(g, gates if model.block_weight is None else ())
+            if w is None:  # one option, no gate: a constant
+                continue
+            for v, s in zip(w, imp[g]):
+                _add(self.obj, int(v), float(s))
+        if model.block_weight is not None:
+            for bi, wt in enumerate(model.block_weight):
+                _add(self.obj, int(self.z[bi]), float(wt))
+
+    def add_limits(self, model: LatencyModel, budget_ms: float) -> None:
+        """The error cap's row (when set) and the latency budget's row."""
+        if _capped(model) and len(model.blocks):
+            self.rows.append(({int(self.z[bi]): -float(e) for bi, e in
+                               enumerate(model.block_error)}, -np.inf,
+                              model.error_cap - float(sum(model.block_error))))
+        self.rows.append((self.lat, -np.inf, budget_ms - self.const))
+
+    def arrays(self) -> tuple:
+        """(constraint matrix, lower bounds, upper bounds, cost vector to minimise)."""
+        from scipy.sparse import coo_matrix
+
+        r, c, d = [], [], []
+        for k, (coef, _, _) in enumerate(self.rows):
+            for var, val in coef.items():
+                r.append(k)
+                c.append(var)
+                d.append(val)
+        A = coo_matrix((d, (r, c)), shape=(len(self.rows), self.V.n)).tocsr()
+        lb = np.array([lo for _, lo, _ in self.rows])
+        ub = np.array([hi for _, _, hi in self.rows])
+        cvec = np.zeros(self.V.n)
+        for var, s in self.obj.items():
+            cvec[var] = -s
+        return A, lb, ub, cvec
 
 
 def greedy(model: LatencyModel, imp: list[np.ndarray], budget_ms: float) -> Solution:

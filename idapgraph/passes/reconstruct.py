@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.graph import PARAM, Graph
-from ..ir.ops import weight_axes
+from ..ir.ops import weight_axes, weighted_nodes
 from ..ir.plan import Rewrite
 
 RIDGE = 1e-4
@@ -51,7 +51,7 @@ def sites(graph: Graph, rewrite: Rewrite) -> list[Site]:
     """Ungrouped linear layers and 2-D convolutions whose input channels were removed, in
     topological order."""
     out = []
-    for node in graph.weighted_nodes():
+    for node in weighted_nodes(graph):
         x, w = node.inputs[0], node.inputs[1]
         if w is None or graph.tensors[w].rank is None or graph.tensors[w].rank < 2:
             continue

@@ -53,13 +53,39 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
     if not (isinstance(round_to, (int, np.integer)) and round_to >= 1):
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
     base = cost_pass.count(graph)
-    n_cls = len(coupling.class_size)
     prev = {k: set(v) for k, v in (removed.remove if removed else {}).items()}
     g_cls = [[(coupling.space_class[m.spaces[0]], m.index.shape[1]) for m in g.members]
              for g in coupling.groups]
-    base_removed = np.zeros(n_cls, dtype=np.int64)
+    base_removed, cg, cu = _candidates(coupling, scores, prev, g_cls, min_keep, round_to)
     n_units = np.array([g.n_units for g in coupling.groups], dtype=np.int64)
     n_prev = np.array([len(prev.get(g.key, ())) for g in coupling.groups], dtype=np.int64)
+
+    def taken(k: int) -> np.ndarray:
+        return _taken(cg[:k], n_units, n_prev, round_to)
+
+    def cost_at(k: int):
+        c = cost_pass.count(graph, shape_fn(graph, coupling,
+                                            _removed_per_class(base_removed, g_cls, taken(k))))
+        return c.flops, c.params
+
+    def ok(f: int, p: int) -> bool:
+        return ((flops is None or f <= flops * base.flops + 0.5)
+                and (params is None or p <= params * base.params + 0.5))
+
+    hi = len(cg) if max_new is None else _prefix_for(lambda k: int(taken(k).sum()), len(cg),
+                                                     max_new)
+    hi = _first_meeting(lambda k: ok(*cost_at(k)), hi)
+    f_k, p_k = cost_at(hi)
+    plan = _plan(graph, coupling, prev, cg[:hi], cu[:hi], taken(hi), removed)
+    return Selection(plan=plan, flops=f_k, params=p_k, reached=ok(f_k, p_k), candidates=len(cg))
+
+
+def _candidates(coupling: Coupling, scores: list[np.ndarray], prev: dict[str, set],
+                g_cls: list[list[tuple[int, int]]], min_keep: float,
+                round_to: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices removed per space class by ``prev``, group and unit of every removable candidate
+    in global order: lowest score first, ties by group then unit)."""
+    base_removed = np.zeros(len(coupling.class_size), dtype=np.int64)
     cand_score, cand_group, cand_unit = [], [], []
     for gi, (g, s) in enumerate(zip(coupling.groups, scores)):
         already = prev.get(g.key, set())
@@ -77,56 +103,62 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
     else:
         cs = cg = cu = np.zeros(0, dtype=np.int64)
     order = np.lexsort((cu, cg, cs))
-    cg, cu = cg[order], cu[order]
+    return base_removed, cg[order], cu[order]
 
-    def taken(k: int) -> np.ndarray:
-        """Units each group loses when the first ``k`` candidates are chosen, after rounding
-        what it keeps up to a multiple of ``round_to``."""
-        picked = np.bincount(cg[:k].astype(np.int64), minlength=len(n_units))[:len(n_units)]
-        if round_to == 1:
-            return picked
-        kept = n_units - n_prev - picked
-        kept = np.where(picked > 0, np.minimum(n_units - n_prev,
-                                               np.maximum(round_to, -(-kept // round_to) * round_to)),
-                        n_units - n_prev)
-        return n_units - n_prev - kept
 
-    def cost_at(k: int):
-        rem = base_removed.copy()
-        for gi, t in enumerate(taken(k)):
-            if t:
-                for c, n in g_cls[gi]:
-                    rem[c] += n * int(t)
-        c = cost_pass.count(graph, shape_fn(graph, coupling, rem))
-        return c.flops, c.params
+def _taken(groups: np.ndarray, n_units: np.ndarray, n_prev: np.ndarray,
+           round_to: int) -> np.ndarray:
+    """Units each group loses when the candidates of ``groups`` (their groups) are chosen, after
+    rounding what it keeps up to a multiple of ``round_to``."""
+    picked = np.bincount(groups.astype(np.int64), minlength=len(n_units))[:len(n_units)]
+    if round_to == 1:
+        return picked
+    kept = n_units - n_prev - picked
+    kept = np.where(picked > 0, np.minimum(n_units - n_prev,
+                                           np.maximum(round_to, -(-kept // round_to) * round_to)),
+                    n_units - n_prev)
+    return n_units - n_prev - kept
 
-    def ok(f: int, p: int) -> bool:
-        return ((flops is None or f <= flops * base.flops + 0.5)
-                and (params is None or p <= params * base.params + 0.5))
 
-    hi = len(cg) if max_new is None else _prefix_for(lambda k: int(taken(k).sum()), len(cg),
-                                                     max_new)
+def _removed_per_class(base_removed: np.ndarray, g_cls: list[list[tuple[int, int]]],
+                       taken: np.ndarray) -> np.ndarray:
+    """Indices removed per space class: ``base_removed`` plus the units ``taken`` per group."""
+    rem = base_removed.copy()
+    for gi, t in enumerate(taken):
+        if t:
+            for c, n in g_cls[gi]:
+                rem[c] += n * int(t)
+    return rem
+
+
+def _first_meeting(ok_at, hi: int) -> int:
+    """The shortest prefix up to ``hi`` candidates meeting the target (``ok_at(k)``; cost falls
+    as ``k`` grows): 0 when the start meets it, ``hi`` when even ``hi`` does not."""
     lo = 0
-    if ok(*cost_at(0)):
+    if ok_at(0):
         hi = 0
-    elif ok(*cost_at(hi)):
+    elif ok_at(hi):
         while lo < hi:  # smallest k meeting the target (cost falls as k grows)
             mid = (lo + hi) // 2
-            if ok(*cost_at(mid)):
+            if ok_at(mid):
                 hi = mid
             else:
                 lo = mid + 1
-    f_k, p_k = cost_at(hi)
+    return hi
+
+
+def _plan(graph: Graph, coupling: Coupling, prev: dict[str, set], groups: np.ndarray,
+          units: np.ndarray, left: np.ndarray, removed: Plan | None) -> Plan:
+    """The plan removing ``prev`` plus, per group, its first ``left`` chosen candidates
+    (``groups``/``units``, lowest score first)."""
     remove = {k: set(v) for k, v in prev.items()}
-    left = taken(hi)
-    for gi, u in zip(cg[:hi], cu[:hi]):  # a group's candidates come lowest score first
+    for gi, u in zip(groups, units):  # a group's candidates come lowest score first
         if left[gi] > 0:
             remove.setdefault(coupling.groups[gi].key, set()).add(int(u))
             left[gi] -= 1
-    plan = Plan(remove={k: sorted(v) for k, v in remove.items() if v},
+    return Plan(remove={k: sorted(v) for k, v in remove.items() if v},
                 units={g.key: g.n_units for g in coupling.groups if remove.get(g.key)},
                 meta=dict(removed.meta) if removed else {"backend": graph.backend})
-    return Selection(plan=plan, flops=f_k, params=p_k, reached=ok(f_k, p_k), candidates=len(cg))
 
 
 def _prefix_for(removed_at, n: int, max_new: int) -> int:

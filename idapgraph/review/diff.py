@@ -7,11 +7,11 @@ Both files are read with the project's safe loader, normalised and turned into t
 
 Weights whose shapes did not change are compared by value: a node whose weights changed without
 changing shape (healing refits, rescales) is ``retuned``. When B was written by ``compress``, its
-``idapgraph.healing`` metadata (see :func:`idapgraph.api._stamp`) says what healing did to each
-layer, and every record shows it.
+``idapgraph.healing`` metadata (see :meth:`idapgraph.backends.onnx_model.OnnxModel.stamp`) says
+what healing did to each layer, and every record shows it.
 
 The JSON form (``Diff.to_dict``) is versioned: ``{"schema": "idapgraph.diff", "version": 2}``;
-README.md (section ``diff``) documents every key.
+docs/schemas.md documents every key.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from ..frontends import onnx as onnx_frontend
-from ..frontends import onnx_file
 from ..ir.graph import PARAM, Graph, Node
 from ..ir.ops import OPS, weight_axes
 from ..passes import blocks as blocks_pass
 from ..passes import cost as cost_pass
 from .match import Matching, match
+
+if TYPE_CHECKING:  # annotations only: the models are read by the ONNX frontend
+    import onnx
 
 SCHEMA = "idapgraph.diff"
 VERSION = 2
@@ -53,6 +53,9 @@ class Side:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Side":
+        from ..frontends import onnx as onnx_frontend  # onnx is imported when a model is read
+        from ..frontends import onnx_file
+
         raw = onnx_file.load(path)
         graph = onnx_frontend.to_ir(onnx_frontend.normalize(raw))
         counts = Counter(n.name for n in raw.graph.node if n.name)

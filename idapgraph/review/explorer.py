@@ -21,10 +21,7 @@ entry.
 
 from __future__ import annotations
 
-import collections
-
-import onnx
-
+from ..frontends.onnx_names import node_ids
 from .diff import Diff, Side
 
 RED = "#d73027"  # removed
@@ -42,36 +39,6 @@ def color(kept: float) -> str:
             f = (v - s0) / (s1 - s0)
             return "#" + "".join(f"{round(a + (b - a) * f):02x}" for a, b in zip(c0, c1))
     return "#1a9850"
-
-
-def node_ids(model: onnx.ModelProto) -> list[str]:
-    """Model Explorer's ids of the main graph's nodes, in file order."""
-    try:
-        import onnx_ir as ir
-        from onnx_ir.passes.common import NameFixPass
-    except ImportError:  # the same rule for the main graph, without onnx-ir
-        return _fix_names([n.name for n in model.graph.node])
-    try:
-        m = ir.serde.deserialize_model(model)
-        NameFixPass()(m)
-    except Exception:  # noqa: BLE001 - onnx-ir refuses some files the adapter would too
-        return _fix_names([n.name for n in model.graph.node])
-    return [n.name for n in m.graph]
-
-
-def _fix_names(names: list[str]) -> list[str]:
-    used: set[str] = set()
-    counter: collections.Counter[str] = collections.Counter()
-    out = []
-    for name in names:
-        base = name or "node"
-        new = base
-        while new in used:
-            counter[base] += 1
-            new = f"{base}_{counter[base]}"
-        used.add(new)
-        out.append(new)
-    return out
 
 
 def _ids_by_ir_node(side: Side) -> dict[str, str]:

@@ -10,7 +10,7 @@ module (fx) and its TorchScript ONNX export (BatchNorm folded). The plan is chos
 healing. Beside them the peers at the same FLOPs (idapgraph's counter): Torch-Pruning's
 MetaPruner (magnitude and Taylor importance, global ranking, no healing: it has none) and
 onnxsim's structured pruning of the ONNX export. Every ONNX result is timed in onnxruntime
-(1 thread). Then a short fine-tune (``idapgraph.finetune.distill``, the same for every row,
+(1 thread). Then a short fine-tune (``idapgraph.distill``, the same for every row,
 Torch-Pruning included). Same seed and the same 256 calibration images for all.
 """
 
@@ -147,7 +147,7 @@ def finetune_table(b: Bench, targets, steps: int, series: dict) -> Table:
     from mnist_cnn import load_mnist
 
     import idapgraph
-    from idapgraph.finetune import distill
+    from idapgraph import distill
 
     x_tr, y_tr, _, _ = load_mnist()
     idx = np.random.default_rng(2).permutation(len(x_tr))[:64 * steps]

@@ -174,3 +174,28 @@ class ProgressView:
         else:
             self._bar.update(task, completed=done, total=total,
                              description=f"pruning step {done}")
+
+
+def print_analysis(rep: dict[str, Any], out: TextIO) -> None:
+    """The ``analyze`` report (:meth:`idapgraph.analysis.Analysis.to_dict`) as text."""
+    groups = rep["groups"]
+    print(f"{rep['nodes']} nodes, {fmt(rep['flops'])} FLOPs (1 MAC = 1 FLOP), "
+          f"{fmt(rep['params'])} params", file=out)
+    print(f"{len(groups)} channel groups:", file=out)
+    for gr in groups:
+        score = (f"  idap score {gr['score']['min']:.3g}..{gr['score']['max']:.3g}"
+                 if "score" in gr else "")
+        print(f"  {gr['key']:<14} {gr['units']:>6} units  {len(gr['params'])} parameter "
+              f"tensors{score}", file=out)
+    if "divergence" in rep:
+        print("divergence δ per layer (mean over output channels):", file=out)
+        for k, v in rep["divergence"].items():
+            print(f"  {k:<40} {sum(v) / max(len(v), 1):.4g}", file=out)
+    if rep["blocks"]:
+        print(f"{len(rep['blocks'])} bypassable blocks:", file=out)
+        for b in rep["blocks"]:
+            print(f"  {b['key']:<8} {b['kind']:<10} {b['nodes']:>4} nodes  {fmt(b['flops'])} "
+                  "FLOPs", file=out)
+    print(f"{len(rep['frozen'])} frozen spots:", file=out)
+    for f in rep["frozen"]:
+        print(f"  {f['layer']} ({f['source']}) {f['role']} channels: {f['reason']}", file=out)

@@ -15,9 +15,10 @@ def run_demo(out_dir: Path, flops: float = 0.5) -> int:
     import torch
     import torchvision
 
-    from . import api
-    from .emit.save import save_onnx, write_bytes_atomic
-    from .emit.validate import example_feeds
+    from ..api import compress
+    from ..files import save, write_atomic
+    from ..emit.validate import example_feeds
+    from .bench import latency
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -35,15 +36,13 @@ def run_demo(out_dir: Path, flops: float = 0.5) -> int:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = api.compress(str(src), flops=flops, calib=np.random.default_rng(0).standard_normal(
+        res = compress(str(src), flops=flops, calib=np.random.default_rng(0).standard_normal(
             (32, 3, 224, 224)).astype(np.float32))
     elapsed = time.perf_counter() - t0
-    save_onnx(res.model, dst)
-    write_bytes_atomic(out_dir / "plan.json", res.plan.to_json().encode())
+    save(res.model, dst)
+    write_atomic(out_dir / "plan.json", res.plan.to_json())
     original = onnx.load(str(src))
     feeds = example_feeds(original)
-    from .runners.bench import latency
-
     lat_b, lat_a = (latency(m, feeds, runs=20, warmup=3, threads=2).median_ms
                     for m in (original, res.model))
     r = res.report

@@ -1,7 +1,7 @@
 """A small built-in fine-tuner for :func:`idapgraph.compress`'s ``finetune=``: knowledge
 distillation from the previous step's model.
 
-    from idapgraph.finetune import distill
+    from idapgraph import distill
     r = idapgraph.compress(model, x, flops=0.5, finetune=distill(loader, F.cross_entropy))
 
 Per batch the loss is ``loss(student(x), y)`` (when a loss is given and the batch carries

@@ -1,0 +1,133 @@
+"""The backend interface: what compression needs from a loaded model of either kind (run it on
+batches, read and set parameters, emit a rewrite, bypass blocks, validate). The torch and ONNX
+adapters beside it implement it; nothing here imports torch or onnx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..ir.graph import Graph
+from ..ir.plan import Rewrite
+
+
+class Model:
+    """A loaded model of either backend: its IR plus the means to emit and validate."""
+
+    backend: str
+    graph: Graph
+    source: Any  # fx GraphModule or normalised ModelProto
+
+    batch_size: int = 1
+    exact_batch: bool = True  # the model only takes batches of exactly ``batch_size``
+    progress: Any = None  # progress(stage, done, total) after every calibration batch, or None
+    notes: tuple[str, ...] | list[str] = ()  # optional loading steps that failed (warnings)
+
+    def ticking(self, batches):
+        """``batches``, reporting each one to :attr:`progress` as it has been run."""
+        if self.progress is None:
+            return batches
+        total = len(batches) if hasattr(batches, "__len__") else None
+
+        def each():
+            for i, b in enumerate(batches):
+                yield b
+                self.progress("calibration", i + 1, total)
+
+        return each()
+
+    def emit(self, rewrite: Rewrite, mode: str = "remove") -> Any:
+        raise NotImplementedError
+
+    def validate(self, model: Any) -> None:
+        raise NotImplementedError
+
+    def as_onnx(self, model: Any):
+        """``model`` (this backend's) as an ``onnx.ModelProto``, for onnxruntime timing."""
+        return model
+
+    def input_specs(self) -> list[tuple[str, tuple, str]]:
+        """(name, shape, numpy dtype) of every model input."""
+        return [(t, self.graph.shape(t), np_dtype(self.graph.tensors[t].dtype))
+                for t in self.graph.inputs]
+
+    def calibration(self, calib, seed: int = 0):
+        """Calibration batches in this model's batch size, and whether they are real data.
+        Built once per (calib, seed): a one-shot iterable is read only once."""
+        from ..runners.data import calibration_batches, rebatch
+
+        cache = self.__dict__.setdefault("_calibration", {})
+        key = (id(calib), seed)
+        if key not in cache:
+            batches, real = calibration_batches(calib, self.input_specs(),
+                                                n_inputs=len(self.graph.inputs), seed=seed,
+                                                batch_size=self.batch_size)
+            cache[key] = (calib, rebatch(batches, self.batch_size, self.exact_batch), real)
+        return cache[key][1:]
+
+    def reference(self, batches, requests: set[tuple[str, int]]):
+        """Channel statistics of ``requests`` and the outputs of the original model on
+        ``batches``, each computed once."""
+        from ..passes.stats import ChannelStats
+
+        stats = self.__dict__.setdefault("_ref_stats", {})
+        outs = self.__dict__.setdefault("_ref_outputs", {})
+        skey, okey = (id(batches), frozenset(requests)), id(batches)
+        if skey not in stats or okey not in outs:
+            red = ChannelStats(set(requests))
+            got = self.run(self.source, red.tensors, batches, red, outputs=okey not in outs)
+            stats[skey] = red
+            outs.setdefault(okey, got)
+        return stats[skey], outs[okey]
+
+    def output_error(self, batches):
+        """``error(model)``: ‖N₀ − N‖² / ‖N₀‖² of a variant of this model on ``batches``."""
+        from ..passes.heal import OutputError
+
+        _, ref_out = self.reference(batches, set())
+
+        def error(model) -> float:
+            e = OutputError()
+            for r, o in zip(ref_out, self.run(model, [], batches, None, outputs=True)):
+                e.add(r, o)
+            return e.value
+
+        return error
+
+    def run(self, model: Any, names: list[str], batches, reduce, outputs: bool = False):
+        """Run ``model`` (this one, or an emitted variant of it) on ``batches``."""
+        raise NotImplementedError
+
+    def get_param(self, model: Any, name: str):
+        raise NotImplementedError
+
+    def can_add_bias(self, model: Any, node: str) -> bool:
+        raise NotImplementedError
+
+    def set_params(self, model: Any, updates: dict, new_bias: dict) -> Any:
+        raise NotImplementedError
+
+    def bypass(self, model: Any, blocks: list[tuple[str, str, Any]]) -> Any:
+        raise NotImplementedError
+
+    def check_runnable(self) -> None:
+        """Refuse a model the backend cannot run (nothing to check for torch)."""
+
+    def node_aliases(self) -> dict[str, list[str]]:
+        """Other names of IR nodes that ``keep`` patterns may use (none by default)."""
+        return {}
+
+    def stamp(self, model: Any, key: str, value) -> None:
+        """Record ``value`` (JSON) in ``model``'s metadata under ``key``, where the format has
+        any (ONNX ``metadata_props``; nothing for torch)."""
+
+    def timing_onnx(self, model: Any, dims: dict | None = None):
+        """``model`` as the ``onnx.ModelProto`` latency is timed on: :meth:`as_onnx` with the
+        symbolic input dims ``dims`` (name -> size) fixed."""
+        from ..frontends import onnx_dims
+
+        return onnx_dims.fixed(self.as_onnx(model), dims)
+
+
+def np_dtype(dtype: str) -> str:
+    d = dtype.replace("torch.", "")
+    return {"float": "float32", "bool": "bool_", "": "float32"}.get(d, d)

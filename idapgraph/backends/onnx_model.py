@@ -1,0 +1,108 @@
+"""The ONNX backend: a model normalised by the ONNX frontend, run in onnxruntime and edited as a
+``ModelProto``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import InputError
+from ..ir.plan import Rewrite
+from .base import Model
+
+
+class OnnxModel(Model):
+    backend = "onnx"
+
+    def __init__(self, model) -> None:
+        from ..frontends import onnx as onnx_frontend
+        from ..frontends import onnx_file
+
+        if isinstance(model, (str, os.PathLike)):
+            self.path = os.fspath(model)
+            model = onnx_file.load(model)
+        else:
+            self.path = None
+            from ..frontends.onnx_external import external_tensors
+
+            if any(not os.path.isabs(e.value) for t in external_tensors(model)
+                   for e in t.external_data if e.key == "location"):
+                raise InputError("this ModelProto refers to external data files: pass the "
+                                 "model's path instead (its data is then read from its folder)")
+        self.original = model
+        self.notes = []
+        self.source = onnx_frontend.normalize(model, self.notes)
+        onnx_frontend.check_runnable(self.source)
+        self.graph = onnx_frontend.to_ir(self.source)
+        self.output_shapes = None
+        dims = {self.graph.shape(t)[0] for t in self.graph.inputs if self.graph.shape(t)}
+        static = len(dims) == 1 and None not in dims
+        self.batch_size = dims.pop() if static else 8
+        self.exact_batch = static
+
+    def run(self, model, names, batches, reduce, outputs=False):
+        from ..runners import onnx_runner
+
+        return onnx_runner.run(model, names, self.ticking(batches), reduce, outputs)
+
+    def get_param(self, model, name):
+        from ..emit.onnx import get_param
+
+        return get_param(model, name)
+
+    def can_add_bias(self, model, node):
+        from ..emit.onnx import can_add_bias
+
+        return can_add_bias(self.graph, node)
+
+    def set_params(self, model, updates, new_bias):
+        from ..emit.onnx import set_params
+
+        return set_params(model, self.graph, updates, new_bias)
+
+    def bypass(self, model, blocks):
+        from ..emit.onnx import bypass
+
+        return bypass(model, blocks)
+
+    def emit(self, rewrite: Rewrite, mode: str = "remove"):
+        from ..emit import onnx as onnx_emit
+
+        return onnx_emit.emit(self.source, self.graph, rewrite, mode)
+
+    def check_runnable(self) -> None:
+        """Refuse (bad input) a model onnxruntime cannot run: its outputs could not be checked."""
+        from ..runners.ort_ops import check_runnable
+
+        check_runnable(self.original)
+
+    def validate(self, model) -> None:
+        from ..emit.validate import check_onnx, example_feeds, run_onnx
+
+        if self.output_shapes is None:
+            self.output_shapes = [o.shape for o in run_onnx(self.source, example_feeds(self.source))]
+        check_onnx(model, self.output_shapes)
+
+    def stamp(self, model, key: str, value) -> None:
+        """Record ``value`` (JSON) in ``model.metadata_props`` under ``key`` (replacing an earlier
+        entry): how ``diff`` learns what healing did to each layer."""
+        for p in list(model.metadata_props):
+            if p.key == key:
+                model.metadata_props.remove(p)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value, sort_keys=True)
+
+
+def onnx_proto(model, refusal: str = "latency is measured on ONNX models (a path or an "
+                                     "onnx.ModelProto)"):
+    """``model`` (a path or an ``onnx.ModelProto``) as a ``ModelProto``; anything else is refused
+    with ``refusal``."""
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)):
+        from ..frontends import onnx_file
+
+        model = onnx_file.load(model)
+    if not isinstance(model, onnx.ModelProto):
+        raise InputError(refusal)
+    return model

@@ -1,0 +1,70 @@
+"""``compress`` as a pipeline of named stages over one :class:`State`:
+
+    prepare → select (FLOPs/params, or latency) → resolve → emit → heal → truncate → measure
+    → report
+
+Each stage is a function of the state (in the module named after it where it is more than a
+few lines). The option checks run before, once (:meth:`CompressOptions.validated`).
+"""
+
+from __future__ import annotations
+
+from ..analysis import analyze
+from ..errors import InputError
+from ..options import CompressOptions
+from ..passes import keep as keep_pass
+from ..passes import prune as prune_pass
+from ..results import Result
+from . import heal, latency, report, select, truncate
+from .state import State
+
+
+def prepare(model, example_inputs, o: CompressOptions) -> State:
+    """Analyse ``model`` and freeze what ``keep`` protects."""
+    a = analyze(model, example_inputs)
+    a.model.check_runnable()
+    a.model.progress = o.progress
+    s = State(a, o)
+    if o.keep:
+        aliases = a.model.node_aliases()
+        unmatched = [p for p in o.keep if not keep_pass.matching(a.graph, [p], aliases)]
+        if unmatched:
+            raise InputError(f"keep pattern(s) {unmatched} match no node of the model")
+        s.kept_nodes = keep_pass.matching(a.graph, o.keep, aliases)
+        held = set(keep_pass.touched_groups(a.graph, a.coupling, s.kept_nodes))
+        if o.plan is not None and held & {k for k, v in o.plan.remove.items() if v}:
+            raise InputError(f"plan removes channels of group(s) "
+                             f"{sorted(held & set(o.plan.remove))}, kept by --keep")
+        a.coupling = keep_pass.protect(a.graph, a.coupling, s.kept_nodes)
+    for msg in a.warnings:
+        s.warn(msg, stacklevel=4)
+    return s
+
+
+def resolve(s: State) -> None:
+    """The plan, stamped with how it was made, as a rewrite: every removed unit's tensors and
+    the new shapes."""
+    o = s.opts
+    s.plan.meta.update({"backend": s.a.graph.backend, "method": o.method, "seed": o.seed,
+                        "target": o.target})
+    try:
+        s.rewrite = prune_pass.resolve(s.a.graph, s.a.coupling, s.plan)
+    except prune_pass.PlanError as e:
+        raise InputError(str(e)) from None
+
+
+def emit(s: State) -> None:
+    """The rewrite emitted by the backend (channels removed) and validated."""
+    s.out = s.a.model.emit(s.rewrite, "remove")
+    s.a.model.validate(s.out)
+
+
+STAGES = (select.run, latency.select, resolve, emit, heal.run, truncate.run, latency.measure)
+
+
+def compress(model, example_inputs, options: CompressOptions) -> Result:
+    """One compression of ``model`` with validated ``options``: the stages in order."""
+    s = prepare(model, example_inputs, options)
+    for stage in STAGES:
+        stage(s)
+    return report.run(s)
