@@ -247,3 +247,36 @@ def test_lsq_reconstructs_a_redundant_channel_exactly(backend):
         got_raw, got = (onnx_out(m, {m.graph.input[0].name: test})[0] for m in (raw.model, fit.model))
     assert rel_err(want, got_raw) > 0.05  # removing the channel did matter
     assert rel_err(want, got) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["resnet18_32px", "hf_bert"])
+def test_stepped_refit_equals_one_pass_per_layer(name, monkeypatch):
+    """Least-squares healing on torch steps the pruned and the original model together, layer
+    by layer (one calibration pass of each); it must give the model that one whole pass per
+    refitted layer gives -- also on a torch.export graph, which reads every parameter up front
+    (the refit is written into those tensors, not beside them)."""
+    import warnings
+
+    import zoo
+    from idapgraph.backends.torch_model import TorchModel
+
+    if name == "hf_bert":
+        model, example = zoo.build(name)
+    else:
+        import torchvision
+
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10).eval()
+        example = (torch.randn(1, 3, 32, 32),)
+    kw = dict(flops=0.6, heal="lsq", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stepped = idapgraph.compress(model, example, **kw)
+        monkeypatch.setattr(TorchModel, "stepper", lambda self, *a, **k: None)
+        passes = idapgraph.compress(model, example, **kw)
+    assert stepped.report.heal["kept"] and stepped.report.heal["layers"] > 0
+    assert stepped.report.heal == passes.report.heal
+    with torch.no_grad():
+        for a, b in zip(stepped.model(*example), passes.model(*example)) if name == "hf_bert" \
+                else [(stepped.model(*example), passes.model(*example))]:
+            assert torch.equal(a, b)

@@ -116,6 +116,17 @@ class Model:
         """Other names of IR nodes that ``keep`` patterns may use (none by default)."""
         return {}
 
+    def stepper(self, model: Any, batches, copy: bool = True):
+        """``model`` run step by step over all of ``batches`` at once (``advance_to(tensor)``
+        -> its value per batch; :meth:`apply_params` changes parameters in between), on a copy
+        of it unless ``copy`` is false; None where the backend cannot (then healing runs the
+        whole model once per refitted layer)."""
+        return None
+
+    def apply_params(self, stepper, updates: dict, new_bias: dict) -> None:
+        """:meth:`set_params` on the model a :meth:`stepper` runs, in place."""
+        raise NotImplementedError
+
     def stamp(self, model: Any, key: str, value) -> None:
         """Record ``value`` (JSON) in ``model``'s metadata under ``key``, where the format has
         any (ONNX ``metadata_props``; nothing for torch)."""

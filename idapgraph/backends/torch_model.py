@@ -83,6 +83,18 @@ class TorchModel(Model):
 
         return set_params(model, updates, new_bias)
 
+    def stepper(self, model, batches, copy: bool = True):
+        import copy as _copy
+
+        from ..runners.torch_runner import Stepper
+
+        return Stepper(_copy.deepcopy(model) if copy else model, list(batches))
+
+    def apply_params(self, stepper, updates, new_bias):
+        from ..emit.fx import apply_params
+
+        apply_params(stepper.gm, updates, new_bias)
+
     def bypass(self, model, blocks):
         from ..emit.fx import bypass
 

@@ -152,16 +152,27 @@ def can_add_bias(gm: fx.GraphModule, node_name: str) -> bool:
 def set_params(gm: fx.GraphModule, updates: dict, new_bias: dict) -> fx.GraphModule:
     """A copy of ``gm`` with parameters replaced and biases added to bias-less conv/linear modules."""
     new = copy.deepcopy(gm)
+    apply_params(new, updates, new_bias)
+    return new
+
+
+def apply_params(gm: fx.GraphModule, updates: dict, new_bias: dict) -> None:
+    """:func:`set_params` on ``gm`` itself: a value of unchanged shape is written into the
+    existing tensor, so a ``get_attr`` already evaluated (torch.export graphs read every
+    parameter up front) sees it too."""
     with torch.no_grad():
         for name, value in updates.items():
-            mod, attr = _owner(new, name)
+            mod, attr = _owner(gm, name)
             old = getattr(mod, attr)
-            _set(new, name, torch.as_tensor(value, dtype=old.dtype, device=old.device))
-        nodes = {n.name: n for n in new.graph.nodes}
+            new = torch.as_tensor(value, dtype=old.dtype, device=old.device)
+            if new.shape == old.shape:
+                old.copy_(new)
+            else:
+                _set(gm, name, new)
+        nodes = {n.name: n for n in gm.graph.nodes}
         for node_name, value in new_bias.items():
-            m = new.get_submodule(nodes[node_name].target)
+            m = gm.get_submodule(nodes[node_name].target)
             m.bias = nn.Parameter(torch.as_tensor(value, dtype=m.weight.dtype, device=m.weight.device))
-    return new
 
 
 def _by_ir_name(graph: fx.Graph) -> dict[str, fx.Node]:

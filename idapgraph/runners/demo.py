@@ -31,8 +31,8 @@ def run_demo(out_dir: Path, flops: float = 0.5) -> int:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(src), dynamo=False, opset_version=17,
                           input_names=["image"], output_names=["logits"])
-    print(f"compressing to {flops:g} of the FLOPs (method idap, healing stats; the weights are "
-          f"random, so calibration uses seeded random inputs) -> {dst}")
+    print(f"compressing to {flops:g} of the FLOPs (method idap, least-squares healing; the "
+          f"weights are random, so calibration uses seeded random inputs) -> {dst}")
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

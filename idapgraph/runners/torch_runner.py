@@ -77,6 +77,53 @@ def run(gm: fx.GraphModule, names: list[str], batches: Batches, reduce: Reducer 
     return outs
 
 
+class Stepper:
+    """An fx GraphModule run node by node over all calibration batches at once, so that work
+    between two points of the graph is done once: :meth:`advance_to` runs the nodes up to a
+    tensor and returns its value per batch; the module's parameters may be changed in place in
+    between (the nodes run later see them). A value is kept only while a node still to run
+    reads it (memory: the live tensors of every batch, a few layers' activations)."""
+
+    def __init__(self, gm: fx.GraphModule, batches: Batches) -> None:
+        eval_mode(gm)
+        self.gm = gm
+        self.nodes = [n for n in gm.graph.nodes if n.op != "output"]
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        self.last: dict[fx.Node, int] = {}
+        for i, n in enumerate(gm.graph.nodes):
+            for a in n.all_input_nodes:
+                self.last[a] = i
+        self.interp = fx.Interpreter(gm)
+        holders = [n for n in self.nodes if n.op == "placeholder"]
+        self.envs = [dict(zip(holders, _args(gm, b))) for b in batches]
+        self.pos = 0
+        self.by_name = {n.name: n for n in self.nodes}
+
+    def _step(self) -> None:
+        n = self.nodes[self.pos]
+        with torch.no_grad():
+            for env in self.envs if n.op != "placeholder" else ():  # inputs: set up front
+                self.interp.env = env
+                env[n] = self.interp.run_node(n)
+        for a in n.all_input_nodes:
+            if self.last.get(a) == self.pos:
+                for env in self.envs:
+                    env.pop(a, None)
+        self.pos += 1
+
+    def advance_to(self, name: str) -> list[np.ndarray]:
+        """Run up to IR tensor ``name`` (a node, or ``node.i`` of a tuple-valued one); its
+        value in every batch, as float32 arrays."""
+        base, _, item = name.rpartition(".") if name not in self.by_name else (name, "", "")
+        node = self.by_name[base]
+        while self.pos <= self.index[node]:
+            self._step()
+        if node not in self.envs[0]:
+            raise RuntimeError(f"{name} was computed and dropped before it was asked for")
+        vals = [env[node] if not item else env[node][int(item)] for env in self.envs]
+        return [v.detach().float().cpu().numpy() for v in vals]
+
+
 def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
                       loss: Callable | None = None) -> dict[str, np.ndarray]:
     """|w · dL/dw| per parameter entry, summed over calibration batches. ``loss(outputs, batch)``

@@ -68,45 +68,26 @@ def heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
     return (current if rep.kept else pruned), rep
 
 
-def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, per_pass: int = 1):
+def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep):
     """Least-squares reconstruction (see :mod:`idapgraph.passes.reconstruct`) of the layers that
-    lost input channels, one layer per calibration pass in topological order, so each fit sees
-    the inputs the fits before it made. (Refitting every later layer too, or the layers after a
-    bypassed block, lowered the calibration error but hurt held-out MiniLM embeddings: cosine
-    0.79 -> 0.67 at 0.7 FLOPs + 2 layers, so it is not done.)"""
+    lost input channels, in topological order, each fit seeing the inputs the fits before it
+    made. Where the backend can step a model (:meth:`Model.stepper`: torch), the pruned and the
+    original model advance together over all calibration batches, layer by layer, so the whole
+    refit costs about one calibration pass of each; elsewhere (ONNX) it takes one pass per
+    refitted layer. (Refitting every later layer too, or the layers after a bypassed block,
+    lowered the calibration error but hurt held-out MiniLM embeddings: cosine 0.79 -> 0.67 at
+    0.7 FLOPs + 2 layers, so it is not done.)"""
     g, m = a.graph, a.model
     error = m.output_error(batches)
     rep.error_before = error(pruned)
     sites = recon_pass.sites(g, rewrite) if rewrite is not None else []
-    targets = recon_pass.Targets(sites)
-    if sites:
-        m.run(m.source, targets.tensors, batches, targets)
     kernels = {s.node: recon_pass.kernel(g, s) for s in sites}
-    current, gains = pruned, []
-    for i in range(0, len(sites), per_pass):
-        chunk = sites[i:i + per_pass]
-        normal = recon_pass.Normal(chunk, targets, kernels)
-        m.run(current, normal.tensors, batches, normal)
-        updates, new_bias = {}, {}
-        for s in chunk:
-            w = m.get_param(current, s.weight)
-            b = m.get_param(current, s.bias) if s.bias is not None else None
-            pb = recon_pass.post_bias(g, s)
-            intercept = b is not None or pb is not None or m.can_add_bias(current, s.node)
-            fit = recon_pass.solve(s, normal, w, b, intercept)
-            if fit is None or not fit.residual_after < fit.residual_before:
-                continue
-            updates[s.weight] = recon_pass.weight_update(fit, w)
-            rep.corrections.append(recon_pass.refit_record(fit, w, updates[s.weight]))
-            if b is not None:
-                updates[s.bias] = fit.intercept.astype(np.asarray(b).dtype)
-            elif pb is not None:
-                old = m.get_param(current, pb)
-                updates[pb] = (old + fit.intercept).astype(np.asarray(old).dtype)
-            elif intercept:
-                new_bias[s.node] = fit.intercept.astype(np.asarray(w).dtype)
-            gains.append((fit.residual_before, fit.residual_after))
-        current = set_params(a, current, updates, new_bias, rep)
+    batches = list(batches) if sites else batches
+    step = m.stepper(pruned, batches) if sites else None
+    if step is not None:
+        current, gains = _refit_stepped(a, step, sites, kernels, batches, rep)
+    else:
+        current, gains = _refit_by_passes(a, pruned, sites, kernels, batches, rep)
     rep.layers = len(gains)
     if gains:
         rep.notes.append("least-squares refit of %d layers: residual %.3g -> %.3g (median)" % (
@@ -117,13 +98,79 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, per_pass: i
     return (current if rep.kept else pruned), rep
 
 
-def set_params(a: Analysis, current, updates: dict, new_bias: dict, rep):
-    """Apply healing's parameter updates; a new bias a BatchNorm can absorb goes into its
+def _refit_stepped(a: Analysis, step, sites, kernels, batches, rep):
+    """Every site refitted as the pruned model (``step``) reaches its input, against the
+    original's output of the same layer (stepped alongside); returns (model, gains)."""
+    m, gains = a.model, []
+    ref = m.stepper(m.source, batches, copy=False)
+    for s in sites:
+        targets = recon_pass.Targets([s])
+        targets.batches = [{s.y: y} for y in ref.advance_to(s.y)]
+        normal = recon_pass.Normal([s], targets, kernels)
+        for x in step.advance_to(s.x):
+            normal({s.x: x})
+        updates, new_bias = _fits(a, step.gm, [s], normal, rep, gains)
+        updates, new_bias = param_changes(a, step.gm, updates, new_bias, rep)
+        if updates or new_bias:
+            m.apply_params(step, updates, new_bias)
+    return step.gm, gains
+
+
+def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep):
+    """Every site refitted after a whole calibration pass of the model with the fits before it
+    applied; returns (model, gains)."""
+    m, gains = a.model, []
+    targets = recon_pass.Targets(sites)
+    if sites:
+        m.run(m.source, targets.tensors, batches, targets)
+    current = pruned
+    for s in sites:
+        normal = recon_pass.Normal([s], targets, kernels)
+        m.run(current, normal.tensors, batches, normal)
+        updates, new_bias = _fits(a, current, [s], normal, rep, gains)
+        current = set_params(a, current, updates, new_bias, rep)
+    return current, gains
+
+
+def _fits(a: Analysis, current, chunk, normal, rep, gains):
+    """The parameter updates (and new biases) of the sites of ``chunk`` whose least-squares fit
+    lowers their calibration residual; records each in ``rep`` and ``gains``."""
+    g, m = a.graph, a.model
+    updates, new_bias = {}, {}
+    for s in chunk:
+        w = m.get_param(current, s.weight)
+        b = m.get_param(current, s.bias) if s.bias is not None else None
+        pb = recon_pass.post_bias(g, s)
+        intercept = b is not None or pb is not None or m.can_add_bias(current, s.node)
+        fit = recon_pass.solve(s, normal, w, b, intercept)
+        if fit is None or not fit.residual_after < fit.residual_before:
+            continue
+        updates[s.weight] = recon_pass.weight_update(fit, w)
+        rep.corrections.append(recon_pass.refit_record(fit, w, updates[s.weight]))
+        if b is not None:
+            updates[s.bias] = fit.intercept.astype(np.asarray(b).dtype)
+        elif pb is not None:
+            old = m.get_param(current, pb)
+            updates[pb] = (old + fit.intercept).astype(np.asarray(old).dtype)
+        elif intercept:
+            new_bias[s.node] = fit.intercept.astype(np.asarray(w).dtype)
+        gains.append((fit.residual_before, fit.residual_after))
+    return updates, new_bias
+
+
+def param_changes(a: Analysis, current, updates: dict, new_bias: dict, rep):
+    """Healing's parameter updates as applied: a new bias a BatchNorm can absorb goes into its
     running mean instead (:func:`passes.heal.absorb_shifts`), the others are recorded in
-    ``rep.bias_added`` (the report counts them)."""
+    ``rep.bias_added`` (the report counts them). Returns (updates, new biases)."""
     if new_bias:
         means, new_bias = heal_pass.absorb_shifts(a.graph, new_bias,
                                                   lambda n: a.model.get_param(current, n))
         updates = {**updates, **means}
     rep.bias_added.update({k: int(np.size(v)) for k, v in new_bias.items()})
+    return updates, new_bias
+
+
+def set_params(a: Analysis, current, updates: dict, new_bias: dict, rep):
+    """``current`` with healing's parameter updates (:func:`param_changes`) applied."""
+    updates, new_bias = param_changes(a, current, updates, new_bias, rep)
     return a.model.set_params(current, updates, new_bias) if updates or new_bias else current
