@@ -72,6 +72,8 @@ class Model:
         stats = self.__dict__.setdefault("_ref_stats", {})
         outs = self.__dict__.setdefault("_ref_outputs", {})
         skey, okey = (id(batches), frozenset(requests)), id(batches)
+        if not requests and okey in outs:  # outputs alone: no statistics to gather
+            stats.setdefault(skey, ChannelStats(set()))
         if skey not in stats or okey not in outs:
             red = ChannelStats(set(requests))
             got = self.run(self.source, red.tensors, batches, red, outputs=okey not in outs)
@@ -81,17 +83,22 @@ class Model:
 
     def output_error(self, batches):
         """``error(model)``: ‖N₀ − N‖² / ‖N₀‖² of a variant of this model on ``batches``."""
-        from ..passes.heal import OutputError
-
         _, ref_out = self.reference(batches, set())
 
         def error(model) -> float:
-            e = OutputError()
-            for r, o in zip(ref_out, self.run(model, [], batches, None, outputs=True)):
-                e.add(r, o)
-            return e.value
+            return self.error_of(batches, self.run(model, [], batches, None, outputs=True))
 
         return error
+
+    def error_of(self, batches, outputs) -> float:
+        """‖N₀ − N‖² / ‖N₀‖² of ``outputs`` (per batch, a list of arrays) on ``batches``."""
+        from ..passes.heal import OutputError
+
+        _, ref_out = self.reference(batches, set())
+        e = OutputError()
+        for r, o in zip(ref_out, outputs):
+            e.add(r, o)
+        return e.value
 
     def run(self, model: Any, names: list[str], batches, reduce, outputs: bool = False):
         """Run ``model`` (this one, or an emitted variant of it) on ``batches``."""

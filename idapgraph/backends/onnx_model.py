@@ -60,6 +60,14 @@ class OnnxModel(Model):
 
         return set_params(model, self.graph, updates, new_bias)
 
+    def stepper(self, model, batches, copy: bool = True):
+        from ..runners.onnx_stepper import stepper
+
+        return stepper(model, batches)  # never edits ``model``: set_params makes new ones
+
+    def apply_params(self, stepper, updates, new_bias):
+        stepper.set_model(self.set_params(stepper.model, updates, new_bias))
+
     def bypass(self, model, blocks):
         from ..emit.onnx import bypass
 

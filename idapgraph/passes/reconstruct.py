@@ -95,9 +95,10 @@ def kernel(graph: Graph, site: Site) -> tuple | None:
 
 
 def _rows(a: np.ndarray, site: Site, kernel: tuple | None = None) -> np.ndarray:
-    """Activations as a (samples, features) matrix: a linear layer's input/output flattened
-    over leading axes; a conv's input as im2col patches (``kernel``), its output per pixel."""
-    a = np.asarray(a, dtype=np.float64)
+    """Activations as a (samples, features) float32 matrix: a linear layer's input/output
+    flattened over leading axes; a conv's input as im2col patches (``kernel``), its output per
+    pixel."""
+    a = np.asarray(a, dtype=np.float32)
     if site.conv is None:
         return a.reshape(-1, a.shape[-1])
     if kernel is None:  # conv output (N, C, H, W) -> (N*H*W, C)
@@ -154,10 +155,25 @@ class Normal:
                 y = y[:, s.out_kept]
             if x.shape[0] != y.shape[0]:
                 continue
-            x1 = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-            self.gram[s.node] = self.gram.get(s.node, 0) + x1.T @ x1
-            self.cross[s.node] = self.cross.get(s.node, 0) + x1.T @ y
-            self.yy[s.node] = self.yy.get(s.node, 0.0) + float(np.sum(y * y))
+            self.gram[s.node] = self.gram.get(s.node, 0) + _augmented_gram(x)
+            self.cross[s.node] = self.cross.get(s.node, 0) + _augmented_cross(x, y)
+            self.yy[s.node] = self.yy.get(s.node, 0.0) + float(np.square(y).sum(dtype=np.float64))
+
+
+def _augmented_gram(x: np.ndarray) -> np.ndarray:
+    """``[x, 1]ᵀ[x, 1]`` of one batch in float64: the products in float32 BLAS (a batch's sums
+    are short), the batches summed in float64 by the caller."""
+    d = x.shape[1]
+    g = np.empty((d + 1, d + 1))
+    g[:d, :d] = x.T @ x
+    g[:d, d] = g[d, :d] = x.sum(axis=0, dtype=np.float64)
+    g[d, d] = x.shape[0]
+    return g
+
+
+def _augmented_cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``[x, 1]ᵀ y`` of one batch in float64 (products in float32 BLAS)."""
+    return np.concatenate([x.T @ y, y.sum(axis=0, dtype=np.float64)[None]], axis=0)
 
 
 @dataclass

@@ -25,13 +25,16 @@ class ChannelStats:
             v = values.get(t)
             if v is None:
                 continue
-            v = np.asarray(v, dtype=np.float64)
+            v = np.asarray(v)
+            v = v if v.dtype in (np.float32, np.float64) else v.astype(np.float32)
             batch = v.shape[0] if v.ndim > 1 else 1
-            v = np.moveaxis(v, ax % v.ndim, 0).reshape(v.shape[ax], -1)
+            a = ax % v.ndim  # the channel axis in the middle: (before, channels, after)
+            v = v.reshape(int(np.prod(v.shape[:a], dtype=np.int64)), v.shape[a], -1)
             key = (t, ax)
-            self.s1[key] = self.s1.get(key, 0) + v.sum(axis=1)
-            self.s2[key] = self.s2.get(key, 0) + (v * v).sum(axis=1)
-            self.n[key] = self.n.get(key, 0) + v.shape[1]
+            # sums in float64 (numpy converts in buffered chunks: no float64 copy of v)
+            self.s1[key] = self.s1.get(key, 0) + v.sum(axis=(0, 2), dtype=np.float64)
+            self.s2[key] = self.s2.get(key, 0) + np.square(v).sum(axis=(0, 2), dtype=np.float64)
+            self.n[key] = self.n.get(key, 0) + v.shape[0] * v.shape[2]
             self.samples[key] = self.samples.get(key, 0) + batch
 
     def mean_std(self, t: str, ax: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -123,6 +123,22 @@ class Stepper:
         vals = [env[node] if not item else env[node][int(item)] for env in self.envs]
         return [v.detach().float().cpu().numpy() for v in vals]
 
+    @property
+    def model(self) -> fx.GraphModule:
+        return self.gm
+
+    def results(self) -> list[list[np.ndarray]]:
+        """Run to the end: the model's outputs per batch (as :func:`run` returns them)."""
+        while self.pos < len(self.nodes):
+            self._step()
+        out = next(n for n in self.gm.graph.nodes if n.op == "output")
+        got = []
+        for env in self.envs:
+            self.interp.env = env
+            args, _ = self.interp.fetch_args_kwargs_from_env(out)
+            got.append([o.detach().float().cpu().numpy() for o in flatten_outputs(args[0])])
+        return got
+
 
 def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,
                       loss: Callable | None = None) -> dict[str, np.ndarray]:

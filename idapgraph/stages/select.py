@@ -64,10 +64,14 @@ def scores(a: Analysis, method: str, batches, loss, seed: int, current=None) -> 
         params_ = sorted({s.tensor for gr in coupling.groups for s in gr.params(g)})
         imp = a.model.taylor(a.model.source, params_, batches, loss)
         return scoring.taylor(g, coupling, imp)
-    current = a.model.source if current is None else current
     used, _ = divergence.requests(g, coupling)
-    norms = heal_pass.ChannelStats({(tp.tensor, tp.axis) for tp in used.values()})
-    a.model.run(current, norms.tensors, batches, norms)
+    wanted = {(tp.tensor, tp.axis) for tp in used.values()}
+    if current is None:  # the original: one run gives these statistics and its outputs
+        current = a.model.source
+        norms, _ = a.model.reference(batches, wanted)
+    else:
+        norms = heal_pass.ChannelStats(wanted)
+        a.model.run(current, norms.tensors, batches, norms)
     out, _ = divergence.scores(g, coupling, used, norms,
                                lambda n, c=current: a.model.get_param(c, n))
     return out
@@ -100,7 +104,7 @@ def _iterative(s: State, batches):
     sel, plan = None, Plan(meta={"backend": g.backend})
     for t in range(10_000):
         rewrite = prune_pass.resolve(g, coupling, plan)
-        current = a.model.source
+        current = None  # the original
         if plan.remove:
             current, _ = heal_stage.heal(a, a.model.emit(rewrite, "zero"), None, batches)
         sc = scores(a, o.method, batches, o.loss, o.seed, current)
