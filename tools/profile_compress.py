@@ -86,7 +86,8 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from helpers import export_onnx
 
-        model = export_onnx(module, (x,))
+        model = export_onnx(module, (x,), input_names=["x"],  # batch axis symbolic, as exported
+                            dynamic_axes={"x": {0: "batch"}})  # for serving usually is
     spent = timed_stages()
     prof = cProfile.Profile()
     w, c = time.perf_counter(), time.process_time()
