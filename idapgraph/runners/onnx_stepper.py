@@ -36,6 +36,7 @@ class OnnxStepper:
         self.live: dict[str, list[np.ndarray]] = {
             n: [np.asarray(b[k]) for b in batches] for k, n in enumerate(names)}
         self.done: set[str] = set(names)
+        self.n_batches = len(batches)
         self.set_model(model)
 
     def set_model(self, model: onnx.ModelProto) -> None:
@@ -73,8 +74,7 @@ class OnnxStepper:
         keep = [o for o in made if o in later or o == want]
         feeds = sorted({i for n in segment for i in n.input if i in self.live})
         sess = session(self._model(segment, feeds, keep), optimize=False)
-        got = [sess.run(keep, {f: self.live[f][b] for f in feeds})
-               for b in range(len(next(iter(self.live.values()))))]
+        got = [sess.run(keep, {f: self.live[f][b] for f in feeds}) for b in range(self.n_batches)]
         self.done |= set(made)
         for j, o in enumerate(keep):
             self.live[o] = [g[j] for g in got]
