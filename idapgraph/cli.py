@@ -239,8 +239,6 @@ def cmd_compress(args) -> int:
                          "/ --max-error E, or --plan-in PLAN")
     if not args.output and not args.dry_run:
         raise _UserError("give an output file with -o OUT.onnx (or --dry-run)")
-    if args.blocks < 0:
-        raise _UserError(f"--blocks must be >= 0, got {args.blocks}")
     opts = _options(args, plan)
     out = _writable(args.output, args.input) if args.output and not args.dry_run else None
     if args.plan_out:

@@ -120,10 +120,12 @@ class TorchModel(Model):
         import onnx
         import torch
 
+        from ..runners.torch_runner import eval_mode
+
         buf = io.BytesIO()
         with _w.catch_warnings(), torch.no_grad():
             _w.simplefilter("ignore")
-            if _export_only(model):
+            if not eval_mode(model):  # a torch.export module: TorchScript cannot take it
                 prog = torch.onnx.export(model, self.example_inputs, dynamo=True,
                                          opset_version=18, verbose=False, optimize=False)
                 return prog.model_proto
@@ -139,12 +141,3 @@ class TorchModel(Model):
         from ..emit.validate import check_fx
 
         check_fx(model, self.example_inputs, self.output_shapes)
-
-
-def _export_only(module) -> bool:
-    """Whether ``module`` refuses ``train()`` (a module ``torch.export`` produced)."""
-    try:
-        module.train(False)
-    except NotImplementedError:
-        return True
-    return False

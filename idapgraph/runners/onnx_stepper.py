@@ -42,7 +42,6 @@ class OnnxStepper:
     def set_model(self, model: onnx.ModelProto) -> None:
         """Run the rest with ``model`` (the same graph, parameters changed or biases added)."""
         self.model = model
-        self.params = {t.name for t in model.graph.initializer}
         self.outputs = [o.name for o in model.graph.output]
 
     def _todo(self) -> list[onnx.NodeProto]:

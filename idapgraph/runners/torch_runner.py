@@ -14,13 +14,15 @@ from .data import Batches
 Reducer = Callable[[dict[str, np.ndarray]], None]
 
 
-def eval_mode(module: torch.nn.Module) -> None:
-    """``module.eval()``. Modules from ``torch.export`` refuse it (NotImplementedError): their
-    train/eval behaviour was fixed when they were exported, so there is nothing to switch."""
+def eval_mode(module: torch.nn.Module) -> bool:
+    """``module.eval()``; False for a module from ``torch.export``, which refuses it
+    (NotImplementedError): its train/eval behaviour was fixed when it was exported, so there is
+    nothing to switch."""
     try:
         module.eval()
     except NotImplementedError:
-        pass
+        return False
+    return True
 
 
 def _args(gm: fx.GraphModule, batch) -> tuple:
