@@ -52,7 +52,7 @@ def local_modules() -> set[str]:
     names = {"idapgraph", "tools"}
     for folder in ("tests", "tools", "tools/bench"):
         names |= {p.stem for p in (ROOT / folder).glob("*.py")}
-    return names
+    return names | {p.parent.name for p in (ROOT / "tools").glob("*/__init__.py")}  # bench
 
 
 def third_party(folder: str) -> dict[str, set[str]]:

@@ -385,8 +385,13 @@ class Squeezed(nn.Module):
 
 @pytest.mark.parametrize("check, error", [("unexpected", Unexpected), ("type", TypeError)])
 def test_batch_probe_lets_unexpected_errors_through(check, error):
+    """The probe runs when calibration first asks for the batch size (a magnitude compress
+    without calibration never runs it); an error it does not expect propagates then."""
+    m = idapgraph.analyze(Fussy(check).eval(), torch.randn(1, 3, 4, 4)).model
     with pytest.raises(error):
-        idapgraph.analyze(Fussy(check).eval(), torch.randn(1, 3, 4, 4))
+        m.batch_size
+    with pytest.raises(error):
+        idapgraph.compress(Fussy(check).eval(), torch.randn(1, 3, 4, 4), flops=0.5)
 
 
 def test_batch_probe_still_handles_a_batch_one_module():

@@ -69,3 +69,36 @@ def test_readme_ops_table_in_sync():
     assert block and block.group(1).strip() == out, "run: python tools/ops_table.py --write"
 
 
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_shape_inference_without_weight_bytes_infers_the_same(dynamic):
+    """Shapes are inferred on a copy whose large weights are typed graph inputs: the result is
+    byte for byte what inference on the whole model gives (ONNX's, and with a symbolic batch
+    onnxruntime's symbolic inference too)."""
+    from idapgraph.frontends import onnx as onnx_frontend
+    from idapgraph.frontends import onnx_light
+
+    torch.manual_seed(0)
+    axes = {"dynamic_axes": {"x": {0: "batch"}}} if dynamic else {}
+    model = export_onnx(torchvision.models.resnet18(num_classes=10).eval(),
+                        (torch.randn(1, 3, 32, 32),), input_names=["x"], **axes)
+    light, _ = onnx_light.split(model)
+    assert len(light.graph.initializer) < len(model.graph.initializer)  # weights left out
+    whole = onnx_frontend._infer_light(model, [])  # the inference itself, on the whole model
+    split = onnx_frontend._infer(model, [])
+    assert split.SerializeToString(deterministic=True) == whole.SerializeToString(
+        deterministic=True)
+
+
+def test_a_torch_compress_does_not_load_onnx():
+    """A torch module compressed without latency targets never imports onnx or onnxruntime
+    (a second of imports on a compile that takes under one)."""
+    code = ("import sys, torch, torchvision, idapgraph\n"
+            "m = torchvision.models.resnet18(num_classes=10).eval()\n"
+            "idapgraph.compress(m, (torch.randn(1, 3, 32, 32),), flops=0.5, method='magnitude',"
+            " heal='none')\n"
+            "print(sorted(k for k in ('onnx', 'onnxruntime') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip().splitlines()[-1] == "[]"

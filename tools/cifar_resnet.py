@@ -4,7 +4,7 @@ to load the pretrained state dicts in ``../shared/data/cifar10-resnets/`` (keys 
 ``bn1``, ``layer1..3``, ``linear``; stored with a ``module.`` prefix), and the CIFAR-10 test
 images of ``../shared/data/cifar10-test/`` normalised as those weights were trained.
 
-    model = cifar_resnet.pretrained(56)          # or resnet(56) for random weights, any 6n+2
+    model = cifar_resnet.pretrained(56)   # or resnet(56, width=2, projection=True): random
     x, y = cifar_resnet.images(range(0, 256))    # float32 NCHW, int64 labels
 """
 
@@ -34,13 +34,17 @@ class PadShortcut(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, projection: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = PadShortcut(cout // 4) if stride != 1 or cin != cout else nn.Identity()
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:  # option A (padding), or B (1x1 conv + BN)
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout)) if projection \
+                else PadShortcut(cout // 4)
 
     def forward(self, x):
         y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -48,20 +52,22 @@ class Block(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, classes: int = 10) -> None:
+    def __init__(self, depth: int, classes: int = 10, width: int = 1,
+                 projection: bool = False) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"a CIFAR ResNet has depth 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        widths, cin, stages = (16, 32, 64), 16, []
+        widths, cin, stages = (16 * width, 32 * width, 64 * width), 16 * width, []
+        self.conv1 = nn.Conv2d(3, cin, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
         for i, w in enumerate(widths):
-            blocks = [Block(cin if j == 0 else w, w, 2 if i and j == 0 else 1) for j in range(n)]
+            blocks = [Block(cin if j == 0 else w, w, 2 if i and j == 0 else 1, projection)
+                      for j in range(n)]
             stages.append(nn.Sequential(*blocks))
             cin = w
         self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(64, classes)
+        self.linear = nn.Linear(widths[-1], classes)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
@@ -69,9 +75,11 @@ class CifarResNet(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def resnet(depth: int, seed: int = 0) -> CifarResNet:
+def resnet(depth: int, seed: int = 0, width: int = 1, projection: bool = False) -> CifarResNet:
+    """Random weights; ``width`` multiplies every stage's channels (16/32/64); ``projection``:
+    1x1-conv shortcuts where the shape changes (option B) instead of zero padding."""
     torch.manual_seed(seed)
-    return CifarResNet(depth).eval()
+    return CifarResNet(depth, width=width, projection=projection).eval()
 
 
 def pretrained(depth: int) -> CifarResNet:

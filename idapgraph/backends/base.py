@@ -35,6 +35,13 @@ class Model:
 
         return each()
 
+    @staticmethod
+    def tmatmul(a, b):
+        """``aᵀ b`` of 2-D float32 arrays, for the normal equations of least-squares healing."""
+        from ..runners.gemm import tmatmul
+
+        return tmatmul(a, b)
+
     def emit(self, rewrite: Rewrite, mode: str = "remove") -> Any:
         raise NotImplementedError
 

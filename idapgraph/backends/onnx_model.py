@@ -88,7 +88,10 @@ class OnnxModel(Model):
         from ..emit.validate import check_onnx, example_feeds, run_onnx
 
         if self.output_shapes is None:
-            self.output_shapes = [o.shape for o in run_onnx(self.source, example_feeds(self.source))]
+            inferred = [self.graph.shape(t) for t in self.graph.outputs]
+            static = all(s is not None and all(type(d) is int for d in s) for s in inferred)
+            self.output_shapes = inferred if static else [
+                o.shape for o in run_onnx(self.source, example_feeds(self.source))]
         check_onnx(model, self.output_shapes)
 
     def stamp(self, model, key: str, value) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ..errors import InputError
 from ..ir.plan import Rewrite
 from .base import Model
@@ -26,14 +28,25 @@ class TorchModel(Model):
         self.source = fx_frontend.trace(module, self.example_inputs)
         self.graph = fx_frontend.to_ir(self.source)
         self.output_shapes = [self.graph.shape(t) for t in self.graph.outputs]
-        self.batch_size = self._probe_batch()
 
     # what torch raises for a module that only runs at the batch it was traced at: a shape or
     # size mismatch (RuntimeError: view/reshape/expand/cat/matmul), a dim out of range
     # (IndexError), sizes a functional rejects (ValueError), a traced ``torch._assert``
     _BATCH_ERRORS = (RuntimeError, ValueError, IndexError, AssertionError)
 
-    def _probe_batch(self, big: int = 32) -> int:
+    @property
+    def batch_size(self) -> int:  # probed when calibration first asks (a forward pass)
+        return self._batching[0]
+
+    @property
+    def exact_batch(self) -> bool:
+        return self._batching[1]
+
+    @functools.cached_property
+    def _batching(self) -> tuple[int, bool]:
+        return self._probe_batch()
+
+    def _probe_batch(self, big: int = 32) -> tuple[int, bool]:
         """Calibrate in batches of ``big`` when a module traced at batch 1 runs at batch 2 with
         every output the traced shape but for a doubled leading dim; else at the example's
         batch. Only what torch raises for a batch the module does not take (``_BATCH_ERRORS``)
@@ -48,20 +61,19 @@ class TorchModel(Model):
         first = self.example_inputs[0] if self.example_inputs else None
         own = int(first.shape[0]) if getattr(first, "ndim", 0) else 1
         if own != 1:
-            return own
+            return own, True
         args = tuple(torch.cat([a] * 2) if isinstance(a, torch.Tensor) and a.ndim else a
                      for a in self.example_inputs)
         try:  # fx prints the failing generated code to stderr itself; a failed probe is expected
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 outs = flatten_outputs(self.source(*args))
         except self._BATCH_ERRORS:
-            return own
+            return own, True
         want = [(2, *s[1:]) if s and s[0] == 1 else None for s in self.output_shapes]
         got = [tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in outs]
         if len(got) == len(want) and all(w is not None and g == w for g, w in zip(got, want)):
-            self.exact_batch = False
-            return big
-        return own
+            return big, False
+        return own, True
 
     def run(self, model, names, batches, reduce, outputs=False):
         from ..runners import torch_runner

@@ -1,9 +1,14 @@
-"""Validation of emitted models: nothing leaves idapgraph without passing these."""
+"""Validation of emitted models: nothing leaves idapgraph without passing these. (onnx is
+imported where an ONNX model is checked: a torch-only run does not load it.)"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx
+
+if TYPE_CHECKING:
+    import onnx
 
 from ..errors import EmitError
 
@@ -73,6 +78,8 @@ def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
 
 def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None) -> None:
     """Full ONNX checker + an onnxruntime run; output shapes must match ``output_shapes``."""
+    import onnx
+
     try:
         from ..frontends.onnx_external import skeleton
 

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import InputError
 from ..ir.graph import ACTIVATION, META, PARAM, Graph, Node, Tensor
-from . import onnx_external
+from . import onnx_external, onnx_light
 
 _UNARY = {
     "Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -244,6 +244,12 @@ _SAME_SHAPE_UNINFERRED = {"GroupNormalization"}
 
 
 def _infer(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.ModelProto:
+    """``model`` with inferred shapes (run on a copy without the large weights' bytes)."""
+    light, restore = onnx_light.split(model)
+    return restore(_infer_light(light, notes))
+
+
+def _infer_light(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.ModelProto:
     try:
         out = onnx.shape_inference.infer_shapes(model, data_prop=True)
         for _ in range(sum(n.op_type in _SAME_SHAPE_UNINFERRED for n in out.graph.node)):

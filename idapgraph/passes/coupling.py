@@ -202,31 +202,31 @@ def _unit_signatures(graph: Graph, class_spaces: list[list[Space]], frozen_reaso
     bounds = np.flatnonzero(np.diff(lab_sorted)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(order)]])
-    by_signature: dict[tuple, list[dict[int, np.ndarray]]] = defaultdict(list)
+    by_signature: dict[tuple, list[dict[int, list[int]]]] = defaultdict(list)
     frozen_by_sig: dict[tuple, int] = defaultdict(int)
     frozen_sig_reason: dict[tuple, str] = {}
-    for s0, e0 in zip(starts, ends):
-        comp = lab_sorted[s0]
-        if not comp_param[comp]:
+    # plain lists: a component has a handful of elements, numpy calls per component cost more
+    cls_sorted, idx_sorted = elem_cls[order].tolist(), elem_idx[order].tolist()
+    lab, param, frozen = lab_sorted.tolist(), comp_param.tolist(), comp_frozen.tolist()
+    for s0, e0 in zip(starts.tolist(), ends.tolist()):
+        comp = lab[s0]
+        if not param[comp]:
             continue
-        elems = order[s0:e0]
-        cls = elem_cls[elems]
-        idx = elem_idx[elems]
-        cut = np.flatnonzero(np.diff(cls)) + 1
-        parts = np.split(idx, cut)
-        cls_ids = [int(x) for x in cls[np.concatenate([[0], cut])]] if len(cls) else []
-        sig = tuple((cid, len(p)) for cid, p in zip(cls_ids, parts))
-        if comp_frozen[comp]:
+        parts: dict[int, list[int]] = {}  # class -> indices, classes in ascending order
+        for c, i in zip(cls_sorted[s0:e0], idx_sorted[s0:e0]):
+            parts.setdefault(c, []).append(i)
+        sig = tuple((c, len(p)) for c, p in parts.items())
+        if frozen[comp]:
             frozen_by_sig[sig] += 1
             if sig not in frozen_sig_reason:
                 frozen_sig_reason[sig] = next(
                     (frozen_reason[cid] for cid, _ in sig if cid in frozen_reason), "frozen")
             continue
-        by_signature[sig].append(dict(zip(cls_ids, parts)))
+        by_signature[sig].append(parts)
     return by_signature, frozen_by_sig, frozen_sig_reason
 
 
-def _channel_groups(by_signature: dict[tuple, list[dict[int, np.ndarray]]],
+def _channel_groups(by_signature: dict[tuple, list[dict[int, list[int]]]],
                     class_spaces: list[list[Space]],
                     roles: dict[Space, tuple[int, str, str]]) -> list[ChannelGroup]:
     """One group per signature of free units, ordered and named by its anchor (:func:`_anchor`);
@@ -236,7 +236,8 @@ def _channel_groups(by_signature: dict[tuple, list[dict[int, np.ndarray]]],
         anchor_cls, sort_key = _anchor(sig, class_spaces, roles)
         anchor_space = sort_key[1]
         units.sort(key=lambda u: int(u[anchor_cls][0]))
-        members = [Member(spaces=class_spaces[cid], index=np.stack([u[cid] for u in units]))
+        members = [Member(spaces=class_spaces[cid],
+                          index=np.array([u[cid] for u in units], dtype=np.int64))
                    for cid, _ in sig]
         first = int(units[0][anchor_cls][0])
         groups.append(((sort_key[0], first), ChannelGroup(key=sort_key[2], members=members,

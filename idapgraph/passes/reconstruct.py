@@ -132,8 +132,10 @@ class Normal:
     """Reducer over the pruned model: normal equations ``[X̃,1]ᵀ[X̃,1]``, ``[X̃,1]ᵀY`` and
     ``ΣY²`` per site, pairing each batch with the original's outputs of the same batch."""
 
-    def __init__(self, sites: list[Site], targets: Targets, kernels: dict[str, tuple]) -> None:
+    def __init__(self, sites: list[Site], targets: Targets, kernels: dict[str, tuple],
+                 tmatmul=None) -> None:
         self.sites, self.targets, self.kernels = sites, targets, kernels
+        self.tmatmul = tmatmul or _tmatmul  # aᵀb (a backend's may be faster: Model.tmatmul)
         self.i = 0
         self.gram: dict[str, np.ndarray] = {}
         self.cross: dict[str, np.ndarray] = {}
@@ -155,25 +157,30 @@ class Normal:
                 y = y[:, s.out_kept]
             if x.shape[0] != y.shape[0]:
                 continue
-            self.gram[s.node] = self.gram.get(s.node, 0) + _augmented_gram(x)
-            self.cross[s.node] = self.cross.get(s.node, 0) + _augmented_cross(x, y)
+            d = x.shape[1]
+            g = self.gram.setdefault(s.node, np.zeros((d + 1, d + 1)))
+            c = self.cross.setdefault(s.node, np.zeros((d + 1, y.shape[1])))
+            _add_augmented(g, c, x, y, self.tmatmul)
             self.yy[s.node] = self.yy.get(s.node, 0.0) + float(np.square(y).sum(dtype=np.float64))
 
 
-def _augmented_gram(x: np.ndarray) -> np.ndarray:
-    """``[x, 1]ᵀ[x, 1]`` of one batch in float64: the products in float32 BLAS (a batch's sums
-    are short), the batches summed in float64 by the caller."""
+def _tmatmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a.T @ b
+
+
+def _add_augmented(gram: np.ndarray, cross: np.ndarray, x: np.ndarray, y: np.ndarray,
+                   tmatmul=_tmatmul) -> None:
+    """Add one batch's ``[x, 1]ᵀ[x, 1]`` to ``gram`` and ``[x, 1]ᵀ y`` to ``cross`` (float64
+    accumulators, in place): the products in float32 BLAS (a batch's sums are short), the
+    batches summed in float64."""
     d = x.shape[1]
-    g = np.empty((d + 1, d + 1))
-    g[:d, :d] = x.T @ x
-    g[:d, d] = g[d, :d] = x.sum(axis=0, dtype=np.float64)
-    g[d, d] = x.shape[0]
-    return g
-
-
-def _augmented_cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``[x, 1]ᵀ y`` of one batch in float64 (products in float32 BLAS)."""
-    return np.concatenate([x.T @ y, y.sum(axis=0, dtype=np.float64)[None]], axis=0)
+    gram[:d, :d] += tmatmul(x, x)
+    s = x.sum(axis=0, dtype=np.float64)
+    gram[:d, d] += s
+    gram[d, :d] += s
+    gram[d, d] += x.shape[0]
+    cross[:d] += tmatmul(x, y)
+    cross[d] += y.sum(axis=0, dtype=np.float64)
 
 
 @dataclass

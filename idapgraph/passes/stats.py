@@ -31,9 +31,12 @@ class ChannelStats:
             a = ax % v.ndim  # the channel axis in the middle: (before, channels, after)
             v = v.reshape(int(np.prod(v.shape[:a], dtype=np.int64)), v.shape[a], -1)
             key = (t, ax)
-            # sums in float64 (numpy converts in buffered chunks: no float64 copy of v)
-            self.s1[key] = self.s1.get(key, 0) + v.sum(axis=(0, 2), dtype=np.float64)
-            self.s2[key] = self.s2.get(key, 0) + np.square(v).sum(axis=(0, 2), dtype=np.float64)
+            # each row's sums in v's precision (pairwise summation along the contiguous axis,
+            # squares without a temporary), the rows' in float64
+            s1 = v.sum(axis=2).sum(axis=0, dtype=np.float64)
+            s2 = np.einsum("ijk,ijk->ij", v, v).sum(axis=0, dtype=np.float64)
+            self.s1[key] = self.s1.get(key, 0) + s1
+            self.s2[key] = self.s2.get(key, 0) + s2
             self.n[key] = self.n.get(key, 0) + v.shape[0] * v.shape[2]
             self.samples[key] = self.samples.get(key, 0) + batch
 

@@ -23,12 +23,15 @@ DEVICES = {"CUDAExecutionProvider": "cuda"}
 
 def resolve(provider: str | None) -> str:
     """The full onnxruntime name of ``provider`` (``cpu``, ``cuda`` or a full name), checked to
-    be available in the installed onnxruntime; one clear :class:`InputError` otherwise."""
-    import onnxruntime as ort
-
+    be available in the installed onnxruntime; one clear :class:`InputError` otherwise. The
+    CPU, which every onnxruntime has, is not looked up (nor onnxruntime imported for it)."""
     name = ALIASES.get(str(provider or "cpu").lower(), provider)
     if not isinstance(name, str) or not name:
         raise InputError(f"provider must be a name such as 'cpu' or 'cuda', got {provider!r}")
+    if name == CPU:
+        return name
+    import onnxruntime as ort
+
     available = ort.get_available_providers()
     if name not in available:
         hint = (" (install onnxruntime-gpu in place of onnxruntime: pip uninstall onnxruntime; "

@@ -107,7 +107,7 @@ def _refit_stepped(a: Analysis, step, sites, kernels, batches, rep):
     for s in sites:
         targets = recon_pass.Targets([s])
         targets.batches = [{s.y: y} for y in ref.advance_to(s.y)]
-        normal = recon_pass.Normal([s], targets, kernels)
+        normal = recon_pass.Normal([s], targets, kernels, m.tmatmul)
         for x in step.advance_to(s.x):
             normal({s.x: x})
         updates, new_bias = _fits(a, step.model, [s], normal, rep, gains)
@@ -126,7 +126,7 @@ def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep):
         m.run(m.source, targets.tensors, batches, targets)
     current = pruned
     for s in sites:
-        normal = recon_pass.Normal([s], targets, kernels)
+        normal = recon_pass.Normal([s], targets, kernels, m.tmatmul)
         m.run(current, normal.tensors, batches, normal)
         updates, new_bias = _fits(a, current, [s], normal, rep, gains)
         current = set_params(a, current, updates, new_bias, rep)

@@ -140,6 +140,38 @@ def timed(fn, *a, **kw):
     return r, time.perf_counter() - t
 
 
+def stage_clock() -> dict[str, list[float]]:
+    """Wrap every stage of ``idapgraph.compress`` (and its preparation) so that each records its
+    wall and CPU seconds, summed over calls: stage name -> [wall, CPU]. ``prepare (analyze)``
+    also leaves the analysed graph's node count under ``"nodes"`` (as [count, 0])."""
+    from idapgraph import stages
+
+    spent: dict[str, list[float]] = {}
+
+    def wrap(name, fn, seen=None):
+        def run(*a, **k):
+            w, c = time.perf_counter(), time.process_time()
+            try:
+                out = fn(*a, **k)
+            finally:
+                got = spent.setdefault(name, [0.0, 0.0])
+                got[0] += time.perf_counter() - w
+                got[1] += time.process_time() - c
+            if seen:
+                seen(out)
+            return out
+        return run
+
+    def nodes(state):
+        spent["nodes"] = [len(state.a.graph.nodes), 0]
+
+    stages.prepare = wrap("prepare (analyze)", stages.prepare, nodes)
+    stages.STAGES = tuple(wrap(f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}", fn)
+                          for fn in stages.STAGES)
+    stages.report.run = wrap("report", stages.report.run)
+    return spent
+
+
 def plot(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[float, float]]],
          original: float | None = None) -> Path:
     """One line per method: metric against FLOPs kept. A small PNG."""

@@ -1,19 +1,26 @@
-"""Compiler cost: wall time and peak memory of idapgraph (analyze + compress, ``--method
-magnitude --heal none``, so it measures the compiler, not calibration) against Torch-Pruning
-(``MetaPruner``: its DependencyGraph build, then one pruning step) on the same torchvision models
-(random weights), and idapgraph's growth on synthetic ONNX graphs of 1k → 10k → 50k nodes.
+"""Compiler cost: wall time and peak memory of one ``idapgraph.compress`` call against
+Torch-Pruning (``MetaPruner``: its DependencyGraph build, one pruning step and a forward pass of
+the pruned model) on the same models in the same run, and how compress grows with depth, width
+and graph size.
 
     python3 -m tools.bench.cost [--quick]
     python3 -m tools.bench.cost --child TOOL MODEL     # one measurement, JSON on stdout
 
-Every measurement runs in its own child process: it builds the model (and, for ``ours-onnx``,
-its TorchScript export), records its RSS, then runs the measured step and reports the step's
-wall time, the peak RSS (``VmHWM``) and the peak's excess over the RSS before the step.
+TOOL: ``ours-fx`` / ``ours-onnx`` (``method='magnitude', heal='none'``: the compiler alone, on
+the torch module / its TorchScript export), ``ours-lsq`` (fx, the defaults: idap scores and
+least-squares healing on 256 calibration images), ``tp``. MODEL: a torchvision classifier name,
+``cifar:D[xW][b]`` (the CIFAR ResNet of ``tools/cifar_resnet.py``: depth D, channels times W,
+``b``: 1x1-conv projection shortcuts instead of zero padding; random weights, 32×32) or ``scale:N`` (the synthetic ONNX graph of
+``tests/scale_models.py`` with about N nodes; ONNX only). Every measurement runs in its own
+child process, on ``THREADS`` threads: it builds the model (and its export), runs it once and
+imports the tool (neither is timed), records its RSS, then times the measured step and reports its wall time, the peak RSS (``VmHWM``) and the
+peak's excess over the RSS before the step.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,9 +30,13 @@ from . import common
 from .common import Section, Table
 
 MODELS = ("resnet50", "mobilenet_v2", "vit_b_16")
-TOOLS = ("ours-fx", "ours-onnx", "tp")
+DEPTHS = (20, 56, 110)
+WIDTHS = (1, 2, 4)
+SIZES = (1000, 10000, 50000)
 FLOPS = 0.5      # idapgraph's target
 TP_RATIO = 0.3   # Torch-Pruning's channel ratio (about half the FLOPs on these CNNs)
+CALIB = 256      # calibration images of ``ours-lsq``
+THREADS = 2      # the machine's cores, as the compile-cost targets are stated
 
 
 def _rss_mib(field: str) -> float:
@@ -43,48 +54,70 @@ def _build(model: str):
         import scale_models
 
         return scale_models.build(int(model.split(":")[1])), None
+    if model.startswith("cifar:"):
+        sys.path.insert(0, str(common.ROOT / "tools"))
+        import cifar_resnet
+
+        spec = model.split(":")[1]
+        depth, _, width = spec.rstrip("b").partition("x")
+        net = cifar_resnet.resnet(int(depth), width=int(width or 1), projection=spec.endswith("b"))
+        return net, (torch.randn(1, 3, 32, 32),)
     import torchvision
 
     torch.manual_seed(0)
     return getattr(torchvision.models, model)(weights=None).eval(), (torch.randn(1, 3, 224, 224),)
 
 
+def _tp(m, x) -> dict:
+    import torch
+    import torch_pruning as tp
+
+    t = time.perf_counter()
+    last = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1:]
+    pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=TP_RATIO, ignored_layers=last)
+    build = time.perf_counter() - t
+    pruner.step()
+    with torch.no_grad():
+        m(*x)  # the pruned module must still run
+    return {"build_s": build, "flops_kept": None}
+
+
+def _ours(tool: str, m, x) -> dict:
+    import numpy as np
+
+    import idapgraph
+
+    spent = common.stage_clock()
+    kw = dict(method="magnitude", heal="none")
+    if tool == "ours-lsq":
+        shape = (CALIB, *x[0].shape[1:])
+        kw = dict(calib=np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+    r = idapgraph.compress(m, x, flops=FLOPS, **kw)
+    heal = spent.get("heal.run", [0.0])[0]
+    return {"build_s": spent["prepare (analyze)"][0], "heal_s": heal,
+            "nodes": spent["nodes"][0], "flops_kept": r.report.flops_ratio}
+
+
 def child(tool: str, model: str) -> dict:
     """Measure one (tool, model) in this process."""
-    import copy
-
-    import torch
-
-    common.setup(1)
+    common.setup(THREADS)
     m, x = _build(model)
+    if x is not None:  # warm: a forward pass, the tool's imports (a library's first call
+        import torch       # would otherwise be timed, not its work)
+
+        with torch.no_grad():
+            m(*x)
+    __import__("torch_pruning" if tool == "tp" else "idapgraph")
     if tool == "ours-onnx" and x is not None:
         from helpers import export_onnx
 
         m, x = export_onnx(m, x), None
-    out = {"tool": tool, "model": model}
     before = _rss_mib("VmRSS")
     t = time.perf_counter()
-    if tool == "tp":
-        import torch_pruning as tp
-
-        last = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1:]
-        pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=TP_RATIO, ignored_layers=last)
-        out["build_s"] = time.perf_counter() - t
-        pruner.step()
-        with torch.no_grad():
-            m(*x)  # the pruned module must still run
-        kept = None
-    else:
-        import idapgraph
-
-        a = idapgraph.analyze(copy.deepcopy(m) if x is not None else m, x)
-        out["build_s"] = time.perf_counter() - t
-        out["nodes"] = len(a.graph.nodes) if hasattr(a.graph, "nodes") else None
-        r = idapgraph.compress(m, x, flops=FLOPS, method="magnitude", heal="none")
-        kept = r.report.flops_ratio
+    out = {"tool": tool, "model": model, **(_tp(m, x) if tool == "tp" else _ours(tool, m, x))}
     out.update(wall_s=time.perf_counter() - t, rss_before_mib=before,
-               peak_mib=_rss_mib("VmHWM"), flops_kept=kept)
+               peak_mib=_rss_mib("VmHWM"))
     out["extra_mib"] = out["peak_mib"] - before
     return out
 
@@ -92,9 +125,10 @@ def child(tool: str, model: str) -> dict:
 def measure(tool: str, model: str, timeout: int = 900) -> dict:
     """Run :func:`child` in a fresh process; failures come back as ``{"error": ...}``."""
     cmd = [sys.executable, "-m", "tools.bench.cost", "--child", tool, model]
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     try:
-        p = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, timeout=timeout,
-                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        p = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True,
+                           timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     if p.returncode != 0:
@@ -103,54 +137,89 @@ def measure(tool: str, model: str, timeout: int = 900) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _ratio(a: dict, b: dict, key: str) -> str | None:
-    if "error" in a or "error" in b or not b.get(key):
+def _ratio(a: dict, b: dict | None, key: str) -> str | None:
+    if b is None or "error" in a or "error" in b or not b.get(key):
         return None
     return f"{a[key] / b[key]:.2f}"
 
 
-def run(quick: bool, out: Path) -> Section:
-    t0 = time.time()
-    models = MODELS[:2] if quick else MODELS
+def _peers(models) -> Table:
     t = Table("model", "tool", "build s", "total s", "peak RSS MiB", "extra MiB over start",
               "FLOPs kept", "time ratio ours/TP", "extra-memory ratio ours/TP")
     for model in models:
-        res = {tool: measure(tool, model) for tool in TOOLS}
-        for tool in TOOLS:
-            r = res[tool]
+        res = {tool: measure(tool, model) for tool in ("ours-fx", "ours-onnx", "tp")}
+        for tool, r in res.items():
             if "error" in r:
-                t.add(model, tool, f"failed: {r['error']}", None, None, None, None, None, None)
+                t.add(model, tool, f"failed: {r['error']}", *[None] * 6)
                 continue
-            tr = None if tool == "tp" else _ratio(r, res["tp"], "wall_s")
-            mr = None if tool == "tp" else _ratio(r, res["tp"], "extra_mib")
+            tp = None if tool == "tp" else res["tp"]
             t.add(model, tool, f"{r['build_s']:.2f}", f"{r['wall_s']:.2f}", f"{r['peak_mib']:.0f}",
-                  f"{r['extra_mib']:.0f}", r["flops_kept"], tr, mr)
-    scale = Table("nodes", "analyze s", "analyze + compress s", "peak RSS MiB",
-                  "extra MiB over start", "FLOPs kept", "time ratio to previous size")
+                  f"{r['extra_mib']:.0f}", r["flops_kept"], _ratio(r, tp, "wall_s"),
+                  _ratio(r, tp, "extra_mib"))
+    return t
+
+
+def _growth(label: str, models: list[tuple[str, str]]) -> Table:
+    """One row per model: the defaults (time, healing time), magnitude, Torch-Pruning, and the
+    ratios to the previous row."""
+    t = Table(label, "nodes", "defaults s", "healing s", "magnitude s", "TP s",
+              "magnitude / TP", "defaults × previous", "healing × previous")
     prev = None
-    for n in (1000, 10000) if quick else (1000, 10000, 50000):
+    for name, model in models:
+        lsq, mag, tp = (measure(tool, model) for tool in ("ours-lsq", "ours-fx", "tp"))
+        cell = {k: (f"failed: {r['error']}" if "error" in r else f"{r['wall_s']:.2f}")
+                for k, r in (("lsq", lsq), ("mag", mag), ("tp", tp))}
+        ok = "error" not in lsq
+        t.add(name, lsq.get("nodes"), cell["lsq"], f"{lsq['heal_s']:.2f}" if ok else None,
+              cell["mag"], cell["tp"], _ratio(mag, tp, "wall_s"),
+              _ratio(lsq, prev, "wall_s"), _ratio(lsq, prev, "heal_s") if prev else None)
+        prev = lsq if ok else None
+    return t
+
+
+def _sizes(sizes) -> Table:
+    t = Table("nodes", "analysis s", "compress s", "peak RSS MiB", "extra MiB over start",
+              "FLOPs kept", "time ratio to previous size")
+    prev = None
+    for n in sizes:
         r = measure("ours-onnx", f"scale:{n}")
         if "error" in r:
-            scale.add(n, f"failed: {r['error']}", None, None, None, None, None)
+            t.add(n, f"failed: {r['error']}", *[None] * 5)
+            prev = None
             continue
-        scale.add(r.get("nodes") or n, f"{r['build_s']:.2f}", f"{r['wall_s']:.2f}",
-                  f"{r['peak_mib']:.0f}", f"{r['extra_mib']:.0f}", r["flops_kept"],
-                  None if prev is None else f"{r['wall_s'] / prev:.2f}")
-        prev = r["wall_s"]
-    s = Section("Compiler cost: idapgraph vs Torch-Pruning, and growth with graph size")
+        t.add(r["nodes"], f"{r['build_s']:.2f}", f"{r['wall_s']:.2f}", f"{r['peak_mib']:.0f}",
+              f"{r['extra_mib']:.0f}", r["flops_kept"], _ratio(r, prev, "wall_s"))
+        prev = r
+    return t
+
+
+def run(quick: bool, out: Path) -> Section:
+    t0 = time.time()
+    depths = DEPTHS[:2] if quick else DEPTHS
+    widths = WIDTHS[:2] if quick else WIDTHS
+    s = Section("Compiler cost: idapgraph vs Torch-Pruning, and growth with depth, width and "
+                "graph size")
     s.blocks += [
-        "One child process per cell (`python3 -m tools.bench.cost --child TOOL MODEL`), 1 "
-        "thread. ours-fx / ours-onnx: `idapgraph.analyze` then `idapgraph.compress(flops="
-        f"{FLOPS}, method='magnitude', heal='none')` on the torch module / its TorchScript "
-        "export (compress re-analyses, emits and validates the result in onnxruntime or by "
-        "running the module); build s = the analyze call. tp: Torch-Pruning `MetaPruner` "
-        f"(magnitude, pruning_ratio={TP_RATIO}, last Linear ignored; build s = its "
-        "DependencyGraph construction) then `step()` and one forward pass. Peak RSS is the "
-        "child's `VmHWM`; 'extra' subtracts the RSS after the model was built. Random weights, "
-        "224×224.", t.markdown(),
+        f"One child process per cell (`python3 -m tools.bench.cost --child TOOL MODEL`), "
+        f"{THREADS} threads. ours-fx / ours-onnx: one `idapgraph.compress(flops={FLOPS}, "
+        "method='magnitude', heal='none')` call on the torch module / its TorchScript export "
+        "(analysis, selection, emit and validation of the result: onnxruntime run or module "
+        "forward); build s = its analysis. tp: Torch-Pruning `MetaPruner` (magnitude, "
+        f"pruning_ratio={TP_RATIO}, last Linear ignored; build s = its DependencyGraph "
+        "construction), `step()` and one forward pass of the pruned module. Peak RSS is the "
+        "child's `VmHWM`; 'extra' subtracts the RSS after the model was built. Random "
+        "weights, 224×224.", _peers(MODELS[:2] if quick else MODELS).markdown(),
+        f"Depth: CIFAR ResNet-D (`tools/cifar_resnet.py`, random weights, 32×32). defaults = "
+        f"one fx `compress(flops={FLOPS})` with idap scores and least-squares healing on "
+        f"{CALIB} random calibration images; healing s = its healing stage; magnitude = "
+        "ours-fx above; TP as above.",
+        _growth("depth", [(f"ResNet-{d}", f"cifar:{d}") for d in depths]).markdown(),
+        "Width: CIFAR ResNet-56 with every stage's channels multiplied by W (16W/32W/64W), "
+        "the same columns.",
+        _growth("width", [(f"ResNet-56 ×{w}", f"cifar:56x{w}") for w in widths]).markdown(),
         "Synthetic ONNX graphs (`tests/scale_models.py`: residual conv, split/concat and "
-        "1x1-conv MLP blocks, 8 channels at 4×4), ours-onnx as above (flops 0.5):",
-        scale.markdown()]
+        "1x1-conv MLP blocks, 8 channels at 4×4), ours-onnx as above:",
+        _sizes(SIZES[:2] if quick else SIZES).markdown()]
     s.seconds = time.time() - t0
     return s
 
