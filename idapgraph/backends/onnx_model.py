@@ -39,11 +39,23 @@ class OnnxModel(Model):
         static = len(dims) == 1 and None not in dims
         self.batch_size = dims.pop() if static else 8
         self.exact_batch = static
+        self.probes = probes(self.source, self.graph)
 
     def run(self, model, names, batches, reduce, outputs=False):
         from ..runners import onnx_runner
 
-        return onnx_runner.run(model, names, self.ticking(batches), reduce, outputs)
+        if not (outputs and self.probes):
+            return onnx_runner.run(model, names, self.ticking(batches), reduce, outputs)
+        got = []  # the probes stand in for the outputs (see :func:`probes`)
+
+        def both(values):
+            got.append([values[p] for p in self.probes])
+            if reduce is not None:
+                reduce({n: v for n, v in values.items() if n in names})
+
+        onnx_runner.run(model, list(dict.fromkeys([*names, *self.probes])),
+                        self.ticking(batches), both)
+        return got
 
     def get_param(self, model, name):
         from ..emit.onnx import get_param
@@ -63,7 +75,8 @@ class OnnxModel(Model):
     def stepper(self, model, batches, copy: bool = True):
         from ..runners.onnx_stepper import stepper
 
-        return stepper(model, batches)  # never edits ``model``: set_params makes new ones
+        return stepper(model, batches, self.probes)  # never edits ``model``: set_params makes
+        # new ones
 
     def apply_params(self, stepper, updates, new_bias):
         stepper.set_model(self.set_params(stepper.model, updates, new_bias))
@@ -102,6 +115,33 @@ class OnnxModel(Model):
                 model.metadata_props.remove(p)
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value, sort_keys=True)
+
+
+def probes(model, graph) -> list[str]:
+    """Where a model with static inputs has outputs whose sizes depend on values (a detector's
+    boxes after NMS: a different count from each variant, so no error between them), the
+    tensors every output error is measured on instead: the float activations of static shape
+    that nodes with outputs of unknown size read (Faster R-CNN: the FPN features RoIAlign reads,
+    the decoded proposals and scores before NMS). Empty for every other model."""
+    from ..ir.graph import ACTIVATION
+
+    def static(t):
+        s = graph.shape(t)
+        return s is not None and all(isinstance(d, int) for d in s)
+
+    declared = [[d.dim_value if d.HasField("dim_value") else None
+                 for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
+    if not all(static(t) for t in graph.inputs) or all(
+            None not in d for d in declared if d):
+        return []
+    found = []
+    for node in graph:
+        if all(static(t) for t in node.outputs):
+            continue
+        found += [t for t in node.present_inputs() if t not in graph.inputs and static(t)
+                  and graph.tensors[t].kind == ACTIVATION
+                  and graph.tensors[t].dtype in ("float16", "float32", "float64")]
+    return list(dict.fromkeys(found))
 
 
 def onnx_proto(model, refusal: str = "latency is measured on ONNX models (a path or an "

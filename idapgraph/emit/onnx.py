@@ -18,13 +18,14 @@ def _int_const(name: str, values) -> gs.Constant:
     return gs.Constant(name, np.asarray(values, dtype=np.int64))
 
 
-def _reshape_target(g: gs.Graph, gn: gs.Node, target: list) -> gs.Tensor:
-    """The new shape input of a Reshape: a constant, or — for a target concatenated at run time
-    (``None`` entries) — a private copy of that Concat with its constant pieces rewritten."""
+def _reshape_target(g: gs.Graph, gn: gs.Node, target: list, at: int = 1) -> gs.Tensor:
+    """The new shape input (input ``at``) of a Reshape/Expand (a Resize's sizes): a constant,
+    or — for a target concatenated at run time (``None`` entries) — a private copy of that
+    Concat with its constant pieces rewritten."""
     name = f"{gn.name}__idapgraph_shape"
     if all(t is not None for t in target):
         return _int_const(name, target)
-    concat = gn.inputs[1].inputs[0]
+    concat = gn.inputs[at].inputs[0]
     pieces, at = [], 0
     for i, piece in enumerate(concat.inputs):
         n = int(piece.shape[0])
@@ -89,6 +90,8 @@ def _emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str) -> 
                     gn.inputs.append(const)
             elif node.op in ("reshape", "expand"):
                 gn.inputs[1] = _reshape_target(g, gn, upd["target"])
+            elif node.op == "pool" and "sizes" in upd:  # Resize: sizes are input 3
+                gn.inputs[3] = _reshape_target(g, gn, upd["sizes"], at=3)
             elif node.op == "index" and "slice_axes" in node.attrs:  # Gather needs no rewrite
                 axes = node.attrs["slice_axes"]
                 mp = upd["map"]
@@ -142,7 +145,33 @@ def set_params(model: onnx.ModelProto, graph: Graph, updates: dict, new_bias: di
         return _set_params(model, updates, new_bias)
 
 
+_PLAIN = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _replaced_initializers(model: onnx.ModelProto, updates: dict) -> onnx.ModelProto | None:
+    """``model`` with the initializers ``updates`` names replaced in a copy of the proto (no
+    graph re-import: healing sets one layer's parameters at a time), or None where that is not
+    plain (an update that is not a float initializer stored in the proto itself)."""
+    index = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    inits = model.graph.initializer
+    if not all(n in index and inits[index[n]].data_type in _PLAIN
+               and not inits[index[n]].external_data for n in updates):
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for name, value in updates.items():
+        t = out.graph.initializer[index[name]]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        t.CopyFrom(onnx.numpy_helper.from_array(
+            np.ascontiguousarray(np.asarray(value).astype(dtype)), name))
+    return out
+
+
 def _set_params(model: onnx.ModelProto, updates: dict, new_bias: dict) -> onnx.ModelProto:
+    if not new_bias and not onnx_external.uses_external(model):
+        out = _replaced_initializers(model, updates)
+        if out is not None:
+            return out
     g = onnx_external.import_graph(model)
     external = onnx_external.uses_external(model)
     tensors = g.tensors()

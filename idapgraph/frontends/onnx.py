@@ -125,10 +125,48 @@ def _normalize(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.M
                 out._idapgraph_source = value  # exported as a reference even once read
     _untie_small_constants(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
-    # Shape arithmetic on static dimensions (Shape -> Gather -> Concat -> Reshape, chunk bounds)
-    # becomes constants, so reshape targets and slice bounds can be rewritten. Runs onnxruntime on
-    # constant subgraphs only; large constants are not folded. Casts of stored weights are held
-    # out: folding them would store fp16/bf16 weights as fp32.
+    graph = _fold_rounds(graph, model, notes)
+    used: set[str] = set()
+    for i, node in enumerate(graph.nodes):  # unique, stable node names for plans and healing
+        if not node.name or node.name in used:
+            base = node.name or node.op
+            node.name = f"{base}_{i}"
+            while node.name in used:
+                node.name += "_"
+        used.add(node.name)
+    return _infer(export_like(graph, model), notes)
+
+
+# rounds of constant folding and shape inference at most (static inputs only, see _fold_rounds)
+_FOLD_ROUNDS = 4
+
+
+def _fold_rounds(graph: gs.Graph, model: onnx.ModelProto, notes) -> gs.Graph:
+    """Fold ``graph``'s constants (:func:`_fold`); where its inputs are all static and Shape
+    nodes remain, infer shapes again and fold again, while that removes nodes. One round stops
+    where an op's output shape was unknown when folding began and is computed by folding
+    itself (Faster R-CNN's image transform: a resize to sizes made of float arithmetic, then
+    padding to a multiple of 32 measured by Shape nodes: a second round gives every conv its
+    spatial size)."""
+    _fold(graph, notes)
+    for _ in range(_FOLD_ROUNDS - 1):
+        static = all(t.shape is not None and all(isinstance(d, int) for d in t.shape)
+                     for t in graph.inputs)
+        if not static or not any(n.op == "Shape" for n in graph.nodes):
+            break
+        before = len(graph.nodes)
+        graph = onnx_external.import_graph(_infer(export_like(graph, model), notes))
+        _fold(graph, notes)
+        if len(graph.nodes) >= before:
+            break
+    return graph
+
+
+def _fold(graph: gs.Graph, notes) -> None:
+    """Shape arithmetic on static dimensions (Shape -> Gather -> Concat -> Reshape, chunk
+    bounds) becomes constants, so reshape targets and slice bounds can be rewritten. Runs
+    onnxruntime on constant subgraphs only; large constants are not folded. Casts of stored
+    weights are held out: folding them would store fp16/bf16 weights as fp32."""
     held = _hold_stored_casts(graph)
     try:
         import onnxruntime
@@ -142,15 +180,6 @@ def _normalize(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.M
     for node, const in held:
         node.inputs[0] = const
     graph.cleanup(remove_unused_graph_inputs=False)
-    used: set[str] = set()
-    for i, node in enumerate(graph.nodes):  # unique, stable node names for plans and healing
-        if not node.name or node.name in used:
-            base = node.name or node.op
-            node.name = f"{base}_{i}"
-            while node.name in used:
-                node.name += "_"
-        used.add(node.name)
-    return _infer(export_like(graph, model), notes)
 
 
 def _alias_value(c: gs.Constant):
@@ -262,6 +291,14 @@ def _infer_light(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx
         # with symbolic batch/sequence dimensions ONNX's own inference loses sizes that follow
         # from run-time shape arithmetic (the head count of ``view(B, T, -1, d)``);
         # onnxruntime's symbolic inference (sympy) keeps them
+        dynamic = _data_dependent_ops(out)
+        if dynamic:
+            _note(notes, "onnxruntime's symbolic shape inference skipped: the model has "
+                         f"data-dependent shapes ({', '.join(dynamic)}), on which its "
+                         "simplification can run for many minutes; ONNX's own inference is "
+                         "used, so sizes that follow from run-time shape arithmetic may be "
+                         "unknown and their channels frozen")
+            return out
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -305,6 +342,18 @@ def _no_leftover(name: str):
                             os.remove(e.value)
             with contextlib.suppress(OSError):
                 os.remove(name)
+
+
+# ops whose output sizes depend on tensor values (or, with subgraphs, on the branch taken and
+# the trip count): symbolic inference gives each a fresh symbol and the expressions built on
+# them grow (Faster R-CNN's NMS/RoIAlign heads: over 15 minutes in sympy's simplify)
+_DATA_DEPENDENT = {"NonZero", "NonMaxSuppression", "Unique", "Compress", "If", "Loop", "Scan"}
+
+
+def _data_dependent_ops(model: onnx.ModelProto) -> list[str]:
+    """The :data:`_DATA_DEPENDENT` op types of ``model``'s main graph, sorted."""
+    return sorted({n.op_type for n in model.graph.node
+                   if n.op_type in _DATA_DEPENDENT and (n.domain or "") in ("", "ai.onnx")})
 
 
 def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
@@ -406,6 +455,29 @@ def _shape_target(t: gs.Tensor) -> list | None:
             out.extend([None] * piece.shape[0])
         else:
             return None
+    return out
+
+
+_RESIZE = {"Resize", "Upsample"}
+
+
+def _resize_attrs(n: gs.Node, ins: list, opset: int) -> dict[str, Any]:
+    """What a Resize/Upsample sets the output shape from: ``sizes`` (a target as
+    :func:`_shape_target` reads it; None when not readable) or ``scales`` (constant values;
+    None when computed at run time), and ``resize_axes`` (opset 18's ``axes``; None: all)."""
+    def given(i: int) -> bool:
+        return len(ins) > i and bool(ins[i].name)
+
+    at_scales = 1 if n.op == "Upsample" or opset < 11 else 2
+    out: dict[str, Any] = {"resize_axes": [int(x) for x in n.attrs["axes"]]
+                           if n.attrs.get("axes") is not None else None}
+    if n.op == "Resize" and opset >= 11 and given(3):
+        out["sizes"] = _shape_target(ins[3])
+    elif given(at_scales):
+        v = _const(ins[at_scales])
+        out["scales"] = None if v is None else [float(x) for x in v.ravel()]
+    elif n.op == "Upsample" and "scales" in n.attrs:  # Upsample-7: an attribute
+        out["scales"] = [float(x) for x in n.attrs["scales"]]
     return out
 
 
@@ -557,7 +629,7 @@ class _Builder:
         """Pooling, reductions and softmax, else None."""
         op, a = n.op, n.attrs
         if op in _POOL:
-            return "pool", [ins[0]], {}
+            return "pool", [ins[0]], _resize_attrs(n, ins, self.opset) if op in _RESIZE else {}
         if op in _REDUCE:
             axes = a.get("axes")
             if axes is None and len(ins) > 1 and ins[1].name:

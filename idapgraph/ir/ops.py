@@ -277,15 +277,46 @@ def _couple_groupnorm(node: Node, rel: Relations) -> None:
 
 
 def _couple_pool(node: Node, rel: Relations) -> None:
-    """Pooling/resizing: batch and channel axes pass through, spatial axes are fixed."""
+    """Pooling/resizing: batch and channel axes pass through, spatial axes are fixed. A resize
+    whose sizes/scales touch the batch or channel axis (ONNX Resize names every axis) keeps
+    that axis only where it provably leaves it alone (a stored size equal to the input's, which
+    the rewrite then edits, or a scale of 1)."""
     x, y = node.inputs[0], node.outputs[0]
-    rel.same(x, 0, y, 0)
-    rel.same(x, 1, y, 1)
+    resized = _resized_axes(node, rel.graph.shape(x))
+    for ax in (0, 1):
+        if ax in resized:
+            rel.freeze(x, ax, resized[ax])
+            rel.freeze(y, ax, resized[ax])
+        else:
+            rel.same(x, ax, y, ax)
     for ax in range(2, rel.rank(y)):
         rel.freeze(x, ax, "spatial axis")
         rel.freeze(y, ax, "spatial axis")
     for t in node.inputs[1:]:
         rel.freeze_all(t, "pooling parameter")
+
+
+def _resized_axes(node: Node, xs) -> dict[int, str]:
+    """Batch/channel axes whose size a resize's ``sizes``/``scales`` (frontend attributes) may
+    change, with the reason; {} for pooling and spatial-only resizes."""
+    a = node.attrs
+    kind = "sizes" if "sizes" in a else "scales" if "scales" in a else None
+    if kind is None:
+        return {}
+    vals = a[kind]
+    if vals is None or xs is None:
+        return {0: f"resize {kind} computed at run time", 1: f"resize {kind} computed at run time"}
+    axes = a.get("resize_axes") or range(len(vals))
+    out = {}
+    for ax, v in zip(axes, vals):
+        ax = ax % len(xs)
+        if ax > 1:
+            continue
+        if kind == "scales" and v != 1.0:
+            out[ax] = "axis scaled by a resize"
+        elif kind == "sizes" and (v is None or xs[ax] is None or v != xs[ax]):
+            out[ax] = "axis sized by a resize at run time" if v is None else "axis resized"
+    return out
 
 
 def _couple_pad(node: Node, rel: Relations) -> None:
@@ -756,6 +787,20 @@ def _rewrite_expand(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, A
     return {"target": out} if out != list(target) else {}
 
 
+def _rewrite_pool(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    """A resize's stored ``sizes`` follow the channels removed (only axes that passed through,
+    see :func:`_resized_axes`, can change)."""
+    sizes = node.attrs.get("sizes")
+    if not sizes:
+        return {}
+    y = node.outputs[0]
+    os_, ns_ = old(y), new(y)
+    axes = node.attrs.get("resize_axes") or range(len(sizes))
+    out = [int(ns_[ax % len(os_)]) if t is not None and os_[ax % len(os_)] != ns_[ax % len(os_)]
+           else t for ax, t in zip(axes, sizes)]
+    return {"sizes": out} if out != list(sizes) else {}
+
+
 def _rewrite_reshape(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
     target = node.attrs.get("target")
     if target is None or target == "auto":
@@ -794,7 +839,8 @@ OPS: dict[str, OpDef] = {
               _couple_groupnorm, _cost_norm, _rewrite_groupnorm, operands=("x", "scale", "bias")),
         OpDef("layernorm", "LayerNorm/RMSNorm; normalised axes are frozen (exactness)",
               _couple_layernorm, _cost_norm, operands=("x", "scale", "bias")),
-        OpDef("pool", "max/avg/global/adaptive pooling, resize", _couple_pool, _cost_pool),
+        OpDef("pool", "max/avg/global/adaptive pooling, resize", _couple_pool, _cost_pool,
+              _rewrite_pool),
         OpDef("pad", "constant/reflect/edge padding; unpadded axes (channels) pass through",
               _couple_pad),
         OpDef("reduce", "mean/sum/max over axes; reduced axes frozen", _couple_reduce, _cost_pool),

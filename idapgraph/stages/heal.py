@@ -74,7 +74,7 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep):
     made. Where the backend can step a model (:meth:`Model.stepper`: torch; ONNX by graph
     segments), the pruned and the original model advance together over all calibration
     batches, layer by layer, so the whole refit costs about one calibration pass of each;
-    elsewhere (ONNX models with subgraphs or external data) it takes one pass per refitted
+    elsewhere (ONNX models with external data) it takes one pass per refitted
     layer. (Refitting every later layer too, or the layers after a bypassed block,
     lowered the calibration error but hurt held-out MiniLM embeddings: cosine 0.79 -> 0.67 at
     0.7 FLOPs + 2 layers, so it is not done.)"""
