@@ -75,8 +75,8 @@ class OnnxModel(Model):
     def stepper(self, model, batches, copy: bool = True):
         from ..runners.onnx_stepper import stepper
 
-        return stepper(model, batches, self.probes)  # never edits ``model``: set_params makes
-        # new ones
+        # never edits ``model`` (set_params makes new ones)
+        return stepper(model, batches, self.probes)
 
     def apply_params(self, stepper, updates, new_bias):
         stepper.set_model(self.set_params(stepper.model, updates, new_bias))

@@ -82,8 +82,8 @@ class OnnxStepper:
         """Run up to tensor ``name``; its value in every batch."""
         if name not in self.done:
             todo = self._todo()
-            need = _ancestors(todo, name, self.reads)  # only those: a layer not yet
-            # refitted must not run
+            # only those: a layer not yet refitted must not run
+            need = _ancestors(todo, name, self.reads)
             self._run([n for i, n in enumerate(todo) if i in need],
                       [n for i, n in enumerate(todo) if i not in need], name)
         if name not in self.live:
