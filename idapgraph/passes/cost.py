@@ -7,10 +7,9 @@ elementwise, activation, norm and pooling ops count one (norms two) per element.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
-
-import numpy as np
 
 from ..ir.graph import PARAM, Graph
 from ..ir.ops import OPS, weighted_nodes
@@ -38,7 +37,25 @@ def _bias_add(graph: Graph, node, shape) -> int:
     if not vec or len(vec) != 1 or not act or vec[0] != act[-1] or producer is None or \
             graph.nodes[producer].op != "linear":
         return 0
-    return 2 * int(np.prod([1 if d is None else d for d in shape(node.outputs[0])], dtype=np.int64))
+    return 2 * math.prod(1 if d is None else int(d) for d in shape(node.outputs[0]))
+
+
+def node_cost(graph: Graph, node, shape: Callable[[str], tuple]) -> int:
+    """FLOPs of ``node`` under tensor ``shape``\\ s."""
+    return int(OPS[node.op].cost(node, shape)) + _bias_add(graph, node, shape)
+
+
+def param_count(tensor, shape: Callable[[str], tuple],
+                removed: set[str] | frozenset = frozenset()) -> int:
+    """Elements of ``tensor`` if it is a trainable parameter of fully known ``shape`` read by a
+    node not ``removed``, else 0."""
+    if tensor.kind != PARAM or not tensor.trainable or \
+            not any(c not in removed for c in tensor.consumers):
+        return 0
+    s = shape(tensor.name)
+    if s is None or any(d is None for d in s):
+        return 0
+    return math.prod(int(d) for d in s)
 
 
 def count(graph: Graph, shape: Callable[[str], tuple] | None = None,
@@ -46,15 +63,28 @@ def count(graph: Graph, shape: Callable[[str], tuple] | None = None,
     """Count FLOPs and trainable parameters, optionally under changed tensor ``shape``\\ s and
     without the ``removed`` nodes (bypassed blocks)."""
     shape = shape or graph.shape
-    per_node = {n.name: int(OPS[n.op].cost(n, shape)) + _bias_add(graph, n, shape)
-                for n in graph if n.name not in removed}
-    params = 0
-    for t in graph.tensors.values():
-        if t.kind == PARAM and t.trainable and any(c not in removed for c in t.consumers):
-            s = shape(t.name)
-            if s is not None and all(d is not None for d in s):
-                params += int(np.prod(s, dtype=np.int64)) if s else 1
+    per_node = {n.name: node_cost(graph, n, shape) for n in graph if n.name not in removed}
+    params = sum(param_count(t, shape, removed) for t in graph.tensors.values())
     return Cost(flops=sum(per_node.values()), params=params, per_node=per_node)
+
+
+def recounter(graph: Graph, base: Cost, changing: set[str]) -> Callable[[Callable], tuple[int, int]]:
+    """``(flops, params)`` as :func:`count` gives them under a ``shape`` that differs from the
+    graph's only on the tensors ``changing``: the nodes that read or write those are counted
+    again, the rest taken from ``base`` (``count(graph)``). What a search that counts many
+    candidate shapes of one graph needs, at the cost of the part that changes."""
+    touched = {n for t in changing for n in (*graph.tensors[t].consumers,
+                                              graph.tensors[t].producer) if n is not None}
+    nodes = [n for n in graph if n.name in touched]
+    params = [graph.tensors[t] for t in sorted(changing)]
+    fixed_flops = base.flops - sum(base.per_node[n.name] for n in nodes)
+    fixed_params = base.params - sum(param_count(t, graph.shape) for t in params)
+
+    def at(shape: Callable[[str], tuple]) -> tuple[int, int]:
+        return (fixed_flops + sum(node_cost(graph, n, shape) for n in nodes),
+                fixed_params + sum(param_count(t, shape) for t in params))
+
+    return at
 
 
 def layer_changes(graph: Graph, before: Cost, after: Cost, shape: Callable[[str], tuple],

@@ -63,10 +63,11 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
     def taken(k: int) -> np.ndarray:
         return _taken(cg[:k], n_units, n_prev, round_to)
 
+    counter = cost_pass.recounter(graph, base, _changing(coupling, base_removed, g_cls, cg))
+
     def cost_at(k: int):
-        c = cost_pass.count(graph, shape_fn(graph, coupling,
-                                            _removed_per_class(base_removed, g_cls, taken(k))))
-        return c.flops, c.params
+        return counter(shape_fn(graph, coupling,
+                                _removed_per_class(base_removed, g_cls, taken(k))))
 
     def ok(f: int, p: int) -> bool:
         return ((flops is None or f <= flops * base.flops + 0.5)
@@ -104,6 +105,16 @@ def _candidates(coupling: Coupling, scores: list[np.ndarray], prev: dict[str, se
         cs = cg = cu = np.zeros(0, dtype=np.int64)
     order = np.lexsort((cu, cg, cs))
     return base_removed, cg[order], cu[order]
+
+
+def _changing(coupling: Coupling, base_removed: np.ndarray, g_cls: list[list[tuple[int, int]]],
+              groups: np.ndarray) -> set[str]:
+    """The tensors whose shape any prefix of the candidates (``groups``: their groups) changes:
+    those with an axis in a space class that loses indices already or through a candidate."""
+    classes = set(np.flatnonzero(base_removed).tolist())
+    for gi in np.unique(groups).tolist():
+        classes.update(c for c, _ in g_cls[gi])
+    return {s.tensor for c in classes for s in coupling.class_spaces[c]}
 
 
 def _taken(groups: np.ndarray, n_units: np.ndarray, n_prev: np.ndarray,
