@@ -68,23 +68,36 @@ def count(graph: Graph, shape: Callable[[str], tuple] | None = None,
     return Cost(flops=sum(per_node.values()), params=params, per_node=per_node)
 
 
-def recounter(graph: Graph, base: Cost, changing: set[str]) -> Callable[[Callable], tuple[int, int]]:
-    """``(flops, params)`` as :func:`count` gives them under a ``shape`` that differs from the
-    graph's only on the tensors ``changing``: the nodes that read or write those are counted
-    again, the rest taken from ``base`` (``count(graph)``). What a search that counts many
-    candidate shapes of one graph needs, at the cost of the part that changes."""
-    touched = {n for t in changing for n in (*graph.tensors[t].consumers,
-                                              graph.tensors[t].producer) if n is not None}
-    nodes = [n for n in graph if n.name in touched]
-    params = [graph.tensors[t] for t in sorted(changing)]
-    fixed_flops = base.flops - sum(base.per_node[n.name] for n in nodes)
-    fixed_params = base.params - sum(param_count(t, graph.shape) for t in params)
+class Recounter:
+    """:func:`count`'s totals ``(flops, params)`` of one graph under a sequence of shapes, each
+    differing from the one before on a known set of tensors: only the nodes that read or write
+    those are counted again. A search over candidate shapes (selection's over prefixes of the
+    candidate list) then costs what it changes, not the whole graph per probe."""
 
-    def at(shape: Callable[[str], tuple]) -> tuple[int, int]:
-        return (fixed_flops + sum(node_cost(graph, n, shape) for n in nodes),
-                fixed_params + sum(param_count(t, shape) for t in params))
+    def __init__(self, graph: Graph, base: Cost) -> None:
+        """``base``: ``count(graph)``, the totals under the graph's own shapes."""
+        self.graph = graph
+        self.flops, self.params = base.flops, base.params
+        self.node_flops = dict(base.per_node)
+        self.param_elems: dict[str, int] = {}
 
-    return at
+    def update(self, changed: set[str], shape: Callable[[str], tuple]) -> tuple[int, int]:
+        """The totals under ``shape``, which differs from the previous call's (first: the
+        graph's) only on the tensors ``changed``."""
+        g = self.graph
+        touched = {n for t in changed for n in (*g.tensors[t].consumers, g.tensors[t].producer)
+                   if n is not None}
+        for name in touched:
+            new = node_cost(g, g.nodes[name], shape)
+            self.flops += new - self.node_flops[name]
+            self.node_flops[name] = new
+        for t in changed:
+            tensor = g.tensors[t]
+            old = self.param_elems.get(t)
+            new = param_count(tensor, shape)
+            self.params += new - (param_count(tensor, g.shape) if old is None else old)
+            self.param_elems[t] = new
+        return self.flops, self.params
 
 
 def layer_changes(graph: Graph, before: Cost, after: Cost, shape: Callable[[str], tuple],
