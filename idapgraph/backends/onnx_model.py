@@ -98,14 +98,21 @@ class OnnxModel(Model):
         check_runnable(self.original)
 
     def validate(self, model) -> None:
-        from ..emit.validate import check_onnx, example_feeds, run_onnx
+        """``model`` passes the ONNX checker and runs in onnxruntime with the source's output
+        shapes. Those are the ones shape inference gave the source (its IR) when the run
+        matches them; only otherwise is the source run too (once), to tell a wrong inference
+        from a changed output: a second onnxruntime session on a graph of the same size."""
+        from ..emit.validate import check_onnx, check_shapes, example_feeds, run_onnx
 
+        got = check_onnx(model)
+        inferred = [self.graph.shape(t) for t in self.graph.outputs]
+        if all(s is not None and None not in s for s in inferred) and \
+                got == [tuple(s) for s in inferred]:
+            return
         if self.output_shapes is None:
-            inferred = [self.graph.shape(t) for t in self.graph.outputs]
-            static = all(s is not None and all(type(d) is int for d in s) for s in inferred)
-            self.output_shapes = inferred if static else [
-                o.shape for o in run_onnx(self.source, example_feeds(self.source))]
-        check_onnx(model, self.output_shapes)
+            self.output_shapes = [o.shape for o in run_onnx(self.source, example_feeds(self.source),
+                                                            optimize=False)]
+        check_shapes(got, self.output_shapes)
 
     def stamp(self, model, key: str, value) -> None:
         """Record ``value`` (JSON) in ``model.metadata_props`` under ``key`` (replacing an earlier

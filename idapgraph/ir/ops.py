@@ -22,6 +22,7 @@ this table. Each entry gives:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -109,7 +110,7 @@ def _numel(shape) -> int:
     """Elements per example: a symbolic dimension (``None``, e.g. a dynamic batch) counts 1."""
     if shape is None:
         return 0
-    return int(np.prod([1 if d is None else d for d in shape], dtype=np.int64)) if len(shape) else 1
+    return math.prod(1 if d is None else int(d) for d in shape)
 
 
 def _out_elems(node: Node, shape: ShapeFn) -> int:

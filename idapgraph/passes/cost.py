@@ -7,10 +7,9 @@ elementwise, activation, norm and pooling ops count one (norms two) per element.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
-
-import numpy as np
 
 from ..ir.graph import PARAM, Graph
 from ..ir.ops import OPS, weighted_nodes
@@ -38,7 +37,25 @@ def _bias_add(graph: Graph, node, shape) -> int:
     if not vec or len(vec) != 1 or not act or vec[0] != act[-1] or producer is None or \
             graph.nodes[producer].op != "linear":
         return 0
-    return 2 * int(np.prod([1 if d is None else d for d in shape(node.outputs[0])], dtype=np.int64))
+    return 2 * math.prod(1 if d is None else int(d) for d in shape(node.outputs[0]))
+
+
+def node_cost(graph: Graph, node, shape: Callable[[str], tuple]) -> int:
+    """FLOPs of ``node`` under tensor ``shape``\\ s."""
+    return int(OPS[node.op].cost(node, shape)) + _bias_add(graph, node, shape)
+
+
+def param_count(tensor, shape: Callable[[str], tuple],
+                removed: set[str] | frozenset = frozenset()) -> int:
+    """Elements of ``tensor`` if it is a trainable parameter of fully known ``shape`` read by a
+    node not ``removed``, else 0."""
+    if tensor.kind != PARAM or not tensor.trainable or \
+            not any(c not in removed for c in tensor.consumers):
+        return 0
+    s = shape(tensor.name)
+    if s is None or any(d is None for d in s):
+        return 0
+    return math.prod(int(d) for d in s)
 
 
 def count(graph: Graph, shape: Callable[[str], tuple] | None = None,
@@ -46,15 +63,41 @@ def count(graph: Graph, shape: Callable[[str], tuple] | None = None,
     """Count FLOPs and trainable parameters, optionally under changed tensor ``shape``\\ s and
     without the ``removed`` nodes (bypassed blocks)."""
     shape = shape or graph.shape
-    per_node = {n.name: int(OPS[n.op].cost(n, shape)) + _bias_add(graph, n, shape)
-                for n in graph if n.name not in removed}
-    params = 0
-    for t in graph.tensors.values():
-        if t.kind == PARAM and t.trainable and any(c not in removed for c in t.consumers):
-            s = shape(t.name)
-            if s is not None and all(d is not None for d in s):
-                params += int(np.prod(s, dtype=np.int64)) if s else 1
+    per_node = {n.name: node_cost(graph, n, shape) for n in graph if n.name not in removed}
+    params = sum(param_count(t, shape, removed) for t in graph.tensors.values())
     return Cost(flops=sum(per_node.values()), params=params, per_node=per_node)
+
+
+class Recounter:
+    """:func:`count`'s totals ``(flops, params)`` of one graph under a sequence of shapes, each
+    differing from the one before on a known set of tensors: only the nodes that read or write
+    those are counted again. A search over candidate shapes (selection's over prefixes of the
+    candidate list) then costs what it changes, not the whole graph per probe."""
+
+    def __init__(self, graph: Graph, base: Cost) -> None:
+        """``base``: ``count(graph)``, the totals under the graph's own shapes."""
+        self.graph = graph
+        self.flops, self.params = base.flops, base.params
+        self.node_flops = dict(base.per_node)
+        self.param_elems: dict[str, int] = {}
+
+    def update(self, changed: set[str], shape: Callable[[str], tuple]) -> tuple[int, int]:
+        """The totals under ``shape``, which differs from the previous call's (first: the
+        graph's) only on the tensors ``changed``."""
+        g = self.graph
+        touched = {n for t in changed for n in (*g.tensors[t].consumers, g.tensors[t].producer)
+                   if n is not None}
+        for name in touched:
+            new = node_cost(g, g.nodes[name], shape)
+            self.flops += new - self.node_flops[name]
+            self.node_flops[name] = new
+        for t in changed:
+            tensor = g.tensors[t]
+            old = self.param_elems.get(t)
+            new = param_count(tensor, shape)
+            self.params += new - (param_count(tensor, g.shape) if old is None else old)
+            self.param_elems[t] = new
+        return self.flops, self.params
 
 
 def layer_changes(graph: Graph, before: Cost, after: Cost, shape: Callable[[str], tuple],

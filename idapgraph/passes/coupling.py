@@ -260,12 +260,13 @@ def _frozen_spots(graph: Graph, frozen_by_sig: dict[tuple, int],
     many channels are frozen and why."""
     frozen: list[FrozenSpot] = []
     for sig, n in frozen_by_sig.items():
+        reason = frozen_sig_reason[sig]  # once: a signature can span thousands of classes
         for cid, _ in sig:
             for s in class_spaces[cid]:
                 if s in roles:
                     ordinal, role, node_name = roles[s]
                     frozen.append(FrozenSpot(layer=node_name, source=graph.nodes[node_name].source,
-                                             role=role, channels=n, reason=frozen_sig_reason[sig]))
+                                             role=role, channels=n, reason=reason))
     position = {name: i for i, name in enumerate(graph.nodes)}
     frozen.sort(key=lambda f: (position[f.layer], f.role))
     return frozen

@@ -63,10 +63,17 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
     def taken(k: int) -> np.ndarray:
         return _taken(cg[:k], n_units, n_prev, round_to)
 
+    counter = cost_pass.Recounter(graph, base)
+    per_class = _class_widths(g_cls, len(base_removed))
+    last = np.zeros_like(base_removed)  # what the counter's shapes remove: nothing yet
+
     def cost_at(k: int):
-        c = cost_pass.count(graph, shape_fn(graph, coupling,
-                                            _removed_per_class(base_removed, g_cls, taken(k))))
-        return c.flops, c.params
+        nonlocal last
+        rem = base_removed + per_class(taken(k))
+        changed = {s.tensor for c in np.flatnonzero(rem != last).tolist()
+                   for s in coupling.class_spaces[c]}
+        last = rem
+        return counter.update(changed, shape_fn(graph, coupling, rem))
 
     def ok(f: int, p: int) -> bool:
         return ((flops is None or f <= flops * base.flops + 0.5)
@@ -120,15 +127,19 @@ def _taken(groups: np.ndarray, n_units: np.ndarray, n_prev: np.ndarray,
     return n_units - n_prev - kept
 
 
-def _removed_per_class(base_removed: np.ndarray, g_cls: list[list[tuple[int, int]]],
-                       taken: np.ndarray) -> np.ndarray:
-    """Indices removed per space class: ``base_removed`` plus the units ``taken`` per group."""
-    rem = base_removed.copy()
-    for gi, t in enumerate(taken):
-        if t:
-            for c, n in g_cls[gi]:
-                rem[c] += n * int(t)
-    return rem
+def _class_widths(g_cls: list[list[tuple[int, int]]], n_classes: int):
+    """``taken -> indices removed per space class`` when each group ``gi`` takes ``taken[gi]``
+    units, a unit spanning ``n`` indices of each class ``c`` in ``g_cls[gi]``."""
+    gi = np.array([i for i, cls in enumerate(g_cls) for _ in cls], dtype=np.int64)
+    ci = np.array([c for cls in g_cls for c, _ in cls], dtype=np.int64)
+    width = np.array([n for cls in g_cls for _, n in cls], dtype=np.int64)
+
+    def per_class(taken: np.ndarray) -> np.ndarray:
+        rem = np.zeros(n_classes, dtype=np.int64)
+        np.add.at(rem, ci, width * np.asarray(taken, dtype=np.int64)[gi])
+        return rem
+
+    return per_class
 
 
 def _first_meeting(ok_at, hi: int) -> int:
