@@ -10,6 +10,7 @@ inferred types back onto the full model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import onnx
@@ -20,10 +21,7 @@ LARGE = 1024  # elements: shape and index tensors stay initializers (data propag
 
 
 def _large(t: onnx.TensorProto) -> bool:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n > LARGE and not uses_external_data(t)
+    return math.prod(t.dims) > LARGE and not uses_external_data(t)
 
 
 def split(model: onnx.ModelProto) -> tuple[onnx.ModelProto,
