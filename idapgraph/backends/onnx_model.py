@@ -103,15 +103,19 @@ class OnnxModel(Model):
         matches them; only otherwise is the source run too (once), to tell a wrong inference
         from a changed output: a second onnxruntime session on a graph of the same size."""
         from ..emit.validate import check_onnx, check_shapes, example_feeds, run_onnx
+        from ..runners.onnx_stepper import run_large
 
-        got = check_onnx(model)
+        got = check_onnx(model, run_large=run_large)
         inferred = [self.graph.shape(t) for t in self.graph.outputs]
         if all(s is not None and None not in s for s in inferred) and \
                 got == [tuple(s) for s in inferred]:
             return
         if self.output_shapes is None:
-            self.output_shapes = [o.shape for o in run_onnx(self.source, example_feeds(self.source),
-                                                            optimize=False)]
+            feeds = example_feeds(self.source)
+            outs = run_large(self.source, feeds)
+            if outs is None:
+                outs = run_onnx(self.source, feeds, optimize=False)
+            self.output_shapes = [o.shape for o in outs]
         check_shapes(got, self.output_shapes)
 
     def stamp(self, model, key: str, value) -> None:

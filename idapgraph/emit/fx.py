@@ -39,8 +39,8 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
     ``mode="zero"`` keeps every shape and only zeroes the removed parameter entries (the
     reference for zero-then-remove equivalence tests).
     """
-    new = copy.deepcopy(gm)
     table = rewrite.keep if mode == "remove" else rewrite.removed
+    new = copy.deepcopy(gm, _sliced_memo(gm, graph, table) if mode == "remove" else None)
     with torch.no_grad():
         for name, axes in table.items():
             if graph.tensors[name].kind != PARAM:
@@ -111,6 +111,22 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
     new.graph.lint()
     new.recompile()
     return new
+
+
+def _sliced_memo(gm: fx.GraphModule, graph: Graph, keep: dict) -> dict:
+    """A deepcopy memo that maps every tensor about to be replaced by a slice of itself to the
+    tensor itself: the copy then does not clone what it drops a moment later (ResNet-50: a
+    100 MB copy). Only tensors whose every name is sliced along some axis are left out: a slice
+    is a new tensor, so the copy shares no storage with ``gm`` in the end."""
+    sliced = {name for name, axes in keep.items()
+              if axes and graph.tensors[name].kind == PARAM}
+    names: dict[int, list[str]] = {}
+    tensors = {}
+    for name, t in [*gm.named_parameters(remove_duplicate=False),
+                    *gm.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), []).append(name)
+        tensors[id(t)] = t
+    return {i: tensors[i] for i, ns in names.items() if all(n in sliced for n in ns)}
 
 
 def _set_arg(fxn: fx.Node, pos: int, name: str, value) -> None:

@@ -8,7 +8,7 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
 from ..errors import EmitError
-from ..frontends import onnx_external
+from ..frontends import onnx_external, onnx_light
 from ..frontends.onnx import export_like, quiet
 from ..ir.graph import PARAM, Graph
 from ..ir.plan import Rewrite
@@ -72,6 +72,7 @@ def _emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str) -> 
         onnx_external.set_values(c, v, external)
         del v
     if mode == "remove":
+        n_nodes = len(g.nodes)
         for node in graph:
             upd = rewrite.attrs.get(node.name)
             if not upd:
@@ -103,11 +104,17 @@ def _emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str) -> 
         for t in tensors.values():
             if isinstance(t, gs.Variable) and t.name not in keep_io:
                 t.shape = None
-        g.cleanup(remove_unused_graph_inputs=False).toposort()
+        appended = len(g.nodes) > n_nodes  # the Concat of a run-time shape target
+        g.cleanup(remove_unused_graph_inputs=False)
+        if appended:
+            g.toposort()
     out = export_like(g, model)
     if mode == "remove":
         try:
-            out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True, data_prop=True)
+            light, restore = onnx_light.split(out)
+            out = restore(onnx.shape_inference.infer_shapes(light, check_type=True,
+                                                            strict_mode=True, data_prop=True),
+                          in_place=True)
         except Exception as e:  # noqa: BLE001
             raise EmitError(f"rewritten model fails ONNX shape inference: {str(e).splitlines()[0]}") from e
     return out

@@ -35,7 +35,7 @@ def example_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict
 
 
 def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True,
-            provider: str = "CPUExecutionProvider"):
+            provider: str = "CPUExecutionProvider", serialized: bytes | None = None):
     """An onnxruntime session (CPU unless ``provider`` names another, which then falls back to
     the CPU for ops it lacks). An in-memory model with external tensors (see
     :mod:`idapgraph.frontends.onnx_external`) is loaded from a file beside its data files, which
@@ -49,7 +49,8 @@ def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True,
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    data, folder = onnx_external.for_runtime(model)
+    data, folder = (serialized, None) if serialized is not None else \
+        onnx_external.for_runtime(model)
     if folder is not None:
         so.add_session_config_entry("session.disable_prepacking", "1")
     if not optimize:
@@ -73,13 +74,16 @@ def session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True,
 
 
 def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
-             optimize: bool = True) -> list[np.ndarray]:
-    return session(model, optimize=optimize).run(None, feeds)
+             optimize: bool = True, serialized: bytes | None = None) -> list[np.ndarray]:
+    return session(model, optimize=optimize, serialized=serialized).run(None, feeds)
 
 
-def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None) -> list[tuple]:
+def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None,
+               run_large=None) -> list[tuple]:
     """Full ONNX checker + an onnxruntime run; output shapes must match ``output_shapes``.
-    Returns the output shapes of the run.
+    Returns the output shapes of the run. ``run_large(model, feeds)``: the outputs of a run
+    by segments where the model is too large for one session, else None (see
+    :func:`idapgraph.runners.onnx_stepper.run_large`).
 
     The run is without onnxruntime's graph optimisations: every node still runs on
     onnxruntime's kernel for it, and the optimisers (which rewrite the graph into an equivalent
@@ -88,14 +92,19 @@ def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None)
     of a 50k-node graph)."""
     import onnx
 
-    try:
-        from ..frontends.onnx_external import skeleton
+    from ..frontends.onnx_external import skeleton, uses_external
 
-        onnx.checker.check_model(skeleton(model), full_check=True)
+    # serialised once for both the checker and the session (100 MB: 0.15 s each time)
+    data = None if uses_external(model) else model.SerializeToString()
+    try:
+        onnx.checker.check_model(skeleton(model) if data is None else data, full_check=True)
     except Exception as e:  # noqa: BLE001
         raise EmitError(f"rewritten model fails onnx.checker: {str(e).splitlines()[0]}") from e
     try:
-        outs = run_onnx(model, example_feeds(model), optimize=False)
+        feeds = example_feeds(model)
+        outs = run_large(model, feeds) if run_large is not None else None
+        if outs is None:
+            outs = run_onnx(model, feeds, optimize=False, serialized=data)
     except Exception as e:  # noqa: BLE001
         raise EmitError(f"rewritten model does not run in onnxruntime: {str(e).splitlines()[0]}") from e
     got = [tuple(o.shape) for o in outs]

@@ -134,7 +134,7 @@ def _normalize(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.M
             while node.name in used:
                 node.name += "_"
         used.add(node.name)
-    return _infer(export_like(graph, model), notes)
+    return _infer(export_like(graph, model), notes, owned=True)
 
 
 # rounds of constant folding and shape inference at most (static inputs only, see _fold_rounds)
@@ -155,7 +155,7 @@ def _fold_rounds(graph: gs.Graph, model: onnx.ModelProto, notes) -> gs.Graph:
         if not static or not any(n.op == "Shape" for n in graph.nodes):
             break
         before = len(graph.nodes)
-        graph = onnx_external.import_graph(_infer(export_like(graph, model), notes))
+        graph = onnx_external.import_graph(_infer(export_like(graph, model), notes, owned=True))
         _fold(graph, notes)
         if len(graph.nodes) >= before:
             break
@@ -272,10 +272,12 @@ def export_like(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 _SAME_SHAPE_UNINFERRED = {"GroupNormalization"}
 
 
-def _infer(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.ModelProto:
-    """``model`` with inferred shapes (run on a copy without the large weights' bytes)."""
+def _infer(model: onnx.ModelProto, notes: list[str] | None = None,
+           owned: bool = False) -> onnx.ModelProto:
+    """``model`` with inferred shapes (run on a copy without the large weights' bytes); with
+    ``owned``, ``model`` itself (not copied) is the result."""
     light, restore = onnx_light.split(model)
-    return restore(_infer_light(light, notes))
+    return restore(_infer_light(light, notes), in_place=owned)
 
 
 def _infer_light(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.ModelProto:

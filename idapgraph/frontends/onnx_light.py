@@ -27,10 +27,11 @@ def _large(t: onnx.TensorProto) -> bool:
 def split(model: onnx.ModelProto) -> tuple[onnx.ModelProto,
                                            Callable[[onnx.ModelProto], onnx.ModelProto]]:
     """(light model, ``restore``): ``restore(inferred light model)`` is ``model`` with the
-    inferred value types and output types (``model`` itself is not changed)."""
+    inferred value types and output types: a copy, or ``model`` itself with ``in_place=True``
+    (a model the caller owns; saves a copy of the weights)."""
     heavy = {t.name for t in model.graph.initializer if _large(t)}
     if not heavy:
-        return model, lambda inferred: inferred
+        return model, lambda inferred, in_place=False: inferred
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -48,9 +49,11 @@ def split(model: onnx.ModelProto) -> tuple[onnx.ModelProto,
     g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                    for t in src.initializer if t.name in heavy and t.name not in declared)
 
-    def restore(inferred: onnx.ModelProto) -> onnx.ModelProto:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
+    def restore(inferred: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+        out = model
+        if not in_place:
+            out = onnx.ModelProto()
+            out.CopyFrom(model)
         got = inferred.graph
         for field in ("value_info", "output"):
             out.graph.ClearField(field)

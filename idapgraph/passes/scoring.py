@@ -50,6 +50,16 @@ def _per_index(values: np.ndarray, axis: int) -> np.ndarray:
     return np.sum(values, axis=other) if other else values
 
 
+def _squares_per_index(values: np.ndarray, axis: int) -> np.ndarray:
+    """Sum of squares of the slices along ``axis``, in float32 or wider (a ranking needs no
+    more), without a squared or transposed copy of the tensor."""
+    v = np.asarray(values)
+    if v.dtype.itemsize < 4 or v.dtype.kind != "f":
+        v = v.astype(np.float32)
+    subs = "".join(chr(ord("a") + i) for i in range(v.ndim))
+    return np.einsum(f"{subs},{subs}->{subs[axis]}", v, v).astype(np.float64)
+
+
 def magnitude(graph: Graph, coupling: Coupling) -> list[np.ndarray]:
     cache: dict[tuple[str, int], np.ndarray] = {}
 
@@ -58,8 +68,7 @@ def magnitude(graph: Graph, coupling: Coupling) -> list[np.ndarray]:
         if t.kind != PARAM or not t.trainable:
             return None
         if (s.tensor, s.axis) not in cache:
-            v = np.asarray(t.value(), dtype=np.float64)
-            cache[(s.tensor, s.axis)] = _per_index(v * v, s.axis)
+            cache[(s.tensor, s.axis)] = _squares_per_index(t.value(), s.axis)
         return np.sqrt(cache[(s.tensor, s.axis)][m.index].sum(axis=1))
 
     return combine(coupling, term)

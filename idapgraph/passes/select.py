@@ -75,13 +75,19 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
         last = rem
         return counter.update(changed, shape_fn(graph, coupling, rem))
 
+    def excess(f: int, p: int) -> float:
+        """How far (f, p) is above the target, in fractions of the original: <= 0 meets it."""
+        over = [(f - flops * base.flops - 0.5) / max(base.flops, 1)] if flops is not None else []
+        if params is not None:
+            over.append((p - params * base.params - 0.5) / max(base.params, 1))
+        return max(over, default=0.0)
+
     def ok(f: int, p: int) -> bool:
-        return ((flops is None or f <= flops * base.flops + 0.5)
-                and (params is None or p <= params * base.params + 0.5))
+        return excess(f, p) <= 0
 
     hi = len(cg) if max_new is None else _prefix_for(lambda k: int(taken(k).sum()), len(cg),
                                                      max_new)
-    hi = _first_meeting(lambda k: ok(*cost_at(k)), hi)
+    hi = _first_meeting(lambda k: excess(*cost_at(k)), hi)
     f_k, p_k = cost_at(hi)
     plan = _plan(graph, coupling, prev, cg[:hi], cu[:hi], taken(hi), removed)
     return Selection(plan=plan, flops=f_k, params=p_k, reached=ok(f_k, p_k), candidates=len(cg))
@@ -142,19 +148,31 @@ def _class_widths(g_cls: list[list[tuple[int, int]]], n_classes: int):
     return per_class
 
 
-def _first_meeting(ok_at, hi: int) -> int:
-    """The shortest prefix up to ``hi`` candidates meeting the target (``ok_at(k)``; cost falls
-    as ``k`` grows): 0 when the start meets it, ``hi`` when even ``hi`` does not."""
-    lo = 0
-    if ok_at(0):
-        hi = 0
-    elif ok_at(hi):
-        while lo < hi:  # smallest k meeting the target (cost falls as k grows)
-            mid = (lo + hi) // 2
-            if ok_at(mid):
-                hi = mid
-            else:
-                lo = mid + 1
+def _first_meeting(excess_at, hi: int) -> int:
+    """The shortest prefix up to ``hi`` candidates meeting the target (``excess_at(k) <= 0``;
+    the excess falls as ``k`` grows): 0 when the start meets it, ``hi`` when even ``hi`` does
+    not. The search guesses by linear interpolation of the excess (its first probes are the
+    costly ones: each recounts every node whose width changed) and bisects every other step,
+    so it never takes more than about twice bisection's probes."""
+    e_lo = excess_at(0)
+    if e_lo <= 0:
+        return 0
+    e_hi = excess_at(hi)
+    if e_hi > 0:
+        return hi
+    lo, interpolate = 0, True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if interpolate and e_lo > e_hi:
+            guess = lo + int(e_lo / (e_lo - e_hi) * (hi - lo))
+            mid = min(max(guess, lo + 1), hi - 1)
+        width = hi - lo
+        e = excess_at(mid)
+        if e <= 0:
+            hi, e_hi = mid, e
+        else:
+            lo, e_lo = mid, e
+        interpolate = not interpolate or (hi - lo) * 2 <= width  # bisect after a poor guess
     return hi
 
 
