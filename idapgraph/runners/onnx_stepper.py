@@ -24,36 +24,68 @@ SEGMENT_INITIALIZERS = 5000
 
 def run_large(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
               limit: int | None = None) -> list[np.ndarray] | None:
-    """The outputs of ``model`` on ``feeds`` (one batch), every node run by onnxruntime, in
-    segments of about ``limit`` initializers each (default :data:`SEGMENT_INITIALIZERS`) where
-    the model holds more; None where it holds fewer or cannot be cut (the caller then runs it
-    whole)."""
+    """The outputs of ``model`` on ``feeds`` (one batch), every node run by onnxruntime, as
+    consecutive segments of the node list holding about ``limit`` initializers each (default
+    :data:`SEGMENT_INITIALIZERS`) where the model holds more; None where it holds fewer or
+    cannot be cut (external data, local functions, an output no node makes): the caller then
+    runs it whole. Linear in the graph: each segment is fed the live values it reads and
+    keeps what a later segment or the outputs read."""
+    from ..emit.validate import session
+    from ..frontends import onnx_external
+
     limit = limit or SEGMENT_INITIALIZERS
-    if len(model.graph.initializer) <= limit:
+    g = model.graph
+    if len(g.initializer) <= limit or onnx_external.uses_external(model) or model.functions:
         return None
-    names = [i.name for i in model.graph.input if i.name in feeds]
-    st = stepper(model, [tuple(feeds[n] for n in names)])
-    if st is None:
+    nodes, outputs = list(g.node), [o.name for o in g.output]
+    read = [reads(n) for n in nodes]
+    last = {t: i for i, r in enumerate(read) for t in r}  # the last node reading each name
+    last.update(dict.fromkeys(outputs, len(nodes)))
+    if not set(outputs) <= {o for n in nodes for o in n.output}:
         return None
-    for cut in _cuts(model.graph, limit):
-        st.advance_to(cut)
-    return st.results()[0]
+    inits, types, live = {t.name: t for t in g.initializer}, _elem_types(model), dict(feeds)
+    for lo, hi in _chunks(read, inits, limit):
+        made = [o for n in nodes[lo:hi] for o in n.output if o]
+        keep = [o for o in made if last.get(o, -1) >= hi]
+        fed = sorted({t for r in read[lo:hi] for t in r if t in live})
+        used = dict.fromkeys(t for r in read[lo:hi] for t in r if t in inits)
+        seg = _segment(model, nodes[lo:hi], {f: live[f].dtype for f in fed},
+                       {k: types.get(k, onnx.TensorProto.FLOAT) for k in keep},
+                       [inits[t] for t in used])
+        live.update(zip(keep, session(seg, optimize=False).run(keep, {f: live[f] for f in fed})))
+        for t in [t for t in live if last.get(t, -1) < hi]:
+            del live[t]
+    return [live[o] for o in outputs]
 
 
-def _cuts(graph: onnx.GraphProto, limit: int) -> list[str]:
-    """A tensor after about every ``limit`` initializers read, in node order."""
-    inits = {t.name for t in graph.initializer}
+def _chunks(read: list[list[str]], inits, limit: int) -> list[tuple[int, int]]:
+    """Consecutive node ranges ``[lo, hi)`` that first read about ``limit`` initializers each."""
     seen: set[str] = set()
-    cuts, count = [], 0
-    for n in graph.node:
-        new = {i for i in reads(n) if i in inits} - seen
+    cuts, count, lo = [], 0, 0
+    for i, r in enumerate(read):
+        new = {t for t in r if t in inits} - seen
         seen |= new
         count += len(new)
-        made = [o for o in n.output if o]
-        if count >= limit and made:
-            cuts.append(made[0])
-            count = 0
+        if count >= limit:
+            cuts.append((lo, i + 1))
+            lo, count = i + 1, 0
+    if lo < len(read):
+        cuts.append((lo, len(read)))
     return cuts
+
+
+def _segment(model: onnx.ModelProto, nodes, fed: dict[str, np.dtype], made: dict[str, int],
+             inits: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """A model of ``nodes`` fed the names of ``fed`` (by numpy dtype), giving the names of
+    ``made`` (by ONNX element type), holding ``inits``."""
+    def info(n, elem):
+        return onnx.helper.make_tensor_value_info(n, elem, None)
+
+    graph = onnx.helper.make_graph(
+        nodes, "segment", [info(f, onnx.helper.np_dtype_to_tensor_dtype(d)) for f, d in fed.items()],
+        [info(k, e) for k, e in made.items()], inits)
+    return onnx.helper.make_model(graph, opset_imports=model.opset_import,
+                                  ir_version=model.ir_version)
 
 
 def stepper(model: onnx.ModelProto, batches: Batches,
@@ -164,17 +196,9 @@ class OnnxStepper:
 
     def _model(self, segment, feeds: list[str], keep: list[str]) -> onnx.ModelProto:
         used = dict.fromkeys(i for n in segment for i in self.reads[id(n)] if i in self.inits)
-        inits = [self.inits[i] for i in used]
-
-        def info(n, elem):
-            return onnx.helper.make_tensor_value_info(n, elem, None)
-
-        fed = [info(f, onnx.helper.np_dtype_to_tensor_dtype(self.live[f][0].dtype))
-               for f in feeds]
-        made = [info(k, self.types.get(k, onnx.TensorProto.FLOAT)) for k in keep]
-        graph = onnx.helper.make_graph(segment, "segment", fed, made, inits)
-        return onnx.helper.make_model(graph, opset_imports=self.model.opset_import,
-                                      ir_version=self.model.ir_version)
+        return _segment(self.model, segment, {f: self.live[f][0].dtype for f in feeds},
+                        {k: self.types.get(k, onnx.TensorProto.FLOAT) for k in keep},
+                        [self.inits[i] for i in used])
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
