@@ -42,8 +42,10 @@ def compress(model, example_inputs=None, *, options: CompressOptions | None = No
     ``heal``: ``lsq`` (default: every layer that lost input channels is refitted by least
     squares to reproduce the original layer's output on calibration data), ``stats``
     (per-channel statistics matching), ``bias`` (bias compensation: removed channels' mean
-    contribution moves into the next layer's bias) or ``none``; a healed model is kept only if it
-    lowers the calibration output error.
+    contribution moves into the next layer's bias), ``bn`` (every BatchNorm's running statistics
+    re-estimated on the calibration data; ``lsq`` for a model without BatchNorm) or ``none``; a
+    healed model is kept only if it lowers the calibration output error (``bn``: or raises the
+    share of calibration samples whose top-1 class is the original's).
     Stage 2 (layer truncation) bypasses residual blocks with the smallest relative change
     ``‖F(x)‖/‖x‖`` (``block_score="influence"``: ShortGPT's 1 − cos) one at a time: ``blocks=N``
     of them, or (``blocks=None``) as many as keep the calibration output error

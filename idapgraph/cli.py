@@ -94,10 +94,11 @@ def _compress_method(c) -> None:
                    help="idap (default: information-flow divergence) | magnitude | random")
     c.add_argument("--calib", help="calibration data: .npz with arrays named by model input "
                                    "(batch first); without it, seeded random inputs")
-    c.add_argument("--heal", default="lsq", choices=["lsq", "stats", "bias", "none"],
+    c.add_argument("--heal", default="lsq", choices=["lsq", "stats", "bias", "bn", "none"],
                    help="training-free healing: lsq = least-squares refit of the layers that lost "
                         "inputs (default), stats = per-channel statistics matching, "
-                        "bias = bias compensation, none")
+                        "bias = bias compensation, bn = BatchNorm re-estimation (lsq where "
+                        "the model has no BatchNorm), none")
     c.add_argument("--steps", type=int, default=10, help="idap schedule length T (default 10)")
     c.add_argument("--alpha", type=float, default=1.5, help="idap schedule exponent (default 1.5)")
     c.add_argument("--base", type=float, default=1.0,

@@ -81,7 +81,7 @@ def notes(rep: dict[str, Any]) -> list[str]:
     if rep["blocks_bypassed"]:
         out.append(f"blocks bypassed: {', '.join(rep['blocks_bypassed'])}")
     h = rep["heal"]
-    if h.get("method") in ("lsq", "stats", "bias"):
+    if h.get("method") in ("lsq", "stats", "bias", "bn"):
         out.append(f"healing ({h['method']}): {h['layers']} layers, calibration error "
                    f"{h['error_before']:.4g} -> {h['error_after']:.4g} "
                    f"({'kept' if h['kept'] else 'not kept: no better'})")

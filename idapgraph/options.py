@@ -11,7 +11,7 @@ from .ir.plan import Plan
 from .passes import scoring
 from .passes.blocks import BLOCK_KINDS
 
-HEAL_MODES = ("none", "bias", "stats", "lsq")
+HEAL_MODES = ("none", "bias", "stats", "lsq", "bn")
 BLOCK_SCORES = ("relative", "influence")
 SOLVERS = ("milp", "greedy")
 

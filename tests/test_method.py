@@ -3,6 +3,8 @@ backends, accuracy against the baselines after the same healing, healing exactne
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +79,34 @@ def test_healing_recovers_accuracy(net):
     assert accuracy(healed.model) > accuracy(raw.model) + 0.3
     h = healed.report.heal
     assert h["kept"] and h["error_after"] < h["error_before"] and h["layers"] > 0
+
+
+def test_batchnorm_reestimation_heals(net):
+    """heal="bn": every BatchNorm's running statistics become the pruned model's own on the
+    calibration data (what a train-mode pass with momentum=None computes), the healed model
+    beats the unhealed one, and an ONNX export (BatchNorm folded away) is refitted instead."""
+    model, proto, cal = net
+    raw = idapgraph.compress(model, X, flops=0.5, calib=cal, heal="none")
+    bn = idapgraph.compress(model, X, flops=0.5, calib=cal, heal="bn")
+    assert raw.plan.remove == bn.plan.remove
+    h = bn.report.heal
+    assert h["method"] == "bn" and h["kept"] and h["layers"] > 0
+    assert all(c["kind"] == "renorm" for c in h["corrections"])
+    assert accuracy(bn.model) > accuracy(raw.model) + 0.3
+    ref = copy.deepcopy(raw.model)
+    norms = [m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    ref.train()
+    with torch.no_grad():
+        ref(torch.from_numpy(cal))
+    got = dict(bn.model.named_buffers())
+    for name, b in ref.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(got[name], b, rtol=2e-3, atol=2e-4)
+    folded = idapgraph.compress(proto, plan=bn.plan, calib=cal, heal="bn")
+    assert folded.report.heal["kept"] and "least-squares" in " ".join(folded.report.heal["notes"])
 
 
 def test_default_healing_within_two_points_on_both_backends(net):

@@ -10,6 +10,7 @@ images of ``../shared/data/cifar10-test/`` normalised as those weights were trai
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(os.environ.get("IDAPGRAPH_DATA",  # a worktree elsewhere: point at shared/data
+                           Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # what the weights were trained with
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

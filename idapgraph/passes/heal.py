@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir.graph import Graph
+from ..ir.graph import PARAM, Graph
 from ..ir.ops import channel_axis, weight_axes, weighted_nodes
 from ..ir.plan import Rewrite
 from .stats import ChannelStats
@@ -265,3 +265,55 @@ def absorb_shifts(graph: Graph, new_bias: dict[str, np.ndarray], value
             continue
         updates[mean] = (old.astype(np.float64) - shift).astype(old.dtype)
     return updates, rest
+
+
+@dataclass(frozen=True)
+class NormSite:
+    """An inference BatchNorm whose running statistics are stored parameters."""
+
+    node: str
+    x: str  # its input (channels on axis 1)
+    mean: str
+    var: str
+
+
+def norm_sites(graph: Graph) -> list[NormSite]:
+    """BatchNorms with stored running mean and variance, in topological order."""
+    out = []
+    for n in graph:
+        if n.op != "batchnorm" or len(n.inputs) < 5 or None in n.inputs[3:5]:
+            continue
+        mean, var = n.inputs[3], n.inputs[4]
+        if all(graph.tensors[t].kind == PARAM for t in (mean, var)) and \
+                (graph.tensors[n.inputs[0]].rank or 0) >= 2:
+            out.append(NormSite(n.name, n.inputs[0], mean, var))
+    return out
+
+
+def reestimated(site: NormSite, stats: ChannelStats, like_mean, like_var) -> dict | None:
+    """BatchNorm re-estimation of one site: its running mean and (unbiased) variance set to its
+    input's statistics on the calibration data (``stats`` holds them), in the dtypes of the
+    current ``like_mean``/``like_var``; None when there is nothing to set."""
+    ms = stats.mean_std(site.x, 1)
+    if ms is None or np.shape(like_mean) != ms[0].shape:
+        return None
+    n = stats.n[(site.x, 1)]
+    var = ms[1] ** 2 * (n / max(n - 1, 1))
+    return {site.mean: ms[0].astype(np.asarray(like_mean).dtype),
+            site.var: var.astype(np.asarray(like_var).dtype)}
+
+
+def agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float | None:
+    """Share of calibration samples whose first output has the same argmax over its last axis
+    in ``got`` as in ``ref`` (per batch, lists of outputs): the original's top-1 kept, for a
+    classifier; None when the first output has no class axis to compare."""
+    same = total = 0
+    for r, o in zip(ref, got):
+        if not r or not o:
+            continue
+        r0, o0 = np.asarray(r[0]), np.asarray(o[0])
+        if r0.shape != o0.shape or r0.ndim < 2 or r0.shape[-1] < 2:
+            return None
+        same += int(np.sum(r0.argmax(-1) == o0.argmax(-1)))
+        total += int(np.prod(r0.shape[:-1]))
+    return same / total if total else None

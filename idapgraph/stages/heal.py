@@ -35,6 +35,11 @@ def heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
     rep = heal_pass.HealReport(method=mode)
     if mode == "lsq":
         return reconstruct(a, pruned, rewrite, batches, rep)
+    if mode == "bn":
+        if heal_pass.norm_sites(g):
+            return renormalize(a, pruned, batches, rep)
+        rep.notes.append("no BatchNorm with running statistics: least-squares refit instead")
+        return reconstruct(a, pruned, rewrite, batches, rep)
     sites = heal_pass.sites(g, rewrite) if mode == "stats" else []
     # measured on the MNIST CNN at 0.5 FLOPs: matching alone 92.6 %, compensation then matching
     # 63.7 %, compensation alone 15.8 % -- so the modes do not stack
@@ -66,6 +71,61 @@ def heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
     rep.error_after = error(current)
     rep.kept = rep.error_after <= rep.error_before
     return (current if rep.kept else pruned), rep
+
+
+def renormalize(a: Analysis, pruned, batches, rep):
+    """BatchNorm re-estimation: every BatchNorm's running mean and variance recomputed from the
+    pruned model's own activations on the calibration data, in topological order (each sees
+    the statistics set before it), as a forward pass in train mode with ``momentum=None`` does
+    in torch. Not the default: on the pretrained CIFAR-10 ResNet-56 (tools/cifar_accuracy.py,
+    260 class-balanced calibration images, 9,740 held out; original 83.16 %) it keeps 80.27 % at
+    0.7 FLOPs and 71.27 % at 0.5, against lsq's 81.41 % and 76.23 % (and lsq followed by it:
+    80.17 %, 75.94 %); it beats no healing (64.84 %, 31.08 %) and Torch-Pruning L2 + the same
+    re-estimation (78.12 %, 65.05 %). Its logits can be further from the original's than the
+    unhealed model's while its top-1 is far better, so it is kept where it lowers the output
+    error or, for a classifier, raises the share of calibration samples
+    whose top-1 class is the original's."""
+    m = a.model
+    _, ref_out = m.reference(batches, set())
+    before = m.run(pruned, [], batches, None, outputs=True)
+    rep.error_before = m.error_of(batches, before)
+    step = m.stepper(pruned, batches)
+    current = _reestimate(a, pruned, step, batches, rep)
+    after = step.results() if step is not None else m.run(current, [], batches, None,
+                                                          outputs=True)
+    rep.error_after = m.error_of(batches, after)
+    agree = heal_pass.agreement(ref_out, before), heal_pass.agreement(ref_out, after)
+    rep.notes.append(f"BatchNorm statistics re-estimated at {rep.layers} layers")
+    if agree[0] is not None and agree[1] is not None:
+        rep.notes.append("calibration top-1 agreement with the original %.4f -> %.4f" % agree)
+    rep.kept = rep.error_after <= rep.error_before or (
+        agree[0] is not None and agree[1] is not None and agree[1] > agree[0])
+    return (current if rep.kept else pruned), rep
+
+
+def _reestimate(a: Analysis, pruned, step, batches, rep):
+    """The BatchNorms of ``pruned`` re-estimated in order, stepping ``step`` (None: one
+    calibration pass per BatchNorm); returns the model."""
+    m = a.model
+    current = step.model if step is not None else pruned
+    for s in heal_pass.norm_sites(a.graph):
+        stats = heal_pass.ChannelStats({(s.x, 1)})
+        if step is not None:
+            for x in step.advance_to(s.x):
+                stats({s.x: x})
+        else:
+            m.run(current, stats.tensors, batches, stats)
+        new = heal_pass.reestimated(s, stats, m.get_param(current, s.mean),
+                                    m.get_param(current, s.var))
+        if new is None:
+            continue
+        if step is not None:
+            m.apply_params(step, new, {})
+        else:
+            current = m.set_params(current, new, {})
+        rep.layers += 1
+        rep.corrections.append({"layer": s.node, "kind": "renorm"})
+    return current
 
 
 def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep):
