@@ -94,6 +94,13 @@ def pretrained(depth: int) -> CifarResNet:
     return model.eval()
 
 
+def balanced(n: int) -> list[int]:
+    """``n`` test-image indices, the same number from every class (the stored test set is
+    sorted by class, 1,000 images each: its first images are all airplanes)."""
+    per = -(-n // 10)
+    return [c * 1000 + i for i in range(per) for c in range(10)][:n]
+
+
 def images(index) -> tuple[np.ndarray, np.ndarray]:
     """Test images ``index`` (a range or array) as normalised float32 NCHW, and their labels."""
     with np.load(DATA / "cifar10-test" / "cifar10_test.npz") as d:

