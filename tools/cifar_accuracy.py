@@ -2,13 +2,14 @@
 idapgraph (defaults, and other options), and Torch-Pruning 1.6 (L2 MetaPruner, global ranking)
 at matched FLOPs with and without BatchNorm re-estimation. Prints a Markdown table.
 
-    python tools/cifar_accuracy.py [--eval 1000:10000] [--targets 0.7,0.5] [--rows all]
+    python tools/cifar_accuracy.py [--eval 0:10000] [--calib balanced] [--targets 0.7,0.5]
+                                   [--rows all]
 
-Calibration: test images 0..255; evaluation: test images 1000..9999 (default), never the
-calibration images. NB the stored test set is sorted by class: images 0..999 are all class 0
-(airplane), so that calibration set holds one class and that evaluation set the other nine.
-``--calib balanced`` instead calibrates on the first 26 images of every class (i*1000 ..
-i*1000+25, 260 images) and evaluates on the rest of ``--eval`` (those removed). FLOPs kept are idapgraph's count (1 MAC = 1 FLOP).
+Calibration (default ``balanced``): the first 26 images of every class (i*1000 .. i*1000+25,
+260 images); evaluation: the rest of ``--eval`` (9,740 images by default), never a calibration
+image. NB the stored test set is sorted by class (images 0..999 are all airplanes), so a
+calibration range such as ``--calib 0:256`` holds one class (split A of BENCHMARKS.md:
+``--calib 0:256 --eval 1000:10000``). FLOPs kept are idapgraph's count (1 MAC = 1 FLOP).
 """
 
 from __future__ import annotations
@@ -56,16 +57,18 @@ def pad_shortcut_ignored(model) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--eval", default="1000:10000")
+    ap.add_argument("--eval", default="0:10000")
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--rows", default="all",
                     help="comma list of: orig,idap,none,bn,mag,tp or all")
-    ap.add_argument("--calib", default="0:256", help="lo:hi, or 'balanced'")
+    ap.add_argument("--calib", default="balanced",
+                    help="'balanced' (26 images of every class), or lo:hi (NB: the test file is "
+                         "sorted by class, so 0:256 is 256 airplanes)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     lo, hi = (int(v) for v in args.eval.split(":"))
     if args.calib == "balanced":
-        cal = [c * 1000 + i for c in range(10) for i in range(26)]
+        cal = cifar_resnet.balanced(260)
         ev = sorted(set(range(lo, hi)) - set(cal))
     else:
         cal, ev = range(*(int(v) for v in args.calib.split(":"))), range(lo, hi)

@@ -98,7 +98,7 @@ def balanced(n: int) -> list[int]:
     """``n`` test-image indices, the same number from every class (the stored test set is
     sorted by class, 1,000 images each: its first images are all airplanes)."""
     per = -(-n // 10)
-    return [c * 1000 + i for i in range(per) for c in range(10)][:n]
+    return sorted([c * 1000 + i for i in range(per) for c in range(10)][:n])
 
 
 def images(index) -> tuple[np.ndarray, np.ndarray]:
