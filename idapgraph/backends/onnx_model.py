@@ -102,7 +102,7 @@ class OnnxModel(Model):
         shapes. Those are the ones shape inference gave the source (its IR) when the run
         matches them; only otherwise is the source run too (once), to tell a wrong inference
         from a changed output: a second onnxruntime session on a graph of the same size."""
-        from ..emit.validate import check_onnx, check_shapes, example_feeds, run_onnx
+        from ..emit.validate import check_onnx, check_shapes, example_feeds, run_unoptimised
         from ..runners.onnx_stepper import run_large
 
         got = check_onnx(model, run_large=run_large)
@@ -111,11 +111,8 @@ class OnnxModel(Model):
                 got == [tuple(s) for s in inferred]:
             return
         if self.output_shapes is None:
-            feeds = example_feeds(self.source)
-            outs = run_large(self.source, feeds)
-            if outs is None:
-                outs = run_onnx(self.source, feeds, optimize=False)
-            self.output_shapes = [o.shape for o in outs]
+            self.output_shapes = [o.shape for o in run_unoptimised(
+                self.source, example_feeds(self.source), run_large)]
         check_shapes(got, self.output_shapes)
 
     def stamp(self, model, key: str, value) -> None:

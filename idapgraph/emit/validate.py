@@ -78,6 +78,15 @@ def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
     return session(model, optimize=optimize, serialized=serialized).run(None, feeds)
 
 
+def run_unoptimised(model: onnx.ModelProto, feeds: dict[str, np.ndarray], run_large=None,
+                    serialized: bytes | None = None) -> list[np.ndarray]:
+    """The outputs of ``model`` on ``feeds`` without onnxruntime's optimisers: by segments
+    where ``run_large`` (see :func:`check_onnx`) gives them, else as one session."""
+    outs = run_large(model, feeds) if run_large is not None else None
+    return outs if outs is not None else run_onnx(model, feeds, optimize=False,
+                                                  serialized=serialized)
+
+
 def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None,
                run_large=None) -> list[tuple]:
     """Full ONNX checker + an onnxruntime run; output shapes must match ``output_shapes``.
@@ -101,10 +110,7 @@ def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None,
     except Exception as e:  # noqa: BLE001
         raise EmitError(f"rewritten model fails onnx.checker: {str(e).splitlines()[0]}") from e
     try:
-        feeds = example_feeds(model)
-        outs = run_large(model, feeds) if run_large is not None else None
-        if outs is None:
-            outs = run_onnx(model, feeds, optimize=False, serialized=data)
+        outs = run_unoptimised(model, example_feeds(model), run_large, serialized=data)
     except Exception as e:  # noqa: BLE001
         raise EmitError(f"rewritten model does not run in onnxruntime: {str(e).splitlines()[0]}") from e
     got = [tuple(o.shape) for o in outs]
