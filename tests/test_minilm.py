@@ -19,9 +19,10 @@ pytestmark = pytest.mark.skipif(not minilm.available(),
 
 # BENCHMARKS.md, "Sentence embeddings: pretrained all-MiniLM-L6-v2", the test's configuration
 # (32 calibration sentences, 200 evaluation ones; the benchmark's 128/256 take twice as long):
-# idap to 0.7 FLOPs, layers 2 and 1 bypassed, heal lsq: cosine 0.637 on both backends
+# idap to 0.7 FLOPs, layers 2 and 1 bypassed, heal lsq: cosine 0.795 (fx) / 0.799 (ONNX);
+# 0.637 on both before the ridge was chosen on held-out samples and every drifted layer refitted
 N_CAL, N_EVAL = 32, 200
-COSINE, COSINE_MARGIN = 0.637, 0.02
+COSINE, COSINE_MARGIN = 0.795, 0.02
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,9 @@ def test_minilm_two_layers_and_heads_both_backends(setup):
     print(f"MiniLM cosine to the original on {N_EVAL} sentences: fx {cf:.4f}, onnx {co:.4f}; "
           f"heads removed {removed_heads}/72, units {rf.report.units_removed}, "
           f"FLOPs kept {rf.report.flops_ratio:.3f}")
-    assert abs(cf - co) < 1e-3
+    # each layer's ridge is a discrete held-out choice, so a near tie may go either way on the
+    # two backends' float differences (measured: 0.0036 apart; identical before that choice)
+    assert abs(cf - co) < 6e-3
     assert cf >= COSINE - COSINE_MARGIN, cf  # the figure BENCHMARKS.md gives, less a margin
     # and the batch axis stays dynamic in the ONNX output
     assert ro.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param

@@ -42,6 +42,14 @@ class Model:
 
         return tmatmul(a, b)
 
+    @staticmethod
+    def solve(a, b):
+        """``a⁻¹ b`` for a symmetric positive definite float64 ``a`` (least-squares healing's
+        ridge fits)."""
+        from ..runners.gemm import solve
+
+        return solve(a, b)
+
     def emit(self, rewrite: Rewrite, mode: str = "remove") -> Any:
         raise NotImplementedError
 

@@ -1,0 +1,92 @@
+"""Least-squares reconstruction's ridge, chosen on calibration samples held out of each fit
+(pure numpy: :mod:`idapgraph.passes.reconstruct` on synthetic normal equations)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from idapgraph.passes import reconstruct as rc
+
+SITE = rc.Site("fc", "x", "y", "w", "b", None, 0, 1, None)
+
+
+def _normal(x: np.ndarray, y: np.ndarray, batch: int) -> rc.Normal:
+    targets = rc.Targets([SITE])
+    targets.batches = [{"y": y[i:i + batch]} for i in range(0, len(y), batch)]
+    normal = rc.Normal([SITE], targets, {})
+    for i in range(0, len(x), batch):
+        normal({"x": x[i:i + batch]})
+    return normal
+
+
+def _residual(w, b, x, y) -> float:
+    return float(np.sum((x @ w.T + b - y) ** 2) / np.sum(y ** 2))
+
+
+def test_more_features_than_samples_does_not_fit_the_noise():
+    """40 calibration samples, 200 features, targets = the current layer plus noise: a plain
+    least-squares fit reproduces the calibration targets and is worse on new samples; the
+    held-out choice leaves the layer (nearly) as it is."""
+    rng = np.random.default_rng(0)
+    w0, b0 = rng.normal(size=(10, 200)) / 14, np.zeros(10)
+    x, xn = rng.normal(size=(40, 200)), rng.normal(size=(400, 200))
+    noise = lambda n: 0.5 * rng.normal(size=(n, 10))  # noqa: E731
+    y, yn = x @ w0.T + noise(40), xn @ w0.T + noise(400)
+    normal = _normal(x, y, 40)  # one batch: split at its middle sample
+    assert [f.rows for f in normal.folds["fc"]] == [20, 20]
+    fit = rc.solve(SITE, normal, w0, b0, True)
+    total = _normal(x, y, 8).total("fc")  # the former fixed ridge, 1e-4 of the mean diagonal
+    plain = rc._ridge_fit(total, np.r_[w0.T, b0[None]], 1e-4 * rc._scale(total, 200), True)
+    assert _residual(plain[:200].T, plain[200], x, y) < 1e-3  # interpolates the calibration
+    assert _residual(plain[:200].T, plain[200], xn, yn) > 1.2 * _residual(w0, b0, xn, yn)
+    if fit is not None:
+        assert _residual(fit.weight, fit.intercept, xn, yn) <= 1.02 * _residual(w0, b0, xn, yn)
+
+
+def test_a_lost_channel_is_rebuilt_from_the_others():
+    """Channel 0 of the input was removed (its weight column zeroed here) but equals channel 1
+    plus channel 2 on the data: the fit moves its weight onto them, with new samples agreeing;
+    batches (of one sample here) alternate between the folds."""
+    rng = np.random.default_rng(1)
+    full = rng.normal(size=(300, 6))
+    full[:, 0] = full[:, 1] + full[:, 2]
+    w = rng.normal(size=(4, 6))
+    y = full @ w.T
+    x = full[:, 1:]
+    site = rc.Site("fc", "x", "y", "w", None, None, 0, 1, None)
+    targets = rc.Targets([site])
+    targets.batches = [{"y": y[i:i + 1]} for i in range(len(y))]
+    normal = rc.Normal([site], targets, {})
+    for i in range(len(x)):
+        normal({"x": x[i:i + 1]})
+    assert [f.rows for f in normal.folds["fc"]] == [150, 150]
+    fit = rc.solve(site, normal, w[:, 1:], None, True)
+    assert fit is not None and fit.residual_after < 1e-4 < fit.residual_before
+    xn = rng.normal(size=(50, 5))
+    yn = np.c_[xn[:, 0] + xn[:, 1], xn] @ w.T
+    assert _residual(fit.weight, fit.intercept, xn, yn) < 1e-4
+
+
+def test_layers_after_a_pruned_one_are_refitted_too():
+    """conv1's channels pruned: conv2 lost inputs, conv3 only sees drifted ones; both are sites
+    (only conv2 without ``drifted``), and compress's report records a refit of conv3."""
+    import torch
+
+    import idapgraph
+    from idapgraph.ir.plan import Plan
+    from idapgraph.passes import prune
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(16, 3, 8, 8)
+    a = idapgraph.analyze(net, (x[:1],))
+    plan = Plan(remove={"w0.out": [0, 1, 2]}, meta={"backend": a.graph.backend})
+    rewrite = prune.resolve(a.graph, a.coupling, plan)
+    conv = [n.name for n in a.graph if n.op == "conv"]
+    assert [s.node for s in rc.sites(a.graph, rewrite)] == conv[1:]
+    assert [s.node for s in rc.sites(a.graph, rewrite, drifted=False)] == conv[1:2]
+    res = idapgraph.compress(net, (x[:1],), plan=plan, calib=x.numpy())
+    refits = {c["layer"] for c in res.report.heal["corrections"] if c["kind"] == "refit"}
+    assert conv[2] in refits
