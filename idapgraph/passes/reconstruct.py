@@ -308,8 +308,8 @@ def _ridge(folds: list[Sums], theta0: np.ndarray, has_intercept: bool,
     factorisation of the Gram matrix, the cost of the whole refit on wide convs). With one
     fold empty (a single calibration sample): the smallest, unchecked. Measured:
     EfficientNet-Lite0's classifier (1,280 inputs, 200 calibration images) refitted with a
-    fixed small ridge reproduced the calibration logits (error 7e-10) and kept 7 % top-1 on
-    held-out images at 0.7 FLOPs."""
+    fixed small ridge reproduced the calibration logits (error 7e-10); the model kept 29.5 %
+    top-1 on held-out images at 0.8 FLOPs, 71.75 % with this choice."""
     fit_on, held = folds
     if min(fit_on.rows, held.rows) == 0:
         return RIDGES[0]
