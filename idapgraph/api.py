@@ -105,7 +105,7 @@ def latency(model, *, runs: int = 20, warmup: int = 5, threads: int = 1,
 
 
 def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = False,
-            min_keep: float = 0.1, round_to: int = 1, progress=None,
+            min_keep: float = 0.1, round_to: int | None = None, progress=None,
             table_path=None, provider: str = "cpu", dims: dict | None = None) -> dict[str, Any]:
     """Build (or, with ``refresh``, re-time) the onnxruntime latency tables ``latency=R`` reads
     for ``model``'s conv/linear layers at every channel count the selection may choose, cached

@@ -56,11 +56,16 @@ def layer_rows(rep: dict[str, Any], top: int = TOP_LAYERS) -> list[tuple[str, st
     return rows
 
 
+def _rounding(round_to) -> str:
+    if round_to is None:
+        return " (kept counts: multiples of 8 channels, the kernel-friendly default)"
+    return f" (kept counts rounded to {round_to})" if round_to > 1 else ""
+
+
 def notes(rep: dict[str, Any]) -> list[str]:
     """One-line facts under the table."""
     out = [f"groups pruned: {rep['groups_pruned']} of {rep['groups']}, units removed: "
-           f"{rep['units_removed']}" + (f" (kept counts rounded to {rep['round_to']})"
-                                        if rep.get("round_to", 1) > 1 else "")]
+           f"{rep['units_removed']}" + _rounding(rep.get("round_to"))]
     kept = [f for f in rep["frozen"] if f["reason"] == "kept by --keep"]
     out.append(f"frozen spots: {len(rep['frozen'])}"
                + (f" ({len(kept)} kept by --keep: {len(rep['kept_nodes'])} nodes)" if rep.get("keep")

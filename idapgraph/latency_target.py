@@ -40,9 +40,11 @@ def table_for(threads: int, path=None, provider: str = CPU) -> DiskTable:
     return DiskTable(clock.current().machine(threads, provider), path)
 
 
-def grid(round_to: int) -> dict:
-    """The option grid's channel steps for a ``round_to`` (see :func:`lat.group_options`)."""
-    return {"quantum": max(8, round_to), "finest": max(4, round_to)}
+def grid(round_to: int | None) -> dict:
+    """The option grid's channel steps for a ``round_to`` (see :func:`lat.group_options`;
+    ``None``, the kernel-friendly default, is the grid's own 8-channel quantum)."""
+    r = round_to or 1
+    return {"quantum": max(8, r), "finest": max(4, r)}
 
 
 def latency_model(a, blocks, table: DiskTable, *, min_keep: float, quantum: int,

@@ -36,7 +36,8 @@ class CompressOptions:
     max_error: float | None = None  # bound on the calibration output error
     block_score: str = "relative"  # relative or influence
     block_kinds: Any = None  # residual, attention, mlp, layer (default all)
-    round_to: int = 1  # every pruned group keeps a multiple of this many units
+    round_to: int | None = None  # every pruned group keeps a multiple of this many units
+    # (None: of 8 channels, kernel-friendly; 1: exact counts)
     keep: Any = None  # node-name patterns never pruned
     progress: Callable | None = None  # progress(stage, step, total)
     finetune: Callable | None = None  # finetune(student, teacher), torch
@@ -137,7 +138,7 @@ class CompressOptions:
                 and 0 <= self.min_keep < 1):
             raise InputError("need steps >= 1, alpha >= 0, 0 < base <= 1 and 0 <= min_keep < 1")
         r = self.round_to
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
             raise InputError(f"round_to must be an integer >= 1, got {r!r}")
 
 

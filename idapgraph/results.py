@@ -31,7 +31,7 @@ class Report:
     block_scores: dict[str, float] = field(default_factory=dict)  # score of each when removed
     # elements of the mean-substitution constants stage 2 stored (included in params_after)
     params_constants: int = 0
-    round_to: int = 1
+    round_to: int | None = None  # None: the kernel-friendly default (multiples of 8 channels)
     keep: list[str] = field(default_factory=list)  # --keep patterns
     kept_nodes: list[str] = field(default_factory=list)  # IR nodes they matched
     layers: list[dict[str, Any]] = field(default_factory=list)  # changed conv/linear layers

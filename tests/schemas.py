@@ -47,7 +47,7 @@ COMPRESS = {
     "target": ({"flops": (float, None), "params": (float, None)},
                {"flops": None, "params": None, "latency": float}), "reached": bool,
     "latency_target": (None, LATENCY_TARGET),
-    "method": str, "calibration": str, "round_to": int,
+    "method": str, "calibration": str, "round_to": (int, None),
     "groups": int, "groups_pruned": int, "units_removed": int,
     "steps": [{"step": int, "fraction": float, "removed": int, "flops": int, "params": int}],
     "layers": [{"layer": str, "source": str, "channels_before": int, "channels_after": int,

@@ -71,11 +71,37 @@ def test_round_to_keeps_multiples(onnx_model, method, base):
         assert len(res.report.steps) > 1  # the schedule ran steps, each rounded
 
 
-def test_round_to_without_it_gives_other_counts(onnx_model):
-    """The rounding is what makes the counts multiples (round_to=1 does not)."""
-    res = _compress(onnx_model, flops=0.5, method="magnitude", heal="none")
+def test_round_to_one_gives_other_counts(onnx_model):
+    """The rounding is what makes the counts multiples (round_to=1, exact counts, does not)."""
+    res = _compress(onnx_model, flops=0.5, method="magnitude", heal="none", round_to=1)
     kept = [res.plan.units[k] - len(v) for k, v in res.plan.remove.items()]
     assert any(k % 8 for k in kept)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "idap"])
+def test_default_keeps_multiples_of_8_channels(onnx_model, method):
+    """Without ``round_to`` every pruned group keeps a multiple of 8 channels (onnxruntime's
+    blocked CPU kernels; see select.KERNEL_CHANNELS), and the target is still met."""
+    res = _compress(onnx_model, flops=0.5, method=method, heal="none")
+    assert res.report.round_to is None and res.report.reached and res.plan.remove
+    for key, units in res.plan.remove.items():
+        kept = res.plan.units[key] - len(units)
+        assert kept % select.KERNEL_CHANNELS == 0 and kept > 0, (key, kept)
+
+
+def test_default_quanta_count_channels_not_units():
+    """The default quantum is 8 channels: 8 units of one channel, one attention head of 32
+    (heads prune one at a time), and a group no wider than 8 channels keeps any count."""
+    from zoo import build
+
+    model, args = build("hf_bert")
+    coupling = idapgraph.analyze(model, args).coupling
+    q = select.unit_quanta(coupling)
+    widths = [g.members[0].index.shape[1] for g in coupling.groups]
+    assert {w: int(v) for w, v in zip(widths, q) if w == 32} == {32: 1}
+    assert all(int(v) == 8 for w, g, v in zip(widths, coupling.groups, q)
+               if w == 1 and g.n_units > 8)
+    assert (select.unit_quanta(coupling, 4) == 4).all()
 
 
 def test_round_to_larger_than_groups_leaves_them_whole(onnx_model):
@@ -84,7 +110,7 @@ def test_round_to_larger_than_groups_leaves_them_whole(onnx_model):
 
 
 def test_round_to_rejects_bad_values(onnx_model):
-    for bad in (0, -8, 2.5, True):
+    for bad in (0, -8, 2.5, True, "8"):
         with pytest.raises(idapgraph.InputError):
             idapgraph.compress(onnx_model, flops=0.5, round_to=bad)
 

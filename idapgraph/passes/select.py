@@ -4,6 +4,7 @@ the FLOPs / parameter target is met (in one shot, or one step of an iterative sc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,30 @@ def schedule_fraction(step: int, *, base: float, steps: int, alpha: float) -> fl
     return min(1.0, base * (1 + step / steps) ** alpha)
 
 
+#: The default channel quantum: a pruned group keeps a multiple of this many channels
+#: (onnxruntime's CPU convolutions run blocked, NCHWc, only on such counts: EfficientNet-Lite0
+#: at 0.7 of the FLOPs ran 2.0x the original's time with exact counts, 0.58x with multiples of
+#: 8; BENCHMARKS.md "Kernel-friendly channel counts").
+KERNEL_CHANNELS = 8
+
+
+def unit_quanta(coupling: Coupling, round_to: int | None = None) -> np.ndarray:
+    """Per group, the multiple of units a pruned group keeps: ``round_to`` for every group, or
+    (``None``, the default) the fewest units spanning a multiple of :data:`KERNEL_CHANNELS`
+    channels in every member (8 units of one channel, 1 attention head of 32); a group no wider
+    than that quantum keeps any count."""
+    if round_to is not None:
+        return np.full(len(coupling.groups), round_to, dtype=np.int64)
+    out = []
+    for g in coupling.groups:
+        q = 1
+        for m in g.members:
+            w = int(m.index.shape[1])
+            q = math.lcm(q, KERNEL_CHANNELS // math.gcd(KERNEL_CHANNELS, max(w, 1)))
+        out.append(1 if g.n_units <= q else q)
+    return np.asarray(out, dtype=np.int64)
+
+
 def min_kept(n: int, min_keep: float = 0.1, round_to: int = 1) -> int:
     """The fewest units a group of ``n`` may keep: ``max(1, ceil(min_keep·n))`` rounded up to a
     multiple of ``round_to``, never below ``round_to`` and never more than ``n``."""
@@ -43,15 +68,15 @@ def rounded_keep(kept: int, round_to: int) -> int:
 def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
            flops: float | None = None, params: float | None = None, min_keep: float = 0.1,
            removed: Plan | None = None, max_new: int | None = None,
-           round_to: int = 1) -> Selection:
+           round_to: int | None | Sequence[int] = 1) -> Selection:
     """Remove the lowest-scoring units (global ranking) until ``flops``/``params`` (fractions of
     the original to keep) are met, on top of the units ``removed`` already, adding at most
     ``max_new``. Every group keeps at least :func:`min_kept` units, and a pruned group keeps a
-    multiple of ``round_to`` (a group of at most ``round_to`` units is left whole); ``max_new``
-    then counts units actually removed, and a step that would remove none takes the smallest
-    whole rounding step instead."""
-    if not (isinstance(round_to, (int, np.integer)) and round_to >= 1):
-        raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+    multiple of ``round_to`` (a group of at most ``round_to`` units is left whole; ``None``: of
+    :func:`unit_quanta`'s kernel-friendly counts; a sequence: one multiple per group);
+    ``max_new`` then counts units actually removed, and a step that would remove none takes the
+    smallest whole rounding step instead."""
+    round_to = _quanta(coupling, round_to)
     base = cost_pass.count(graph)
     prev = {k: set(v) for k, v in (removed.remove if removed else {}).items()}
     g_cls = [[(coupling.space_class[m.spaces[0]], m.index.shape[1]) for m in g.members]
@@ -95,7 +120,7 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
 
 def _candidates(coupling: Coupling, scores: list[np.ndarray], prev: dict[str, set],
                 g_cls: list[list[tuple[int, int]]], min_keep: float,
-                round_to: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                round_to: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indices removed per space class by ``prev``, group and unit of every removable candidate
     in global order: lowest score first, ties by group then unit)."""
     base_removed = np.zeros(len(coupling.class_size), dtype=np.int64)
@@ -104,7 +129,7 @@ def _candidates(coupling: Coupling, scores: list[np.ndarray], prev: dict[str, se
         already = prev.get(g.key, set())
         for c, n in g_cls[gi]:
             base_removed[c] += n * len(already)
-        room = g.n_units - min_kept(g.n_units, min_keep, round_to) - len(already)
+        room = g.n_units - min_kept(g.n_units, min_keep, int(round_to[gi])) - len(already)
         order = [u for u in np.argsort(s, kind="stable") if int(u) not in already][:max(room, 0)]
         order = np.asarray(order, dtype=np.int64)
         cand_score.append(s[order])
@@ -119,12 +144,24 @@ def _candidates(coupling: Coupling, scores: list[np.ndarray], prev: dict[str, se
     return base_removed, cg[order], cu[order]
 
 
+def _quanta(coupling: Coupling, round_to) -> np.ndarray:
+    """``round_to`` as one multiple per group (see :func:`select`), checked."""
+    if round_to is None or isinstance(round_to, (int, np.integer)):
+        if round_to is not None and not round_to >= 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+        return unit_quanta(coupling, None if round_to is None else int(round_to))
+    q = np.asarray(round_to, dtype=np.int64)
+    if q.shape != (len(coupling.groups),) or (q < 1).any():
+        raise ValueError(f"round_to needs one integer >= 1 per group, got {round_to!r}")
+    return q
+
+
 def _taken(groups: np.ndarray, n_units: np.ndarray, n_prev: np.ndarray,
-           round_to: int) -> np.ndarray:
+           round_to: np.ndarray) -> np.ndarray:
     """Units each group loses when the candidates of ``groups`` (their groups) are chosen, after
-    rounding what it keeps up to a multiple of ``round_to``."""
+    rounding what it keeps up to a multiple of its ``round_to``."""
     picked = np.bincount(groups.astype(np.int64), minlength=len(n_units))[:len(n_units)]
-    if round_to == 1:
+    if (round_to == 1).all():
         return picked
     kept = n_units - n_prev - picked
     kept = np.where(picked > 0, np.minimum(n_units - n_prev,
