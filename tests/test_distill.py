@@ -59,6 +59,19 @@ def test_distill_brings_the_student_towards_the_teacher(pair):
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_t.items())
 
 
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_batchnorm_statistics_follow_bn_mode(pair, bn):
+    """``bn="frozen"`` keeps the healed running statistics; ``"train"`` (default) updates them."""
+    teacher, small, x = pair
+    student = copy.deepcopy(small)
+    stats = lambda m: [b.running_mean.clone() for b in m.modules()  # noqa: E731
+                       if isinstance(b, nn.BatchNorm2d)]
+    before = stats(student)
+    distill(student, teacher, x, steps=3, batch=16, bn=bn)
+    same = all(torch.equal(a, b) for a, b in zip(before, stats(student)))
+    assert before and same == (bn == "frozen")
+
+
 def test_distill_is_reproducible_with_a_step_budget(pair):
     teacher, small, x = pair
     a, b = copy.deepcopy(small), copy.deepcopy(small)
@@ -75,7 +88,7 @@ def test_flip_crop_keeps_shape_and_content_scale():
 
 
 @pytest.mark.parametrize("bad", [{"seconds": 0}, {"steps": 0}, {"batch": 0, "steps": 1},
-                                 {"loss": "l7", "steps": 1}])
+                                 {"loss": "l7", "steps": 1}, {"bn": "fused", "steps": 1}])
 def test_distill_rejects_bad_arguments(pair, bad):
     teacher, small, x = pair
     with pytest.raises(ValueError):

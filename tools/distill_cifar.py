@@ -7,7 +7,7 @@ idapgraph defaults against Torch-Pruning (L2, matched FLOPs), the same distillat
 Images (the stored CIFAR-10 test set; no training set is shipped): the first 100 of every class
 (1,000) are the unlabelled distillation set, the first 26 of every class among them (260)
 calibrate ``compress``, the other 9,000 evaluate. Distillation: :func:`idapgraph.finetune.distill`
-(KD loss at T=4 on the original's logits, SGD + Nesterov, lr 0.02 on a cosine over the time
+(KD loss at T=4 on the original's logits, SGD + Nesterov, lr 0.005 on a cosine over the time
 budget, random crop + flip, batch 64), top-1 measured at each checkpoint of the one run (the
 clock paused while evaluating). Prints a Markdown table.
 """
@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", default="2,5", help="minutes at which top-1 is measured")
     ap.add_argument("--rows", default="idap,tp")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bn", default="train", help="train or frozen (distill's bn=)")
+    ap.add_argument("--lr", type=float, default=0.005)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pool = cifar_resnet.balanced(1000)
@@ -69,7 +71,7 @@ def main() -> None:
                 continue
             before = top1(small)
             h = distill(small, model, xd, seconds=args.minutes * 60, augment=flip_crop(),
-                        evaluate=top1, checkpoints=marks)
+                        evaluate=top1, checkpoints=marks, bn=args.bn, lr=args.lr)
             cps = " | ".join(f"{a:.2f}" for _, a in h.checkpoints)
             print(f"| {name} @ {target} | {flops(small, ex) / base:.3f} | {before:.2f} | {cps} | "
                   f"{h.final:.2f} | {h.steps} |", flush=True)

@@ -173,8 +173,10 @@ def stage_clock() -> dict[str, list[float]]:
 
 
 def plot(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[float, float]]],
-         original: float | None = None) -> Path:
-    """One line per method: metric against FLOPs kept. A small PNG."""
+         original: float | None = None, xlabel: str = "FLOPs kept",
+         xlim: tuple[float, float] | None = (1.02, 0.25)) -> Path:
+    """One line per method: metric against FLOPs kept (or ``xlabel``; ``xlim`` None: matplotlib
+    chooses). A small PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +189,7 @@ def plot(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[float
         if not pts:
             continue
         ft = "FT" in name
-        style, marker = (("--", "s") if name.startswith("TP") else
+        style, marker = (("--", "s") if name.startswith(("TP", "Torch-Pruning")) else
                          ("--", "^") if name.startswith("onnxsim") else
                          (":", "D") if name.startswith("layer") else ("-", "o"))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style if not ft else "-.",
@@ -195,10 +197,11 @@ def plot(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[float
                 label=name)
     if original is not None:
         ax.axhline(original, color="grey", lw=0.8, ls=":", label="original")
-    ax.set_xlabel("FLOPs kept")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.set_xlim(1.02, 0.25)  # FLOPs kept falls to the right
+    if xlim is not None:
+        ax.set_xlim(*xlim)  # FLOPs kept falls to the right
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()

@@ -34,7 +34,7 @@ PROBE, CALIB = 8000, 256
 def phrases(path: Path) -> tuple[list[str], np.ndarray]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [r["sentence"] for r in rows], np.array([int(r["label"]) for r in rows])
+    return [r["text"] for r in rows], np.array([int(r["label"]) for r in rows])
 
 
 def splits():
