@@ -69,7 +69,7 @@ class Task:
         from helpers import export_onnx
 
         return m if not isinstance(m, torch.nn.Module) else export_onnx(
-            _Wrap(m).eval(), self.ex, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+            _wrapped(m).eval(), self.ex, input_names=["x"], dynamic_axes={"x": {0: "n"}})
 
     def row(self, t: Table, target, name: str, m, seconds: float) -> tuple[float, float]:
         """Add a row; returns (latency ratio, top-1)."""
@@ -84,24 +84,19 @@ class Task:
         return got / base, acc
 
 
-def _wrap_cls():
+def _wrapped(m):
+    """An fx GraphModule inside a plain module (the TorchScript exporter reads ``.graph``)."""
     import torch
 
     class Wrap(torch.nn.Module):
-        """An fx GraphModule inside a plain module: the TorchScript exporter reads ``.graph``."""
-
-        def __init__(self, m) -> None:
+        def __init__(self) -> None:
             super().__init__()
             self.m = m
 
         def forward(self, x):
             return self.m(x)
 
-    return Wrap
-
-
-def _Wrap(m):  # noqa: N802 - a class built on first use (torch imported lazily)
-    return _wrap_cls()(m)
+    return Wrap()
 
 
 def _ours(task: Task, target: float, quick: bool):
