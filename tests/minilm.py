@@ -66,8 +66,8 @@ def sentences(n: int, skip: int = 0) -> list[str]:
     return out[skip:skip + n]
 
 
-def tokens(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    b = tokenizer(texts, padding="max_length", max_length=SEQ, truncation=True, return_tensors="np")
+def tokens(tokenizer, texts: list[str], seq: int = SEQ) -> tuple[np.ndarray, np.ndarray]:
+    b = tokenizer(texts, padding="max_length", max_length=seq, truncation=True, return_tensors="np")
     return b["input_ids"].astype(np.int64), b["attention_mask"].astype(np.int64)
 
 

@@ -48,7 +48,7 @@ def flip_crop(pad: int = 4) -> Callable:
     return augment
 
 
-def _train_mode(model, bn: str) -> None:
+def train_mode(model, bn: str) -> None:
     """Train mode, BatchNorm layers back in eval mode unless ``bn == "train"``."""
     import torch
 
@@ -104,7 +104,7 @@ def distill(student, teacher, inputs, *, seconds: float | None = 600.0,
     def progress() -> float:
         return hist.steps / steps if steps is not None else hist.seconds / seconds
 
-    _train_mode(student, bn)
+    train_mode(student, bn)
     while progress() < 1:
         t0 = time.perf_counter()
         for g in opt.param_groups:
@@ -123,7 +123,7 @@ def distill(student, teacher, inputs, *, seconds: float | None = 600.0,
             pending.pop(0)
             student.eval()
             hist.checkpoints.append((hist.seconds, float(evaluate(student))))
-            _train_mode(student, bn)
+            train_mode(student, bn)
     student.eval()
     if evaluate is not None:
         hist.final = float(evaluate(student))

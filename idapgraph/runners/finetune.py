@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .distill import train_mode
+
 
 def _split(batch, has_loss: bool) -> tuple[tuple, Any]:
     """(inputs, targets or None) of one batch: ``x``, ``(x, y)`` or ``((x1, x2), y)``."""
@@ -57,10 +59,7 @@ def distill(data, loss: Callable | None = None, *, epochs: int = 1, lr: float = 
 
         torch.manual_seed(seed)
         teacher.eval()
-        student.train()
-        for m in student.modules():  # BatchNorm statistics stay as healed
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        train_mode(student, "frozen")  # BatchNorm statistics stay as healed
         opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
         for _ in range(epochs):
             for i, batch in enumerate(data):

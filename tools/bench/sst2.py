@@ -47,12 +47,6 @@ def splits():
     return ([train[i] for i in probe], y_train[probe], [train[i] for i in cal], dev, y_dev)
 
 
-def tokens(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    b = tokenizer(texts, padding="max_length", max_length=SEQ, truncation=True,
-                  return_tensors="np")
-    return b["input_ids"].astype(np.int64), b["attention_mask"].astype(np.int64)
-
-
 def run(quick: bool, out: Path) -> Section:
     import minilm
     import torch
@@ -66,7 +60,7 @@ def run(quick: bool, out: Path) -> Section:
     torch.set_num_threads(2)  # embedding 8,000 phrases once; latency stays at 1 thread
     model, tok = minilm.load()
     probe_x, probe_y, cal_x, dev_x, dev_y = splits()
-    probe_t, cal, dev = tokens(tok, probe_x), tokens(tok, cal_x), tokens(tok, dev_x)
+    probe_t, cal, dev = (minilm.tokens(tok, t, SEQ) for t in (probe_x, cal_x, dev_x))
     example = (torch.from_numpy(dev[0][:2]), torch.from_numpy(dev[1][:2]))
     axes = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
 
