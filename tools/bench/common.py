@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-for p in (str(ROOT), str(ROOT / "tests")):
+for p in (str(ROOT), str(ROOT / "tests"), str(ROOT / "tools")):
     if p not in sys.path:
         sys.path.insert(0, p)
 

@@ -55,7 +55,6 @@ def _build(model: str):
 
         return scale_models.build(int(model.split(":")[1])), None
     if model.startswith("cifar:"):
-        sys.path.insert(0, str(common.ROOT / "tools"))
         import cifar_resnet
 
         spec = model.split(":")[1]

@@ -16,7 +16,6 @@ median / original median (< 1: faster).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ TARGETS = (0.7, 0.5, 0.3)
 
 
 def _cifar(depth: int):
-    sys.path.insert(0, str(common.ROOT / "tools"))
     import cifar_resnet
     import torch
 
