@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compress_method(c)
     _compress_output(c)
     _other_commands(sub)
+    _distill_command(sub)
     return p
 
 
@@ -186,6 +187,26 @@ def _other_commands(sub) -> None:
                         "demo calibrates on random inputs and measures no accuracy")
 
 
+def _distill_command(sub) -> None:
+    d = sub.add_parser("distill", help="recover accuracy: train a compressed ONNX model to "
+                       "reproduce the original on unlabelled inputs (ONNX in, ONNX out)")
+    d.add_argument("input", help="the compressed .onnx (the student)")
+    d.add_argument("--teacher", required=True, help="the original .onnx")
+    d.add_argument("--data", required=True, metavar="FILE.npz",
+                   help="unlabelled inputs: the array named as the model's input, or the only one")
+    d.add_argument("-o", "--output", required=True, help="where the distilled .onnx goes")
+    budget = d.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=5.0,
+                        help="training time (default 5; the clock stops while evaluating)")
+    budget.add_argument("--steps", type=_at_least(1), help="optimiser steps instead of a time")
+    d.add_argument("--batch", type=_at_least(1), default=64)
+    d.add_argument("--lr", type=float, default=3e-4, help="Adam's learning rate (default 3e-4)")
+    d.add_argument("--loss", choices=["kd", "mse"], default="kd",
+                   help="kd: class scores (default); mse: any other output")
+    d.add_argument("--flip-crop", type=_at_least(0), default=None, metavar="PAD",
+                   help="augment images with random flips and crops of PAD-pixel padding")
+
+
 def _at_least(low: int):
     def count(text: str) -> int:
         try:
@@ -275,6 +296,26 @@ def cmd_compress(args) -> int:
         print_compress(rep, human)
     if args.json:
         print(json.dumps(rep, indent=2))
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from . import save
+    from .finetune import distill_onnx, flip_crop
+
+    out = _writable(args.output, args.input)
+    if Path(args.teacher).resolve() == out.resolve():
+        raise _UserError(f"output {out} is the teacher: choose another path")
+    if not (args.minutes > 0 and args.lr > 0):
+        raise _UserError("--minutes and --lr must be > 0")
+    budget = {"steps": args.steps} if args.steps else {"seconds": 60 * args.minutes}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuned, hist = distill_onnx(
+            args.input, args.teacher, args.data, batch=args.batch, lr=args.lr, loss=args.loss,
+            augment=None if args.flip_crop is None else flip_crop(args.flip_crop), **budget)
+    save(tuned, out)
+    print(f"distilled {hist.steps} steps in {hist.seconds:.0f} s -> {out}")
     return 0
 
 
@@ -372,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_diff(args)
         if args.cmd == "profile":
             return cmd_profile(args)
+        if args.cmd == "distill":
+            return cmd_distill(args)
         if args.cmd == "demo":
             from . import run_demo
 

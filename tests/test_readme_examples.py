@@ -62,8 +62,10 @@ def test_cli_example(workdir, capsys):
         assert argv[0] == "idapgraph"
         assert cli.main(argv[1:]) == 0, line
     out = capsys.readouterr().out
-    again = json.loads(out[out.index("{\n"):])
+    again = json.loads(out[out.index("{\n"):out.rindex("\n}") + 2])
     assert again["flops_ratio"] <= 0.5 + 1e-3 and again["output"].endswith("again.onnx")
+    assert "distilled 10 steps" in out
+    onnx.checker.check_model(onnx.load(tmp / "tuned.onnx"), full_check=True)
     for f in ("small.onnx", "plan.json", "again.onnx"):
         assert (tmp / f).is_file()
     assert (tmp / "model.onnx").read_bytes() == proto.SerializeToString()

@@ -1,7 +1,7 @@
 """Short CPU distillation after training-free compression: pretrained CIFAR-10 ResNet-56,
 idapgraph defaults against Torch-Pruning (L2, matched FLOPs), the same distillation for both.
 
-    python tools/distill_cifar.py [--targets 0.5,0.3] [--minutes 10] [--rows idap,tp]
+    python tools/distill_cifar.py [--targets 0.5,0.3] [--minutes 10] [--rows idap,tp,onnx]
                                   [--checkpoints 2,5] [--threads 2]
 
 Images (the stored CIFAR-10 test set; no training set is shipped): the first 100 of every class
@@ -9,7 +9,10 @@ Images (the stored CIFAR-10 test set; no training set is shipped): the first 100
 calibrate ``compress``, the other 9,000 evaluate. Distillation: :func:`idapgraph.finetune.distill`
 (KD loss at T=4 on the original's logits, SGD + Nesterov, lr 0.005 on a cosine over the time
 budget, random crop + flip, batch 64), top-1 measured at each checkpoint of the one run (the
-clock paused while evaluating). Prints a Markdown table.
+clock paused while evaluating). Row ``onnx``: the ONNX route end to end -- the original exported
+to ONNX, compressed as ONNX, distilled by :func:`idapgraph.finetune.distill_onnx` (onnx2torch
+conversion, Adam lr 3e-4, the same augmentation and budget) and exported back; its final top-1
+is the returned ONNX model's, in onnxruntime. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from bench.peers import torch_pruning  # noqa: E402
 from cifar_accuracy import pad_shortcut_ignored  # noqa: E402
 
 import idapgraph  # noqa: E402
-from idapgraph.finetune import distill, flip_crop  # noqa: E402
+from idapgraph.emit.validate import session  # noqa: E402
+from idapgraph.finetune import distill, distill_onnx, flip_crop  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +41,7 @@ def main() -> None:
     ap.add_argument("--targets", default="0.5,0.3")
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--checkpoints", default="2,5", help="minutes at which top-1 is measured")
-    ap.add_argument("--rows", default="idap,tp")
+    ap.add_argument("--rows", default="idap,tp", help="comma list of idap, tp, onnx")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bn", default="train", help="train or frozen (distill's bn=)")
     ap.add_argument("--lr", type=float, default=0.005)
@@ -55,7 +59,11 @@ def main() -> None:
     base = flops(model, ex)
 
     def top1(m) -> float:
-        return 100 * cifar_resnet.accuracy(m, xe, ye)
+        if isinstance(m, torch.nn.Module):
+            return 100 * cifar_resnet.accuracy(m, xe, ye)
+        s = session(m, threads=args.threads)
+        pred = s.run(None, {s.get_inputs()[0].name: xe})[0].argmax(1)
+        return 100 * float((pred == ye).mean())
 
     marks = [float(v) * 60 for v in args.checkpoints.split(",") if v]
     print(f"distillation {len(xd)} images, calibration {len(xc)}, evaluation {len(xe)}; "
@@ -69,11 +77,17 @@ def main() -> None:
             if small is None:
                 print(f"| {name} @ {target} | failed | | |")
                 continue
-            before = top1(small)
-            h = distill(small, model, xd, seconds=args.minutes * 60, augment=flip_crop(),
-                        evaluate=top1, checkpoints=marks, bn=args.bn, lr=args.lr)
+            on_torch = isinstance(small, torch.nn.Module)
+            before, kept = top1(small), flops(small, ex if on_torch else None) / base
+            budget = {"seconds": args.minutes * 60, "augment": flip_crop(), "evaluate": top1,
+                      "checkpoints": marks}
+            if row == "onnx":
+                small, h = distill_onnx(small, _proto(model, ex), xd, **budget)
+                h.final = top1(small)  # the exported ONNX model's, in onnxruntime
+            else:
+                h = distill(small, model, xd, bn=args.bn, lr=args.lr, **budget)
             cps = " | ".join(f"{a:.2f}" for _, a in h.checkpoints)
-            print(f"| {name} @ {target} | {flops(small, ex) / base:.3f} | {before:.2f} | {cps} | "
+            print(f"| {name} @ {target} | {kept:.3f} | {before:.2f} | {cps} | "
                   f"{h.final:.2f} | {h.steps} |", flush=True)
 
 
@@ -83,8 +97,17 @@ def _compress(row: str, model, ex, xc, target: float):
     if row == "idap":
         r = idapgraph.compress(copy.deepcopy(model), ex, flops=target, calib=xc)
         return r.model, f"idapgraph defaults ({time.time() - t0:.0f} s)"
+    if row == "onnx":
+        r = idapgraph.compress(_proto(model, ex), flops=target, calib=xc)
+        return r.model, f"idapgraph defaults, ONNX in and out ({time.time() - t0:.0f} s)"
     p = torch_pruning(model, ex, target, "magnitude", ignored=pad_shortcut_ignored)
     return p.model, "Torch-Pruning L2" + (f" ({p.error})" if p.model is None else "")
+
+
+def _proto(model, ex):
+    from helpers import export_onnx
+
+    return export_onnx(model.eval(), ex, input_names=["x"], dynamic_axes={"x": {0: "n"}})
 
 
 if __name__ == "__main__":

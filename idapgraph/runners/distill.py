@@ -75,30 +75,34 @@ def distill(student, teacher, inputs, *, seconds: float | None = 600.0,
             steps: int | None = None, batch: int = 64,
             lr: float = 0.005, momentum: float = 0.9, weight_decay: float = 5e-4,
             loss: str = "kd", temperature: float = 4.0, augment: Callable | None = None,
-            bn: str = "train",
+            bn: str = "train", optimizer: str = "sgd",
             evaluate: Callable | None = None, checkpoints=(), seed: int = 0) -> History:
     """Train ``student`` (in place) to reproduce ``teacher`` on ``inputs`` (a tensor or array
     of unlabelled inputs, first axis the samples) for ``seconds`` of training time, or for
     ``steps`` optimiser steps when given (reproducible), in random batches of ``batch``
     (``augment(x)`` applied to each). ``evaluate(student) -> float`` runs at each of
-    ``checkpoints`` (seconds of training) and at the end. Returns a :class:`History`; the
-    student is left in eval mode."""
+    ``checkpoints`` (seconds of training) and at the end. ``optimizer="adam"``: Adam instead
+    of SGD (``momentum`` and ``nesterov`` unused) -- for students without BatchNorm, whose
+    folded weights make SGD's steps explode (see :mod:`idapgraph.runners.distill_onnx`).
+    Returns a :class:`History`; the student is left in eval mode."""
     import torch
 
     if steps is not None:
         seconds = None
     if (steps is None and not (seconds and seconds > 0)) or (steps is not None and steps < 1) \
-            or batch < 1 or lr <= 0 or bn not in ("frozen", "train"):
-        raise ValueError("need seconds > 0 or steps >= 1, batch >= 1, lr > 0 and bn 'frozen' "
-                         "or 'train'")
+            or batch < 1 or lr <= 0 or bn not in ("frozen", "train") \
+            or optimizer not in ("sgd", "adam"):
+        raise ValueError("need seconds > 0 or steps >= 1, batch >= 1, lr > 0, bn 'frozen' "
+                         "or 'train' and optimizer 'sgd' or 'adam'")
     x = torch.as_tensor(inputs)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     crit, hist = _loss(loss, temperature), History()
     teacher.eval()
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
-                          weight_decay=weight_decay)
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam" \
+        else torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
+                             weight_decay=weight_decay)
     pending = sorted(c for c in checkpoints if 0 < c < (seconds or math.inf))
 
     def progress() -> float:
