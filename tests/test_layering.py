@@ -23,7 +23,7 @@ MAY_IMPORT_BACKENDS = ("idapgraph.frontends", "idapgraph.emit", "idapgraph.runne
                        "idapgraph.backends")
 PURE = ("idapgraph.ir", "idapgraph.passes", "idapgraph.api", "idapgraph.analysis",
         "idapgraph.options", "idapgraph.results", "idapgraph.stages", "idapgraph.pipeline")
-CLI_MAY_USE = ("idapgraph", "idapgraph.review", "idapgraph.cli_view")
+CLI_MAY_USE = ("idapgraph", "idapgraph.review", "idapgraph.finetune", "idapgraph.cli_view")
 MAX_FUNCTION_LINES = 80
 
 
