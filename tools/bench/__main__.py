@@ -19,7 +19,7 @@ BENCHMARKS = ("mnist", "efficientnet", "minilm", "cost", "defaults", "cifar", "s
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m tools.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer targets and rows (< 10 min)")
+    ap.add_argument("--quick", action="store_true", help="fewer targets and rows per section")
     ap.add_argument("--only", default=",".join(BENCHMARKS))
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     a = ap.parse_args(argv)
