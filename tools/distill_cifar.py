@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_resnet  # noqa: E402
 from bench.common import flops  # noqa: E402
+from bench.labelled import export  # noqa: E402
 from bench.peers import torch_pruning  # noqa: E402
 from cifar_accuracy import pad_shortcut_ignored  # noqa: E402
 
@@ -71,9 +72,10 @@ def main() -> None:
     print("| method | FLOPs kept | training-free | "
           + " | ".join(f"{m / 60:g} min" for m in marks) + f" | {args.minutes:g} min | steps |")
     print("|---|---|---|" + "---|" * (len(marks) + 2))
+    proto = export(model, ex)  # the ONNX route's original: compressed and the teacher
     for target in (float(t) for t in args.targets.split(",")):
         for row in args.rows.split(","):
-            small, name = _compress(row, model, ex, xc, target)
+            small, name = _compress(row, model, ex, proto, xc, target)
             if small is None:
                 print(f"| {name} @ {target} | failed | | |")
                 continue
@@ -82,7 +84,7 @@ def main() -> None:
             budget = {"seconds": args.minutes * 60, "augment": flip_crop(), "evaluate": top1,
                       "checkpoints": marks}
             if row == "onnx":
-                small, h = distill_onnx(small, _proto(model, ex), xd, **budget)
+                small, h = distill_onnx(small, proto, xd, **budget)
                 h.final = top1(small)  # the exported ONNX model's, in onnxruntime
             else:
                 h = distill(small, model, xd, bn=args.bn, lr=args.lr, **budget)
@@ -91,23 +93,17 @@ def main() -> None:
                   f"{h.final:.2f} | {h.steps} |", flush=True)
 
 
-def _compress(row: str, model, ex, xc, target: float):
+def _compress(row: str, model, ex, proto, xc, target: float):
     """(compressed model, row label) of one method; (None, label) when the peer fails."""
     t0 = time.time()
     if row == "idap":
         r = idapgraph.compress(copy.deepcopy(model), ex, flops=target, calib=xc)
         return r.model, f"idapgraph defaults ({time.time() - t0:.0f} s)"
     if row == "onnx":
-        r = idapgraph.compress(_proto(model, ex), flops=target, calib=xc)
+        r = idapgraph.compress(proto, flops=target, calib=xc)
         return r.model, f"idapgraph defaults, ONNX in and out ({time.time() - t0:.0f} s)"
     p = torch_pruning(model, ex, target, "magnitude", ignored=pad_shortcut_ignored)
     return p.model, "Torch-Pruning L2" + (f" ({p.error})" if p.model is None else "")
-
-
-def _proto(model, ex):
-    from helpers import export_onnx
-
-    return export_onnx(model.eval(), ex, input_names=["x"], dynamic_axes={"x": {0: "n"}})
 
 
 if __name__ == "__main__":

@@ -59,10 +59,8 @@ class Task:
     def onnx(self, m):
         """``m`` as ONNX (a torch module exported with a dynamic batch; ONNX as it is)."""
         import torch
-        from helpers import export_onnx
 
-        return m if not isinstance(m, torch.nn.Module) else export_onnx(
-            _wrapped(m).eval(), self.ex, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+        return export(m, self.ex) if isinstance(m, torch.nn.Module) else m
 
     def row(self, t: Table, target, name: str, m, seconds: float) -> tuple[float, float]:
         """Add a row for ``m``; returns (latency ratio, top-1)."""
@@ -79,6 +77,14 @@ class Task:
 
     def failed(self, t: Table, target, name: str) -> None:
         t.add(self.name, target, name, *[None] * (len(self.topk) + len(HEADERS)))
+
+
+def export(m, example: tuple):
+    """A torch module (or fx GraphModule) as ONNX: input ``x`` with a symbolic batch ``n``."""
+    from helpers import export_onnx
+
+    return export_onnx(_wrapped(m).eval(), example, input_names=["x"],
+                       dynamic_axes={"x": {0: "n"}})
 
 
 def _wrapped(m):
