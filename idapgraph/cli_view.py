@@ -70,6 +70,9 @@ def notes(rep: dict[str, Any]) -> list[str]:
     out.append(f"frozen spots: {len(rep['frozen'])}"
                + (f" ({len(kept)} kept by --keep: {len(rep['kept_nodes'])} nodes)" if rep.get("keep")
                   else ""))
+    if rep.get("protected"):
+        out.append("cut last (their smallest cut moves the calibration outputs by): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in rep["protected"].items()))
     lat = rep.get("latency")
     if lat:
         out.append(f"latency: onnxruntime CPU, {lat['before']['threads']} thread, "

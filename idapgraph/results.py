@@ -26,6 +26,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     calibration: str = "none"  # "data", "random" (no data given) or "none" (not needed)
     steps: list[dict[str, Any]] = field(default_factory=list)  # per pruning step
+    # groups ranked last: calibration output error of their smallest cut (stages.select.guard)
+    protected: dict[str, float] = field(default_factory=dict)
     heal: dict[str, Any] = field(default_factory=dict)  # healing summary (HealReport)
     blocks_bypassed: list[str] = field(default_factory=list)  # stage 2, in removal order
     block_scores: dict[str, float] = field(default_factory=dict)  # score of each when removed

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import idapgraph
+from idapgraph.ir.plan import Plan
 from helpers import export_onnx, onnx_out, rel_err, torch_out, example_feeds
 
 
@@ -90,6 +91,24 @@ class PadDepthwise(nn.Module):
         return self.tail(F.pad(y, (1, 1, 1, 1), mode="reflect"))
 
 
+class OptionA(nn.Module):
+    """The CIFAR ResNets' "option A" shortcut: every other pixel with zero channels padded on
+    both sides, added to a strided block's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.b1, self.b2 = nn.Conv2d(8, 16, 3, 2, 1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = F.relu(x + self.a2(F.relu(self.a1(x))))
+        x = F.relu(F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4)) + self.b2(F.relu(self.b1(x))))
+        return self.head(x.mean((2, 3)))
+
+
 class Unknown(nn.Module):
     def __init__(self):
         super().__init__()
@@ -105,6 +124,7 @@ CASES = {
     "flatten_head": (FlattenHead, lambda: (torch.randn(1, 3, 8, 8),)),
     "heads_slice_se": (HeadsSliceSE, lambda: (torch.randn(1, 5, 12), torch.randn(1, 3, 6, 6))),
     "pad_depthwise": (PadDepthwise, lambda: (torch.randn(1, 3, 9, 9),)),
+    "option_a": (OptionA, lambda: (torch.randn(2, 3, 8, 8),)),
 }
 
 
@@ -120,6 +140,34 @@ def test_padding_passes_channels_through(backend):
     assert "pad" in a.graph.summary()
     assert {f.reason for f in a.coupling.frozen} == {"model input", "model output"}
     assert sorted(g.n_units for g in a.coupling.groups) == [16, 24]
+
+
+@pytest.mark.parametrize("backend", ["fx", "onnx", "onnx10", "dynamo"])
+def test_zero_padded_channels_keep_their_offset(backend):
+    """Option A: stream channel i before the shortcut is channel i + 4 after it, and the 8
+    padded channels go with the strided block's output alone. So the stream is prunable (it was
+    frozen as a "padded axis"): 8 stream units spanning both stages' channel spaces, 8 padded
+    units, 8 + 16 inner-conv units. Removing half of every group equals zeroing it (Pad's pads input
+    rewritten; opset 10 keeps them in an attribute)."""
+    torch.manual_seed(0)
+    model, args = OptionA().eval(), (torch.randn(2, 3, 8, 8),)
+    src = model if backend == "fx" else export_onnx(
+        model, args, dynamo=backend == "dynamo", opset=10 if backend == "onnx10" else 17)
+    a = idapgraph.analyze(src, args if backend == "fx" else None)
+    assert {f.reason for f in a.coupling.frozen} == {"model input", "model output"}
+    assert sorted((g.n_units, len(g.members)) for g in a.coupling.groups) == \
+        [(8, 1), (8, 1), (8, 2), (16, 1)]
+    plan = Plan(remove={g.key: list(range(1, g.n_units, 2)) for g in a.coupling.groups},
+                units={g.key: g.n_units for g in a.coupling.groups})
+    small = idapgraph.apply_plan(src, plan, args if backend == "fx" else None)
+    zero = idapgraph.apply_plan(src, plan, args if backend == "fx" else None, mode="zero")
+    if backend == "fx":
+        got, want = torch_out(small, args), torch_out(zero, args)
+        assert small.b2.out_channels == 8
+    else:
+        feeds = {src.graph.input[0].name: args[0].numpy()}
+        got, want = onnx_out(small, feeds), onnx_out(zero, feeds)
+    assert rel_err(want[0], got[0]) < 1e-5
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

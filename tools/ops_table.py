@@ -28,7 +28,7 @@ SOURCES = {
     "groupnorm": ("GroupNormalization (opset 21 layout)", "nn.GroupNorm, F.group_norm"),
     "layernorm": ("LayerNormalization, RMSNormalization", "nn.LayerNorm, nn.RMSNorm, F.layer_norm"),
     "pool": ("MaxPool, AveragePool, Global*Pool, Resize, Upsample", "pool modules/functions, interpolate"),
-    "pad": ("Pad (constant pads; opset 18 axes)", "F.pad, nn.ZeroPad/ConstantPad/ReflectionPad/ReplicationPad"),
+    "pad": ("Pad (constant pads and fill; opset 18 axes)", "F.pad, nn.ZeroPad/ConstantPad/ReflectionPad/ReplicationPad"),
     "reduce": ("Reduce*", "mean, sum, amax"),
     "softmax": ("Softmax, LogSoftmax (opset ≥ 13)", "softmax, log_softmax"),
     "concat": ("Concat", "torch.cat"),

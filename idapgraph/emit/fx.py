@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..ir.graph import PARAM, Graph
 from ..frontends.fx import impure
@@ -58,7 +59,14 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
             _set(new, name, v)
     if mode != "remove":
         return new
+    _rewrite_calls(new, graph, rewrite)
+    new.graph.lint()
+    new.recompile()
+    return new
 
+
+def _rewrite_calls(new: fx.GraphModule, graph: Graph, rewrite: Rewrite) -> None:
+    """Module attributes and call arguments that follow the sliced parameters."""
     modules = dict(new.named_modules())
     fx_nodes = {n.name: n for n in new.graph.nodes}
     for node in graph:
@@ -84,6 +92,8 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
         elif node.op == "groupnorm" and isinstance(m, nn.GroupNorm):
             m.num_groups = upd.get("groups", m.num_groups)
             m.num_channels = rewrite.new_shapes[node.inputs[0]][1]
+        elif node.op == "pad" and "pads" in upd:
+            _rewrite_pad(fxn, node, upd["pads"])
         elif node.op in ("reshape", "expand") and "target" in upd:
             _rewrite_view(fxn, upd["target"])
         elif node.op == "split" and "sizes" in upd and node.attrs.get("aten"):
@@ -108,9 +118,6 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
                     _, start, stop, step = mp[e[1]]
                     idx.append(slice(start, stop, step))
             fxn.args = (fxn.args[0], tuple(idx))
-    new.graph.lint()
-    new.recompile()
-    return new
 
 
 def _sliced_memo(gm: fx.GraphModule, graph: Graph, keep: dict) -> dict:
@@ -138,6 +145,21 @@ def _set_arg(fxn: fx.Node, pos: int, name: str, value) -> None:
         kw = dict(fxn.kwargs)
         kw[name] = value
         fxn.kwargs = kw
+
+
+def _rewrite_pad(fxn: fx.Node, node, pads: list) -> None:
+    """New canonical pads (begins then ends) back in torch's order (last axis first) over as
+    many axes as the call named; a padding module becomes the equivalent ``F.pad`` call (only
+    zero fills are ever rewritten, see ``ir.ops._couple_pad``)."""
+    r = len(pads) // 2
+    torch_pad = []
+    for i in range(node.attrs["torch_pad_len"] // 2):
+        torch_pad += [pads[r - 1 - i], pads[2 * r - 1 - i]]
+    if fxn.op == "call_module":
+        fxn.op, fxn.target = "call_function", F.pad
+        fxn.args, fxn.kwargs = (fxn.args[0], tuple(torch_pad), "constant", 0.0), {}
+    else:
+        _set_arg(fxn, 1, "pad", list(torch_pad))
 
 
 def _rewrite_view(fxn: fx.Node, target: list) -> None:

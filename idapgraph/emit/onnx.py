@@ -39,6 +39,19 @@ def _reshape_target(g: gs.Graph, gn: gs.Node, target: list, at: int = 1) -> gs.T
     return out
 
 
+def _rewrite_pad(gn: gs.Node, node, pads: list) -> None:
+    """New canonical pads (begins then ends over every axis) as the Pad node holds them: an
+    attribute before opset 11, input 1 since, over just the ``axes`` input's axes if it has one."""
+    axes = node.attrs.get("pad_axes")
+    if axes is not None:
+        r = len(pads) // 2
+        pads = [pads[a] for a in axes] + [pads[a + r] for a in axes]
+    if "pads" in gn.attrs:
+        gn.attrs["pads"] = [int(p) for p in pads]
+    else:
+        gn.inputs[1] = _int_const(f"{gn.name or node.name}__idapgraph_pads", pads)
+
+
 def emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str = "remove") -> onnx.ModelProto:
     """Return a new ModelProto; ``model`` is the normalised model the IR was built from.
 
@@ -89,6 +102,8 @@ def _emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str) -> 
                     gn.inputs[1] = const
                 else:
                     gn.inputs.append(const)
+            elif node.op == "pad":
+                _rewrite_pad(gn, node, upd["pads"])
             elif node.op in ("reshape", "expand"):
                 gn.inputs[1] = _reshape_target(g, gn, upd["target"])
             elif node.op == "pool" and "sizes" in upd:  # Resize: sizes are input 3

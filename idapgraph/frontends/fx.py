@@ -60,6 +60,25 @@ _REDUCE = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 
 
+def _module_pad_fill(m: nn.Module) -> tuple:
+    """(mode, value) of a padding module, in F.pad's terms."""
+    name = type(m).__name__
+    if name.startswith("Reflection"):
+        return "reflect", None
+    if name.startswith("Replication"):
+        return "replicate", None
+    return "constant", getattr(m, "value", 0.0)
+
+
+def _aten_pad_fill(node: fx.Node, name: str) -> tuple:
+    """(mode, value) of an ATen padding op."""
+    if name.startswith(("reflection", "replication")):
+        return name.split("_")[0].replace("reflection", "reflect").replace("replication", "replicate"), None
+    if name == "constant_pad_nd":
+        return "constant", _arg(node, 2, "value", 0.0)
+    return _arg(node, 2, "mode", "constant"), _arg(node, 3, "value", None)
+
+
 def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
     if len(node.args) > i:
         return node.args[i]
@@ -197,7 +216,7 @@ class _Builder:
         elif isinstance(m, _POOL_MODULES):
             self.add(node, "pool", [x])
         elif isinstance(m, _PAD_MODULES):
-            self.pad(node, x, m.padding)
+            self.pad(node, x, m.padding, _module_pad_fill(m))
         elif isinstance(m, nn.Flatten):
             self.add(node, "reshape", [x], {"target": "auto"})
         elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
@@ -211,8 +230,10 @@ class _Builder:
             self.add(node, "unknown", self.tensor_inputs(node) + [p for p in params if p],
                      {"reason": f"no channel rule for module {type(m).__name__}"})
 
-    def pad(self, node: fx.Node, x: str | None, pad) -> None:
-        """torch's pad list (last axis first, begin then end) as begins then ends per axis."""
+    def pad(self, node: fx.Node, x: str | None, pad, fill: tuple) -> None:
+        """torch's pad list (last axis first, begin then end) as begins then ends per axis;
+        ``fill`` is (mode, value) in torch's terms, canonical ``mode``/``value`` attributes
+        (the value None where it is read at run time)."""
         shape = self.g.tensors[x].shape if x is not None else None
         if shape is None or not isinstance(pad, (tuple, list)) or len(pad) % 2 or \
                 len(pad) > 2 * len(shape) or not all(isinstance(v, int) for v in pad):
@@ -222,7 +243,12 @@ class _Builder:
         full = [0] * (2 * r)
         for i in range(len(pad) // 2):
             full[r - 1 - i], full[2 * r - 1 - i] = pad[2 * i], pad[2 * i + 1]
-        return self.add(node, "pad", [x], {"pads": full})
+        mode, value = fill
+        value = 0.0 if value is None and mode == "constant" else value
+        return self.add(node, "pad", [x], {
+            "pads": full, "mode": {"replicate": "edge"}.get(mode, mode),
+            "value": float(value) if isinstance(value, (int, float)) else None,
+            "torch_pad_len": len(pad)})
 
     def call_function(self, node: fx.Node) -> None:
         f = node.target
@@ -270,7 +296,8 @@ class _Builder:
         if f in _POOL_FUNCS:
             return self._added(node, "pool", [x])
         if f is F.pad:
-            self.pad(node, x, _arg(node, 1, "pad"))
+            self.pad(node, x, _arg(node, 1, "pad"),
+                     (_arg(node, 2, "mode", "constant"), _arg(node, 3, "value", None)))
             return True
         return False
 
@@ -392,7 +419,7 @@ class _Builder:
         if name in _ATEN_UNARY:
             return self._added(node, "unary", [x])
         if name in _ATEN_PADS:
-            self.pad(node, x, node.args[1] if len(node.args) > 1 else None)
+            self.pad(node, x, node.args[1] if len(node.args) > 1 else None, _aten_pad_fill(node, name))
             return True
         if name in ("adaptive_avg_pool2d", "max_pool2d", "avg_pool2d", "mean_dim",
                     "upsample_nearest2d"):

@@ -434,6 +434,17 @@ def _values(c: gs.Constant) -> np.ndarray:
         return onnx_external.values(c)
 
 
+def _pad_value(n: gs.Node, opset: int) -> float | None:
+    """A constant-mode Pad's fill value (an attribute before opset 11, optional input 2 since;
+    0 when absent); None when it is computed at run time."""
+    if opset < 11:
+        return float(n.attrs.get("value", 0.0))
+    if len(n.inputs) < 3 or not n.inputs[2].name:
+        return 0.0
+    v = _const(n.inputs[2])
+    return None if v is None or np.size(v) != 1 else float(np.ravel(v)[0])
+
+
 def _const(t: gs.Tensor) -> np.ndarray | None:
     return np.asarray(t.values) if isinstance(t, gs.Constant) else None
 
@@ -693,6 +704,7 @@ class _Builder:
         if r is None or pads is None:
             return "unknown", data, {"reason": "Pad with run-time pads or unknown rank"}
         pads = [int(v) for v in np.ravel(pads)]
+        attrs = {"mode": a.get("mode", "constant"), "value": _pad_value(n, self.opset)}
         if len(ins) > 3 and ins[3].name:
             axes = _const(ins[3])
             if axes is None:
@@ -701,10 +713,10 @@ class _Builder:
             full = [0] * (2 * r)
             for i, ax in enumerate(axes):
                 full[ax], full[ax + r] = pads[i], pads[i + len(axes)]
-            pads = full
+            pads, attrs["pad_axes"] = full, axes
         if len(pads) != 2 * r:
             return "unknown", data, {"reason": "Pad with pads of the wrong length"}
-        return "pad", [x], {"pads": pads}
+        return "pad", [x], {"pads": pads, **attrs}
 
     def _slice(self, n: gs.Node):
         ins = n.inputs

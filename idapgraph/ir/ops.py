@@ -321,17 +321,26 @@ def _resized_axes(node: Node, xs) -> dict[int, str]:
 
 
 def _couple_pad(node: Node, rel: Relations) -> None:
-    """Padding: an axis padded by nothing (the channel axis, as a rule) passes through; padded
-    axes change size and are fixed."""
+    """Padding: an axis padded by nothing passes through. An axis padded with zeros (CIFAR
+    ResNets' "option A" shortcut pads the channel axis) keeps its indices at an offset, like a
+    concat with an all-zero tensor: input index i is output index i + pad_before, and the padded
+    indices belong to the output alone. Other padded axes (reflect/edge, a nonzero or run-time
+    fill, cropping) are fixed."""
     x, y = node.inputs[0], node.outputs[0]
     r, pads = rel.rank(y), node.attrs.get("pads")
     if pads is None or len(pads) != 2 * r:
         rel.freeze_all(x, "padding of unknown extent")
         rel.freeze_all(y, "padding of unknown extent")
         return
+    zero_fill = node.attrs.get("mode", "constant") == "constant" and \
+        node.attrs.get("value", 0.0) == 0.0
     for ax in range(r):
-        if pads[ax] == 0 and pads[ax + r] == 0:
+        before, after = pads[ax], pads[ax + r]
+        n = rel.size(x, ax)
+        if before == 0 and after == 0:
             rel.same(x, ax, y, ax)
+        elif zero_fill and before >= 0 and after >= 0 and n is not None:
+            rel.link(x, ax, np.arange(n), y, ax, before + np.arange(n))
         else:
             rel.freeze(x, ax, "padded axis")
             rel.freeze(y, ax, "padded axis")
@@ -775,6 +784,20 @@ def _rewrite_index(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, An
     return {"map": new_map} if changed else {}
 
 
+def _rewrite_pad(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    """A zero-padded axis that lost indices: the pads count the padded indices kept."""
+    x, y = node.inputs[0], node.outputs[0]
+    pads = list(node.attrs["pads"])
+    r = len(pads) // 2
+    for ax in range(r):
+        k = kept(y, ax)
+        if k is None or (pads[ax] == 0 and pads[ax + r] == 0):
+            continue
+        n = old(x)[ax]
+        pads[ax], pads[ax + r] = int(np.sum(k < pads[ax])), int(np.sum(k >= pads[ax] + n))
+    return {"pads": pads} if pads != list(node.attrs["pads"]) else {}
+
+
 def _rewrite_expand(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
     """A stored target shape names the size of every axis it does not leave to the input (torch
     -1, ONNX 1; ``None``: read at run time); those sizes follow the channels removed."""
@@ -842,8 +865,9 @@ OPS: dict[str, OpDef] = {
               _couple_layernorm, _cost_norm, operands=("x", "scale", "bias")),
         OpDef("pool", "max/avg/global/adaptive pooling, resize", _couple_pool, _cost_pool,
               _rewrite_pool),
-        OpDef("pad", "constant/reflect/edge padding; unpadded axes (channels) pass through",
-              _couple_pad),
+        OpDef("pad", "constant/reflect/edge padding; unpadded axes pass through, zero-padded "
+              "axes (option-A shortcut channels) keep offsets; pads rewritten", _couple_pad,
+              rewrite=_rewrite_pad),
         OpDef("reduce", "mean/sum/max over axes; reduced axes frozen", _couple_reduce, _cost_pool),
         OpDef("softmax", "softmax; its axis is frozen", _couple_softmax),
         OpDef("attention", "fused scaled-dot-product attention; value/head axes follow, query/key "

@@ -27,6 +27,7 @@ class State:
     reached: bool = True
     kind: str = "none"  # calibration: data, random or none
     log: list[dict] = field(default_factory=list)  # idap's selection steps
+    protected: dict[str, float] | None = None  # group -> error of its first cut (select.guard)
     lat_info: dict[str, Any] | None = None  # latency=R's record
     rewrite: Rewrite | None = None
     out: Any = None  # the emitted model
