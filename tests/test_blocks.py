@@ -78,7 +78,7 @@ ACC_MARGIN = 0.03
 
 def test_cli_blocks_2_on_onnx(mnist, tmp_path):
     _, _, proto, cal = mnist
-    acc = {}
+    acc, err = {}, {}
     src = tmp_path / "m.onnx"
     onnx.save(proto, src)
     np.savez(tmp_path / "cal.npz", x=cal)
@@ -96,11 +96,14 @@ def test_cli_blocks_2_on_onnx(mnist, tmp_path):
         if heal == "none":  # without mean substitution the Add disappears altogether
             assert sum(n.op_type == "Add" for n in small.graph.node) == \
                 sum(n.op_type == "Add" for n in proto.graph.node) - 2
-        acc[heal] = accuracy(small)
+        acc[heal], err[heal] = accuracy(small), _output_error(proto, small, cal)
         print(heal, "accuracy with 2 blocks bypassed:", acc[heal], rep["flops_ratio"])
         assert acc[heal] >= BLOCKS_2_ACC[heal] - ACC_MARGIN, acc
         assert rep["flops_ratio"] == pytest.approx(0.643, abs=0.005)
-    assert acc["stats"] > acc["none"], acc  # mean substitution helps
+    # mean substitution brings the outputs closer to the original's on the calibration data
+    # (0.68 against 0.74 on one machine's training). Top-1 on 2,000 images is too noisy to
+    # order the two: 32.2 / 26.4 % on one training, 53.4 / 54.4 % on another.
+    assert err["stats"] < err["none"], (err, acc)
 
 
 def test_fx_blocks_2_and_accuracy(mnist):
@@ -115,15 +118,11 @@ def test_fx_blocks_2_and_accuracy(mnist):
     assert set(r.report.block_scores) == set(r.report.blocks_bypassed)
 
 
-def test_max_error_bound_holds(mnist):
-    model, x, proto, cal = mnist
-    # each block changes its input by ~90 %: one bypass costs 0.42 of the output, two 0.86, so
-    # a bound of 0.5 lets one go (0.05, as before, let none: the check was vacuous)
-    bound = 0.5
-    r = idapgraph.compress(proto, blocks=None, max_error=bound, calib=cal, heal="none")
+def _output_error(proto, small, cal) -> float:
+    """‖N₀ − N‖² / ‖N₀‖² over ``cal``, measured in onnxruntime."""
     from idapgraph.emit.validate import session
 
-    ref, got = session(proto), session(r.model)
+    ref, got = session(proto), session(small)
     name = ref.get_inputs()[0].name
     num = den = 0.0
     for i in range(len(cal)):
@@ -131,7 +130,19 @@ def test_max_error_bound_holds(mnist):
         b = got.run(None, {name: cal[i:i + 1]})[0].astype(np.float64)
         num += float(((a - b) ** 2).sum())
         den += float((a * a).sum())
-    assert 0 < num / den <= bound + 1e-9
+    return num / den
+
+
+def test_max_error_bound_holds(mnist):
+    model, x, proto, cal = mnist
+    # each block changes its input by ~90 %: the first bypass alone costs 0.42 of the output on
+    # one machine's training, 0.68 on another's (the trained weights follow the CPU's kernels),
+    # two bypasses more. A bound 10 % above the first bypass's cost lets that one go (0.05, as
+    # once, let none: the check was vacuous), and the bound must still hold for what goes.
+    first = idapgraph.compress(proto, blocks=1, calib=cal, heal="none")
+    bound = 1.1 * _output_error(proto, first.model, cal)
+    r = idapgraph.compress(proto, blocks=None, max_error=bound, calib=cal, heal="none")
+    assert 0 < _output_error(proto, r.model, cal) <= bound + 1e-9
     # some blocks went, and the bound stopped it before every block was gone
     assert 1 <= len(r.report.blocks_bypassed) < 6, r.report.blocks_bypassed
 
