@@ -80,7 +80,10 @@ def compress(model, example_inputs=None, *, options: CompressOptions | None = No
     model's symbolic input dim name -> size, e.g. ``{"sequence": 128}``): the sizes latency is
     timed at (default 1 for every symbolic dim); the output keeps its dims symbolic.
     ``measure_groups``: the solver weighs each group by its measured calibration loss (three
-    healed models per group: slower, better on the MNIST CNN; see :func:`idapgraph.stages.latency.group_losses`).
+    healed models per group: slower, better on the MNIST CNN; see
+    :func:`idapgraph.stages.losses.group_losses`). With ``flops``/``params`` it allocates the
+    channel counts by measured loss per FLOP, in rounds (:mod:`idapgraph.stages.measured`;
+    ``report.group_losses``).
     """
     o = CompressOptions.of(options, **kwargs).validated()
     if o.finetune is not None or o.evaluate is not None:

@@ -76,8 +76,10 @@ def _compress_targets(c) -> None:
     c.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
                    help="onnxruntime intra-op threads for --latency and --bench (default 1)")
     c.add_argument("--measure-groups", action="store_true",
-                   help="--latency: weigh each channel group by its measured calibration loss "
-                        "(three healed models per group: slower, better across groups)")
+                   help="weigh each channel group by its measured calibration loss (up to "
+                        "three healed models per group: slower, better across groups); with "
+                        "--flops/--params the counts are allocated by measured loss per FLOP "
+                        "in rounds")
     c.add_argument("--dims", type=_dims, default=None, metavar="NAME=N,...",
                    help="--latency and --bench: " + DIMS_HELP + "; the output keeps them symbolic")
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],

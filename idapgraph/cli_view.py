@@ -73,6 +73,11 @@ def notes(rep: dict[str, Any]) -> list[str]:
     if rep.get("protected"):
         out.append("cut last (their smallest cut moves the calibration outputs by): " + ", ".join(
             f"{k} {v:.2f}" for k, v in rep["protected"].items()))
+    if rep.get("group_losses"):
+        n = len(rep["group_losses"])
+        out.append(f"channel counts allocated by measured group losses (--measure-groups): "
+                   f"{n} round{'s' if n > 1 else ''}, {sum(map(len, rep['group_losses']))} "
+                   "group measurements")
     lat = rep.get("latency")
     if lat:
         out.append(f"latency: onnxruntime CPU, {lat['before']['threads']} thread, "
@@ -181,7 +186,7 @@ class ProgressView:
             self._bar.update(task, completed=done)
         else:
             self._bar.update(task, completed=done, total=total,
-                             description=f"pruning step {done}")
+                             description=f"pruning step {done}" if stage == "step" else stage)
 
 
 def print_analysis(rep: dict[str, Any], out: TextIO) -> None:

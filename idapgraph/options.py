@@ -49,7 +49,7 @@ class CompressOptions:
     solver: str = "milp"  # milp or greedy
     provider: str = "cpu"  # cpu or cuda
     dims: dict | None = None  # symbolic dim name -> size latency is timed at
-    measure_groups: bool = False  # latency=R weighs groups by measured losses
+    measure_groups: bool = False  # targets allocate the groups by measured losses
 
     @classmethod
     def of(cls, options: CompressOptions | None = None, **overrides) -> CompressOptions:
@@ -110,8 +110,10 @@ class CompressOptions:
                 raise InputError(f"unknown solver {self.solver!r} (choose from milp, greedy)")
         elif self.dims:
             raise InputError("dims= gives the sizes latency=R is timed at: give latency= too")
-        elif self.measure_groups:
-            raise InputError("measure_groups= weighs the groups for latency=R: give latency= too")
+        elif self.measure_groups and (self.plan is not None or
+                                      (self.flops is None and self.params is None)):
+            raise InputError("measure_groups= allocates the channels for a target: give "
+                             "flops=, params= or latency= (and no plan=)")
 
     def _check_choices(self) -> None:
         if self.method not in scoring.METHODS:

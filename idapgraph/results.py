@@ -28,6 +28,9 @@ class Report:
     steps: list[dict[str, Any]] = field(default_factory=list)  # per pruning step
     # groups ranked last: calibration output error of their smallest cut (stages.select.guard)
     protected: dict[str, float] = field(default_factory=dict)
+    # measure_groups with FLOPs/params targets, per round: group -> kept count -> measured
+    # output error (of the model the rounds before left)
+    group_losses: list[dict[str, dict[str, float]]] | None = None
     heal: dict[str, Any] = field(default_factory=dict)  # healing summary (HealReport)
     blocks_bypassed: list[str] = field(default_factory=list)  # stage 2, in removal order
     block_scores: dict[str, float] = field(default_factory=dict)  # score of each when removed

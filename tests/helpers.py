@@ -62,3 +62,28 @@ def resnet18_pair(folder) -> tuple:
 
 
 __all__ = ["export_onnx", "resnet18_pair", "rel_err", "torch_out", "onnx_out", "example_feeds"]
+
+
+class ResidualBranches(torch.nn.Module):
+    """A 16-channel stream (stem, then a 1x1 head to 4 outputs) and three residual branches,
+    each ``conv(16 -> width) -> relu -> conv(width -> 16)``; the outputs of the branches in
+    ``damped`` are scaled down 100x, so their channels hardly move the output while the
+    stream's and the other branches' do."""
+
+    def __init__(self, width: int = 16, damped=(0, 1, 2)):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.a = torch.nn.ModuleList(torch.nn.Conv2d(16, width, 3, padding=1) for _ in range(3))
+        self.b = torch.nn.ModuleList(torch.nn.Conv2d(width, 16, 3, padding=1) for _ in range(3))
+        self.head = torch.nn.Conv2d(16, 4, 1)
+        with torch.no_grad():
+            for i in damped:
+                self.b[i].weight.mul_(0.01)
+                self.b[i].bias.zero_()
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        for a, b in zip(self.a, self.b):
+            s = s + b(torch.relu(a(s)))
+        return self.head(s)

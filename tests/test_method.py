@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import idapgraph
-from helpers import export_onnx, onnx_out, rel_err
+from helpers import ResidualBranches, export_onnx, onnx_out, rel_err
 from idapgraph.passes import heal
 from idapgraph.ir.ops import weighted_nodes
 from mnist_cnn import accuracy, calibration, trained
@@ -330,30 +330,6 @@ def test_stepped_refit_equals_one_pass_per_layer(name, backend, monkeypatch):
             np.testing.assert_array_equal(x, y)
 
 
-class _Stream(torch.nn.Module):
-    """A 16-channel stream read by the head, and three 16-channel inner branches added to it
-    whose outputs are scaled down 100x: cutting 8 stream channels (the kernel quantum) moves
-    the output a lot, cutting 8 channels of a branch hardly at all."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.a = torch.nn.ModuleList(torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(3))
-        self.b = torch.nn.ModuleList(torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(3))
-        self.head = torch.nn.Conv2d(16, 4, 1)
-        with torch.no_grad():
-            for b in self.b:
-                b.weight.mul_(0.01)
-                b.bias.zero_()
-
-    def forward(self, x):
-        s = torch.relu(self.stem(x))
-        for a, b in zip(self.a, self.b):
-            s = s + b(torch.relu(a(s)))
-        return self.head(s)
-
-
 @pytest.mark.parametrize("backend", ["fx", "onnx"])
 def test_sensitive_coarse_group_is_cut_last(backend):
     """Scores are normalised within each group, so a group whose smallest allowed cut is a
@@ -364,7 +340,7 @@ def test_sensitive_coarse_group_is_cut_last(backend):
     data nothing is measured."""
     from idapgraph.stages import select
 
-    model, x = _Stream().eval(), (torch.randn(1, 3, 8, 8),)
+    model, x = ResidualBranches().eval(), (torch.randn(1, 3, 8, 8),)
     cal = torch.randn(64, 3, 8, 8)
     src, ex = (model, x) if backend == "fx" else (export_onnx(model, x), None)
     stream = "w0.out"

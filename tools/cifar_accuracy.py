@@ -1,9 +1,13 @@
-"""Top-1 of the pretrained CIFAR-10 ResNet-56 after training-free compression: the original,
+"""Top-1 of a pretrained CIFAR-10 ResNet (``--depth``, default 56) after training-free compression: the original,
 idapgraph (defaults, and other options), and Torch-Pruning 1.6 (L2 MetaPruner, global ranking)
 at matched FLOPs with and without BatchNorm re-estimation. Prints a Markdown table.
 
     python tools/cifar_accuracy.py [--eval 0:10000] [--calib balanced] [--targets 0.7,0.5]
-                                   [--rows all]
+                                   [--rows all] [--depth 56]
+
+Rows: ``orig``, ``idap`` (defaults), ``none``/``bn`` (heal modes), ``mag`` (magnitude scores),
+``mg`` (``measure_groups=True``: the channel counts allocated by measured group losses, in
+rounds), ``tp`` (Torch-Pruning L2 with and without BN re-estimation).
 
 Calibration (default ``balanced``): the first 26 images of every class (i*1000 .. i*1000+25,
 260 images); evaluation: the rest of ``--eval`` (9,740 images by default), never a calibration
@@ -60,7 +64,8 @@ def main() -> None:
     ap.add_argument("--eval", default="0:10000")
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--rows", default="all",
-                    help="comma list of: orig,idap,none,bn,mag,tp or all")
+                    help="comma list of: orig,idap,none,bn,mag,mg,tp or all")
+    ap.add_argument("--depth", type=int, default=56, choices=(20, 32, 44, 56))
     ap.add_argument("--calib", default="balanced",
                     help="'balanced' (26 images of every class), or lo:hi (NB: the test file is "
                          "sorted by class, so 0:256 is 256 airplanes)")
@@ -76,7 +81,7 @@ def main() -> None:
     xc, _ = cifar_resnet.images(cal)
     xe, ye = cifar_resnet.images(ev)
     xc_t, ex = torch.from_numpy(xc), (torch.from_numpy(xc[:1]),)
-    model = cifar_resnet.pretrained(56)
+    model = cifar_resnet.pretrained(args.depth)
     base = flops(model, ex)
     rows = set(args.rows.split(",")) if args.rows != "all" else {"orig", "idap", "none", "bn",
                                                                   "tp"}
@@ -103,6 +108,8 @@ def main() -> None:
             variants.append(("idapgraph heal=bn", {"heal": "bn"}))
         if "mag" in rows:
             variants.append(("idapgraph method=magnitude", {"method": "magnitude"}))
+        if "mg" in rows:
+            variants.append(("idapgraph measure_groups", {"measure_groups": True}))
         for name, kw in variants:
             t0 = time.time()
             r = idapgraph.compress(copy.deepcopy(model), ex, flops=target, calib=xc, **kw)

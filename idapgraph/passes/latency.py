@@ -488,12 +488,19 @@ def kept_importance(s, counts, concavity: float = CONCAVITY) -> np.ndarray:
 
 def measured_importance(s, counts, losses, concavity: float = CONCAVITY) -> np.ndarray:
     """Importance of a group keeping each of ``counts`` highest-scoring units, on the scale of
-    a measured loss: ``losses`` maps kept counts to the calibration output error of keeping
-    only that many (the rest removed and healed, the other groups whole). The loss is piecewise
-    linear in the unmeasured loss ``1 − kept_importance / n`` (so the unit scores still shape
-    it between measurements), zero when every unit is kept, never falling as units go (a
-    measured dip is noise), and continued past the last measurement with the last segment's
-    slope. Returned as the loss avoided against the ``counts``' worst (non-negative)."""
+    a measured loss (:func:`measured_loss`): the loss avoided against the ``counts``' worst
+    (non-negative)."""
+    loss = measured_loss(s, counts, losses, concavity)
+    return loss.max() - loss
+
+
+def measured_loss(s, counts, losses, concavity: float = CONCAVITY) -> np.ndarray:
+    """The loss of a group keeping each of ``counts`` highest-scoring units: ``losses`` maps
+    kept counts to the calibration output error of keeping only that many (the rest removed
+    and healed, the other groups whole). Piecewise linear in the unmeasured loss
+    ``1 − kept_importance / n`` (so the unit scores still shape it between measurements), zero
+    when every unit is kept, never falling as units go (a measured dip is noise), and continued
+    past the last measurement with the last segment's slope."""
     s = np.asarray(s, dtype=float)
     n = len(s)
     shape = lambda k: 1.0 - kept_importance(s, k, concavity) / max(n, 1)  # noqa: E731
@@ -505,7 +512,7 @@ def measured_importance(s, counts, losses, concavity: float = CONCAVITY) -> np.n
     if len(u) > 1 and u[-1] > u[-2]:
         slope = (e[-1] - e[-2]) / (u[-1] - u[-2])
         loss = np.where(x > u[-1], e[-1] + slope * (x - u[-1]), loss)
-    return loss.max() - loss
+    return loss
 
 
 def importance(scores: list[np.ndarray], options: list[list[int]],

@@ -1,6 +1,6 @@
 """``compress`` as a pipeline of named stages over one :class:`State`:
 
-    prepare → select (FLOPs/params, or latency) → resolve → emit → heal → truncate → measure
+    prepare → select (FLOPs/params, measured, or latency) → resolve → emit → heal → truncate → measure
     → report
 
 Each stage is a function of the state (in the module named after it where it is more than a
@@ -18,7 +18,7 @@ from ..options import CompressOptions
 from ..passes import keep as keep_pass
 from ..passes import prune as prune_pass
 from ..results import Result
-from . import heal, latency, report, select, truncate
+from . import heal, latency, measured, report, select, truncate
 from .state import State
 
 
@@ -62,7 +62,7 @@ def emit(s: State) -> None:
     s.a.model.validate(s.out)
 
 
-STAGES = (select.run, latency.select, resolve, emit, heal.run, truncate.run, latency.measure)
+STAGES = (select.run, measured.run, latency.select, resolve, emit, heal.run, truncate.run, latency.measure)
 
 
 def compress(model, example_inputs, options: CompressOptions) -> Result:

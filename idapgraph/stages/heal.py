@@ -27,14 +27,15 @@ def run(s: State) -> None:
 
 
 def heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
-          mode: str = "stats"):
+          mode: str = "stats", drifted: bool = True):
     """``mode="stats"``: statistics matching; ``mode="bias"``: bias compensation (see
     :mod:`idapgraph.passes.heal`). Keeps the better of healed and unhealed by output error on the
-    calibration data. ``rewrite=None``: ``pruned`` is a masked (zeroed, same-shape) model."""
+    calibration data. ``rewrite=None``: ``pruned`` is a masked (zeroed, same-shape) model.
+    ``drifted=False`` (least squares): only the layers that lost input channels are refitted."""
     g, m = a.graph, a.model
     rep = heal_pass.HealReport(method=mode)
     if mode == "lsq":
-        return reconstruct(a, pruned, rewrite, batches, rep)
+        return reconstruct(a, pruned, rewrite, batches, rep, drifted)
     if mode == "bn":
         if heal_pass.norm_sites(g):
             return renormalize(a, pruned, batches, rep)
@@ -129,7 +130,7 @@ def _reestimate(a: Analysis, pruned, step, batches, rep):
     return current
 
 
-def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep):
+def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bool = True):
     """Least-squares reconstruction (see :mod:`idapgraph.passes.reconstruct`) of the layers that
     lost input channels or see changed inputs (:func:`passes.reconstruct.sites`), in
     topological order, each fit seeing the inputs the fits before it
@@ -141,7 +142,7 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep):
     g, m = a.graph, a.model
     error = m.output_error(batches)
     rep.error_before = error(pruned)
-    sites = recon_pass.sites(g, rewrite) if rewrite is not None else []
+    sites = recon_pass.sites(g, rewrite, drifted) if rewrite is not None else []
     step = m.stepper(pruned, batches) if sites else None
     if step is None:  # a calibration pass per layer: only the layers that lost channels
         sites = recon_pass.sites(g, rewrite, drifted=False) if rewrite is not None else []

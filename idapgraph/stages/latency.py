@@ -12,14 +12,12 @@ from ..ir.plan import Plan
 from ..passes import prune as prune_pass
 from ..passes import select as select_pass
 from ..passes.latency import kept_importance, untimed_note
-from . import heal as heal_stage
+from .losses import group_losses
 from .select import scores as unit_scores
 from .select import scoring_data
 from .state import State
 from .truncate import bypassed, emitted
 
-# the shares of a group's units kept when its loss is measured (see group_losses)
-LOSS_KEEPS = (0.25, 0.5, 0.75)
 DEFAULT_GATE_ERROR = 0.05
 
 
@@ -36,7 +34,7 @@ def latency_plan(s: State):
     to the solver; the others are priced by that error (:func:`block_weights`), and the ones
     bypassed together must keep it within the gate error as well. Latency is modelled and timed
     with the symbolic dims ``dims`` fixed (:func:`idapgraph.analysis.timing_analysis`).
-    ``measure_groups``: the groups weigh their measured, healed losses (:func:`group_losses`)
+    ``measure_groups``: the groups weigh their measured, healed losses (:func:`idapgraph.stages.losses.group_losses`)
     and a block its bypass error, one scale for all. Returns (plan, latency record)."""
     o, a = s.opts, s.a
     gate_error = DEFAULT_GATE_ERROR if o.max_error is None else o.max_error
@@ -93,37 +91,6 @@ def _solve(s: State, timed: Analysis, sc, blocks, weights, losses, gate_errors, 
     for note in info["notes"] + ([untimed_note(table)] if table.failed else []):  # untimed
         s.warn(note, stacklevel=4)
     return plan, info
-
-
-def group_losses(a: Analysis, scores, batches, min_keep: float,
-                 progress=None) -> list[dict[int, float]]:
-    """Per group: kept count -> calibration output error of keeping only that many of its
-    highest-scoring units, the rest removed and healed by least squares (every other group
-    whole), at the shares ``LOSS_KEEPS``: one scale for every group and for the blocks' bypass
-    errors (:func:`idapgraph.passes.latency.measured_importance`). Unit scores are comparable
-    within a group only, so without it the solver weighs a group by its unit count. Costs a
-    healed model per measurement (MNIST CNN: 27 in about 20 s). On the MNIST CNN with pinned
-    tables, plans for predicted latencies 0.7 to 0.4 scored 94.4-96.9 % top-1 after
-    least-squares healing, the unit-count weighting 80.5-95.5 %; measured without healing
-    (masked), the losses saturate and did worse."""
-    out = []
-    for i, (g, s) in enumerate(zip(a.coupling.groups, scores)):
-        lo, got = select_pass.min_kept(g.n_units, min_keep), {}
-        order = np.argsort(s, kind="stable")
-        for share in LOSS_KEEPS:
-            k = max(lo, int(round(share * g.n_units)))
-            if k < g.n_units and k not in got:
-                cut = Plan(remove={g.key: sorted(int(u) for u in order[:g.n_units - k])},
-                           meta={"backend": a.graph.backend})
-                rewrite = prune_pass.resolve(a.graph, a.coupling, cut)
-                _, rep = heal_stage.heal(a, a.model.emit(rewrite, "remove"), rewrite, batches,
-                                         mode="lsq")
-                # the error of the model healing keeps (healed, or not where that is worse)
-                got[k] = float(min(rep.error_before, rep.error_after))
-        out.append(got)
-        if progress is not None:
-            progress("group losses", i + 1, len(scores))
-    return out
 
 
 def block_weights(a: Analysis, scores, block_errors: dict[str, float], error, min_keep: float):

@@ -38,7 +38,7 @@ def run(s: State) -> Result:
         groups=len(coupling.groups), groups_pruned=sum(1 for v in plan.remove.values() if v),
         units_removed=plan.n_removed, frozen=[asdict(f) for f in coupling.frozen],
         warnings=s.warnings, calibration=s.kind, steps=s.log, heal=asdict(s.heal),
-        protected=dict(s.protected or {}),
+        protected=dict(s.protected or {}), group_losses=s.group_losses,
         blocks_bypassed=s.bypassed, block_scores=s.block_scores, params_constants=s.stored,
         round_to=o.round_to, keep=o.keep, kept_nodes=[n for n in g.nodes if n in s.kept_nodes],
         layers=cost_pass.layer_changes(g, a.cost, after, lambda t: rewrite.new_shapes[t],

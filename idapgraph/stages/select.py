@@ -22,19 +22,27 @@ from .state import State
 def run(s: State) -> None:
     """``s.plan`` for the FLOPs/params targets: the given plan or the selection (``s.reached``
     false, with a warning, where it falls short). A latency target is
-    :func:`idapgraph.stages.latency.select`'s."""
-    o, a = s.opts, s.a
+    :func:`idapgraph.stages.latency.select`'s, ``measure_groups``
+    :func:`idapgraph.stages.measured.run`'s."""
+    o = s.opts
     if o.latency is not None:
         return
-    if o.plan is None:
-        sel = select_plan(s)
-        s.plan, s.reached = sel.plan, sel.reached
-        if not sel.reached:
-            s.warn(f"target not reachable: frozen channels and the per-group minimum "
-                   f"({o.min_keep:.0%}) leave FLOPs at {sel.flops / max(a.cost.flops, 1):.3f} "
-                   f"and params at {sel.params / max(a.cost.params, 1):.3f} of the original")
-    else:
+    if o.plan is not None:
         s.plan = o.plan
+    elif not o.measure_groups:
+        settle(s, select_plan(s))
+
+
+def settle(s: State, sel) -> None:
+    """``s.plan`` and ``s.reached`` from the selection ``sel``, with a warning where it falls
+    short of the targets."""
+    o, a = s.opts, s.a
+    s.plan, s.reached = sel.plan, sel.reached
+    if not sel.reached:
+        s.warn(f"target not reachable: frozen channels and the per-group minimum "
+               f"({o.min_keep:.0%}) leave FLOPs at {sel.flops / max(a.cost.flops, 1):.3f} "
+               f"and params at {sel.params / max(a.cost.params, 1):.3f} of the original",
+               stacklevel=4)
 
 
 def scoring_data(s: State):
@@ -121,7 +129,7 @@ def guard(s: State, batches, sc: list[np.ndarray]) -> list[np.ndarray]:
         s.protected = {}
         if s.kind != "data":
             return sc
-        error = a.model.output_error(_first_samples(batches, PROBE_SAMPLES))
+        error = a.model.output_error(first_samples(batches, PROBE_SAMPLES))
         quanta = select_pass.unit_quanta(a.coupling, o.round_to)
         measured = {}
         for gr, q, units in zip(a.coupling.groups, quanta, sc):
@@ -145,7 +153,7 @@ def _target(o) -> dict:
     return {"flops": o.flops, "params": o.params, "min_keep": o.min_keep, "round_to": o.round_to}
 
 
-def _first_samples(batches: list, n: int) -> list:
+def first_samples(batches: list, n: int) -> list:
     """The first calibration batches that hold at least ``n`` samples (all of them if fewer)."""
     out, got = [], 0
     for b in batches:

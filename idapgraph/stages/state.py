@@ -28,6 +28,8 @@ class State:
     kind: str = "none"  # calibration: data, random or none
     log: list[dict] = field(default_factory=list)  # idap's selection steps
     protected: dict[str, float] | None = None  # group -> error of its first cut (select.guard)
+    # measure_groups with FLOPs/params targets, per round: group -> kept count -> error
+    group_losses: list[dict[str, dict[str, float]]] | None = None
     lat_info: dict[str, Any] | None = None  # latency=R's record
     rewrite: Rewrite | None = None
     out: Any = None  # the emitted model

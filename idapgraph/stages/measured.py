@@ -1,0 +1,119 @@
+"""``measure_groups`` with FLOPs/params targets: the channel counts allocated by measured group
+losses (:func:`idapgraph.passes.allocate.allocate`), in rounds. Each round measures the model
+as the rounds before left it (pruned and healed, analysed again), so a group's loss sees the
+cuts already made: measured once, the losses of cuts made together are only added, and at
+deep targets the cuts compound (CIFAR ResNet-20 at 0.5 FLOPs: 54.1 % top-1 in one round, 69.0 %
+in two; BENCHMARKS.md). The plan is composed on the original model, which the later stages
+emit and heal as usual."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..analysis import Analysis, analyze
+from ..ir.plan import Plan
+from ..passes import allocate as allocate_pass
+from ..passes import prune as prune_pass
+from ..passes import select as select_pass
+from . import heal as heal_stage
+from . import select as select_stage
+from .losses import LOSS_KEEPS, group_losses
+from .state import State
+
+#: Each round keeps at least this share of the FLOPs (and params) it starts from: a target of
+#: 0.7 is one round, 0.5 two, 0.3 four.
+ROUND_KEEP = 0.7
+
+
+def run(s: State) -> None:
+    """The select stage of ``measure_groups`` with FLOPs/params targets (``s.plan``)."""
+    o = s.opts
+    if o.measure_groups and o.latency is None and o.plan is None:
+        whole = all(t is None or t >= 1 for t in (o.flops, o.params))  # nothing to measure
+        select_stage.settle(s, select_stage.select_plan(s) if whole else select(s))
+
+
+def rounds(o) -> int:
+    """Rounds for the targets: each keeps at least :data:`ROUND_KEEP` of what it starts from."""
+    low = min(t for t in (o.flops, o.params) if t is not None)
+    return max(1, math.ceil(math.log(low) / math.log(ROUND_KEEP) - 1e-9)) if low < 1 else 1
+
+
+def select(s: State) -> select_pass.Selection:
+    """The rounds: round ``k`` of ``R`` allocates toward ``target^(k/R)`` on the model the
+    rounds before left (its own analysis, scores and measured losses), and its cuts are mapped
+    back onto the original's units. Records each round's losses (``s.group_losses``) and
+    totals (``s.log``). Returns the selection on the original."""
+    o, a = s.opts, s.a
+    batches, real = a.model.calibration(o.calib, o.seed)
+    s.kind = "data" if real else "random"
+    if not real:
+        s.warn("no calibration data: measure_groups measures the groups' losses on seeded "
+               "standard-normal inputs; pass calib= (API) or --calib FILE.npz (CLI)", stacklevel=5)
+    plan, sel, n = Plan(meta={"backend": a.graph.backend}), None, rounds(o)
+    s.group_losses = []
+    for k in range(1, n + 1):
+        now, cal = (a, batches) if not plan.remove else _pruned(s, plan, batches)
+        done = allocate_pass.counted(a.graph, a.coupling, plan)
+        share = {"flops": _share(o.flops, k, n, done.flops, a.cost.flops),
+                 "params": _share(o.params, k, n, done.params, a.cost.params)}
+        step = _round(s, now, cal, plan, share)
+        plan = composed(a, plan, step.plan)
+        sel = allocate_pass.counted(a.graph, a.coupling, plan, o.flops, o.params)
+        s.log.append({"step": k - 1, "fraction": round(share["flops"] or share["params"], 4),
+                      "removed": step.plan.n_removed, "flops": sel.flops, "params": sel.params})
+        if o.progress is not None:
+            o.progress("round", k, n)
+    return sel
+
+
+def _share(target, k: int, n: int, now: int, base: int):
+    """Round ``k``'s goal as a fraction of the model it starts from (None: no such target)."""
+    return None if target is None else min(1.0, target ** (k / n) * base / max(now, 1))
+
+
+def _pruned(s: State, plan: Plan, batches) -> tuple[Analysis, list]:
+    """The original with ``plan`` removed and healed by least squares, analysed, and the
+    calibration batches of that analysis."""
+    a, o = s.a, s.opts
+    rewrite = prune_pass.resolve(a.graph, a.coupling, plan)
+    model, _ = heal_stage.heal(a, a.model.emit(rewrite, "remove"), rewrite, batches, mode="lsq")
+    now = analyze(model, getattr(a.model, "example_inputs", None))
+    return now, now.model.calibration(o.calib, o.seed)[0]
+
+
+def _round(s: State, now: Analysis, cal, plan: Plan, share: dict) -> select_pass.Selection:
+    """One round's selection on ``now`` (the model ``plan`` left): scores, losses measured at
+    the allowed counts nearest to :data:`LOSS_KEEPS` (healed, only the layers that lost
+    channels refitted, on the first :data:`~idapgraph.stages.select.PROBE_SAMPLES` samples),
+    allocation. A group that is not the original's of its key with ``plan``'s units gone is
+    not cut."""
+    o = s.opts
+    left = {g.key: g.n_units - len(plan.remove.get(g.key, ())) for g in s.a.coupling.groups}
+    groups = now.coupling.groups
+    matched = [left.get(g.key) == g.n_units for g in groups]
+    sc = select_stage.scores(now, o.method, cal, o.loss, o.seed)
+    quanta = [int(q) if m else g.n_units for g, q, m in
+              zip(groups, select_pass.unit_quanta(now.coupling, o.round_to), matched)]
+    counts = [allocate_pass.probe_counts(g.n_units, q, o.min_keep, LOSS_KEEPS)
+              for g, q in zip(groups, quanta)]
+    losses = group_losses(now, sc, select_stage.first_samples(cal, select_stage.PROBE_SAMPLES),
+                          o.min_keep, o.progress, counts=counts, drifted=False)
+    s.group_losses.append({g.key: {str(k): round(v, 6) for k, v in ls.items()}
+                           for g, ls in zip(groups, losses) if ls})
+    return allocate_pass.allocate(now.graph, now.coupling, sc, losses, flops=share["flops"],
+                                  params=share["params"], min_keep=o.min_keep, round_to=quanta)
+
+
+def composed(a: Analysis, plan: Plan, step: Plan) -> Plan:
+    """``plan`` followed by ``step``, a plan on the model ``plan`` left: a unit ``j`` of a
+    group there is the ``j``-th unit ``plan`` kept of the original's group of that key."""
+    out = {k: set(v) for k, v in plan.remove.items()}
+    n_units = {g.key: g.n_units for g in a.coupling.groups}
+    for key, units in step.remove.items():
+        kept = [u for u in range(n_units[key]) if u not in out.get(key, ())]
+        out.setdefault(key, set()).update(kept[j] for j in units)
+    return Plan(remove={k: sorted(v) for k, v in out.items() if v},
+                units={k: n_units[k] for k, v in out.items() if v}, meta=dict(plan.meta))

@@ -1,0 +1,128 @@
+"""Allocation by measured loss (``measure_groups`` with FLOPs/params targets): the allowed
+counts, the greedy allocation on handed-in losses, and end to end on both backends a branch
+whose channels matter kept while the branches that barely move the output are cut."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import idapgraph
+import schemas
+from helpers import ResidualBranches, export_onnx, onnx_out, rel_err
+from idapgraph.passes import allocate
+
+
+def _branches():
+    """A 16-channel stream and three 32-channel residual branches; the outputs of branches 1
+    and 2 are scaled down 100x, so only branch 0's channels move the output."""
+    return ResidualBranches(width=32, damped=(1, 2))
+
+
+STREAM, BRANCH0, QUIET = "w0.out", "w1.out", ("w3.out", "w5.out")
+X = (torch.randn(1, 3, 8, 8),)
+
+
+def test_allowed_and_probed_counts():
+    assert allocate.options(64, 8, 0.1) == [64, 56, 48, 40, 32, 24, 16, 8]
+    assert allocate.options(20, 8, 0.1) == [20, 16, 8]
+    assert allocate.options(16, 8, 0.6) == [16]  # min_keep 0.6 rounds up to 16: no cut
+    assert allocate.options(8, 8, 0.1) == [8]  # no wider than one quantum: left whole
+    assert allocate.options(5, 1, 0.5) == [5, 4, 3]
+    assert allocate.probe_counts(64, 8, 0.1, (0.25, 0.5, 0.75)) == [48, 32, 16]
+    assert allocate.probe_counts(16, 8, 0.1, (0.25, 0.5, 0.75)) == [8]
+    assert allocate.probe_counts(8, 8, 0.1, (0.25, 0.5, 0.75)) == []
+
+
+def test_allocation_follows_the_handed_in_losses():
+    """Pure: with the quiet branches' losses zero and the others large, a target the quiet
+    branches can meet alone is met by them; a params target is met too."""
+    a = idapgraph.analyze(_branches().eval(), X)
+    groups = a.coupling.groups
+    scores = [np.arange(g.n_units, dtype=float) for g in groups]
+    losses = [{k: (0.0 if g.key in QUIET else 1.0) for k in (24, 16, 8)} for g in groups]
+    sel = allocate.allocate(a.graph, a.coupling, scores, losses, flops=0.7)
+    assert sel.reached and sel.flops <= 0.7 * a.cost.flops
+    assert set(sel.plan.remove) <= set(QUIET) and sel.plan.remove
+    for key, units in sel.plan.remove.items():  # the lowest-scoring units go
+        assert units == list(range(len(units)))
+    both = allocate.allocate(a.graph, a.coupling, scores, losses, flops=0.9, params=0.5)
+    assert both.reached and both.params <= 0.5 * a.cost.params
+    assert not allocate.allocate(a.graph, a.coupling, scores, losses, flops=0.01).reached
+
+
+@pytest.mark.parametrize("backend", ["fx", "onnx"])
+def test_measured_allocation_spares_the_branch_that_matters(backend):
+    """Scores are normalised within each group, so the default cuts every branch alike; with
+    ``measure_groups`` each group's healed loss is measured and the branch that moves the
+    output keeps its channels: at the same FLOPs the held-out output error is far lower. The
+    report lists the measured losses; the emitted model is valid."""
+    model = _branches().eval()
+    cal, held = torch.randn(64, 3, 8, 8), torch.randn(64, 3, 8, 8)
+    src, ex = (model, X) if backend == "fx" else (
+        export_onnx(model, X, input_names=["x"], dynamic_axes={"x": {0: "batch"}}), None)
+    with torch.no_grad():
+        ref = model(held).numpy()
+
+    def error(result) -> float:
+        if backend == "fx":
+            with torch.no_grad():
+                return rel_err(ref, result.model(held).numpy())
+        onnx.checker.check_model(result.model, full_check=True)
+        return rel_err(ref, onnx_out(result.model, {"x": held.numpy()})[0])
+
+    default = idapgraph.compress(src, ex, flops=0.6, calib=cal)
+    measured = idapgraph.compress(src, ex, flops=0.6, calib=cal, measure_groups=True)
+    assert measured.report.reached and measured.report.flops_ratio <= 0.6
+    assert len(measured.report.group_losses) == 2  # 0.6 = two rounds keeping >= 0.7 each
+    losses = measured.report.group_losses[0]
+    assert set(losses) == {STREAM, BRANCH0, *QUIET}
+    assert list(losses[BRANCH0]) == ["24", "16", "8"] and list(losses[STREAM]) == ["8"]
+    assert all(losses[BRANCH0]["16"] > 100 * losses[q]["16"] for q in QUIET)
+    assert BRANCH0 not in measured.plan.remove and STREAM not in measured.plan.remove
+    assert BRANCH0 in default.plan.remove  # what the measurement changes
+    assert default.report.group_losses is None
+    assert [s["step"] for s in measured.report.steps] == [0, 1]
+    whole = idapgraph.compress(src, ex, flops=1.0, calib=cal, measure_groups=True)
+    assert not whole.plan.remove and whole.report.group_losses is None
+    assert error(measured) < 0.1 * error(default)
+
+
+def test_rounds_and_composed_plans():
+    """The rounds each keep at least ROUND_KEEP of what they start from, and a later round's
+    plan (on the model the first left: unit j is the j-th kept) maps back onto the original."""
+    from idapgraph.ir.plan import Plan
+    from idapgraph.options import CompressOptions
+    from idapgraph.stages import measured
+
+    assert [measured.rounds(CompressOptions(flops=t)) for t in (0.9, 0.7, 0.5, 0.3)] == [1, 1, 2, 4]
+    assert measured.rounds(CompressOptions(flops=0.9, params=0.45)) == 3
+    a = idapgraph.analyze(_branches().eval(), X)
+    first = Plan(remove={BRANCH0: [0, 2, 4]}, meta={"backend": "fx"})
+    both = measured.composed(a, first, Plan(remove={BRANCH0: [0, 1, 2], STREAM: [15]}))
+    assert both.remove == {BRANCH0: [0, 1, 2, 3, 4, 5], STREAM: [15]}
+    assert both.units == {BRANCH0: 32, STREAM: 16}
+
+
+def test_cli_measure_groups_with_a_flops_target(tmp_path):
+    """``--measure-groups --flops``: the report has each round's measured losses (schema) and
+    the human output says how the counts were allocated; the model is written."""
+    src = tmp_path / "b.onnx"
+    src.write_bytes(export_onnx(_branches().eval(), X).SerializeToString())
+    np.savez(tmp_path / "cal.npz", torch.randn(32, 3, 8, 8).numpy())
+    args = [sys.executable, "-m", "idapgraph", "compress", str(src), "-o", str(tmp_path / "s.onnx"),
+            "--flops", "0.6", "--measure-groups", "--calib", str(tmp_path / "cal.npz")]
+    r = subprocess.run(args + ["--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    schemas.check(rep, schemas.COMPRESS)
+    assert len(rep["group_losses"]) == 2 and rep["reached"] and rep["flops_ratio"] <= 0.6
+    onnx.checker.check_model(onnx.load(str(tmp_path / "s.onnx")), full_check=True)
+    human = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert human.returncode == 0 and "allocated by measured group losses" in human.stdout
