@@ -29,6 +29,7 @@ import numpy as np
 from .ir.plan import Plan
 from .passes import latency as lat
 from .passes import latency_select
+from .passes import select as select_pass
 from .runners import clock, solver_output
 from .runners.latency_cache import DiskTable
 from .runners.providers import CPU
@@ -100,7 +101,7 @@ def plan_of(a, model: lat.LatencyModel, scores: list[np.ndarray],
     remove = {}
     for g, s, c in zip(a.coupling.groups, scores, model.counts(sol.choice)):
         if c < g.n_units:
-            remove[g.key] = sorted(int(u) for u in np.argsort(s, kind="stable")[:g.n_units - c])
+            remove[g.key] = select_pass.lowest_units(s, g.n_units - c)
     kept = set(sol.kept_blocks)
     shut = [b for bi, b in enumerate(model.blocks) if bi not in kept]
     outer = [b for b in shut if not any(o is not b and set(b.nodes) < set(o.nodes) for o in shut)]

@@ -15,7 +15,7 @@ from ..ir.plan import Plan
 from . import cost as cost_pass
 from .latency import measured_loss
 from .prune import shape_fn
-from .select import Selection, _class_widths, _quanta, min_kept
+from .select import Selection, lowest_units, min_kept, quanta, unit_widths
 
 
 def options(n: int, quantum: int, min_keep: float) -> list[int]:
@@ -51,8 +51,8 @@ def allocate(graph: Graph, coupling: Coupling, scores: list[np.ndarray],
     its scores (:func:`idapgraph.passes.latency.measured_loss`); the units removed are each
     group's lowest-scoring. Losses of different groups are added: cuts that compound are not
     seen."""
-    quanta = _quanta(coupling, round_to)
-    allowed = [options(g.n_units, int(q), min_keep) for g, q in zip(coupling.groups, quanta)]
+    allowed = [options(g.n_units, int(q), min_keep)
+               for g, q in zip(coupling.groups, quanta(coupling, round_to))]
     st = _Counts(graph, coupling, allowed, flops, params)
     loss = [measured_loss(s, opts, ls) for s, opts, ls in zip(scores, allowed, losses)]
     while not st.met():
@@ -80,7 +80,7 @@ class _Counts:
 
     def __init__(self, graph: Graph, coupling: Coupling, allowed: list[list[int]], flops, params):
         self.graph, self.coupling, self.allowed = graph, coupling, allowed
-        g_cls, self.per_class = _widths(coupling)
+        g_cls, self.per_class = unit_widths(coupling)
         self.n_units = np.array([g.n_units for g in coupling.groups], dtype=np.int64)
         self.base = cost_pass.count(graph)
         self.tensors = [{s.tensor for c, _ in cls for s in coupling.class_spaces[c]}
@@ -126,18 +126,10 @@ class _Counts:
         return np.array([f / max(self.base.flops, 1), p / max(self.base.params, 1)])
 
 
-def _widths(coupling: Coupling):
-    """(per group: its members' (space class, indices per unit); ``units taken per group ->
-    indices removed per space class``)."""
-    g_cls = [[(coupling.space_class[m.spaces[0]], m.index.shape[1]) for m in g.members]
-             for g in coupling.groups]
-    return g_cls, _class_widths(g_cls, len(coupling.class_size))
-
-
 def _selection(graph: Graph, coupling: Coupling, scores, kept: np.ndarray, flops,
                params) -> Selection:
     """The plan removing each group's lowest-scoring units down to ``kept``, counted."""
-    remove = {g.key: sorted(int(u) for u in np.argsort(s, kind="stable")[:g.n_units - k])
+    remove = {g.key: lowest_units(s, g.n_units - k)
               for g, s, k in zip(coupling.groups, scores, kept) if k < g.n_units}
     plan = Plan(remove=remove, units={g.key: g.n_units for g in coupling.groups
                                       if g.key in remove}, meta={"backend": graph.backend})
@@ -147,7 +139,7 @@ def _selection(graph: Graph, coupling: Coupling, scores, kept: np.ndarray, flops
 def counted(graph: Graph, coupling: Coupling, plan: Plan, flops: float | None = None,
             params: float | None = None) -> Selection:
     """``plan`` as a selection: its FLOPs and params counted, ``reached`` for the targets."""
-    _, per_class = _widths(coupling)
+    _, per_class = unit_widths(coupling)
     taken = np.array([len(plan.remove.get(g.key, ())) for g in coupling.groups], dtype=np.int64)
     base = cost_pass.count(graph)
     after = cost_pass.count(graph, shape_fn(graph, coupling, per_class(taken)))

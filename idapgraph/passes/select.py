@@ -76,11 +76,10 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
     :func:`unit_quanta`'s kernel-friendly counts; a sequence: one multiple per group);
     ``max_new`` then counts units actually removed, and a step that would remove none takes the
     smallest whole rounding step instead."""
-    round_to = _quanta(coupling, round_to)
+    round_to = quanta(coupling, round_to)
     base = cost_pass.count(graph)
     prev = {k: set(v) for k, v in (removed.remove if removed else {}).items()}
-    g_cls = [[(coupling.space_class[m.spaces[0]], m.index.shape[1]) for m in g.members]
-             for g in coupling.groups]
+    g_cls, per_class = unit_widths(coupling)
     base_removed, cg, cu = _candidates(coupling, scores, prev, g_cls, min_keep, round_to)
     n_units = np.array([g.n_units for g in coupling.groups], dtype=np.int64)
     n_prev = np.array([len(prev.get(g.key, ())) for g in coupling.groups], dtype=np.int64)
@@ -89,7 +88,6 @@ def select(graph: Graph, coupling: Coupling, scores: list[np.ndarray], *,
         return _taken(cg[:k], n_units, n_prev, round_to)
 
     counter = cost_pass.Recounter(graph, base)
-    per_class = _class_widths(g_cls, len(base_removed))
     last = np.zeros_like(base_removed)  # what the counter's shapes remove: nothing yet
 
     def cost_at(k: int):
@@ -144,7 +142,7 @@ def _candidates(coupling: Coupling, scores: list[np.ndarray], prev: dict[str, se
     return base_removed, cg[order], cu[order]
 
 
-def _quanta(coupling: Coupling, round_to) -> np.ndarray:
+def quanta(coupling: Coupling, round_to) -> np.ndarray:
     """``round_to`` as one multiple per group (see :func:`select`), checked."""
     if round_to is None or isinstance(round_to, (int, np.integer)):
         if round_to is not None and not round_to >= 1:
@@ -168,6 +166,20 @@ def _taken(groups: np.ndarray, n_units: np.ndarray, n_prev: np.ndarray,
                                            np.maximum(round_to, -(-kept // round_to) * round_to)),
                     n_units - n_prev)
     return n_units - n_prev - kept
+
+
+def lowest_units(scores, k: int) -> list[int]:
+    """The ``k`` lowest-scoring units of a group (ties by index), sorted: what a cut of ``k``
+    removes."""
+    return sorted(int(u) for u in np.argsort(scores, kind="stable")[:max(k, 0)])
+
+
+def unit_widths(coupling: Coupling):
+    """(per group: its members' (space class, indices per unit); ``units taken per group ->
+    indices removed per space class``)."""
+    g_cls = [[(coupling.space_class[m.spaces[0]], m.index.shape[1]) for m in g.members]
+             for g in coupling.groups]
+    return g_cls, _class_widths(g_cls, len(coupling.class_size))
 
 
 def _class_widths(g_cls: list[list[tuple[int, int]]], n_classes: int):

@@ -4,8 +4,6 @@ and the measure stage that times the result against the original."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import latency_target
 from ..analysis import Analysis, timing_analysis
 from ..ir.plan import Plan
@@ -103,8 +101,7 @@ def block_weights(a: Analysis, scores, block_errors: dict[str, float], error, mi
     for g, s in zip(a.coupling.groups, scores):
         k = g.n_units - max(select_pass.min_kept(g.n_units, min_keep), -(-g.n_units // 2))
         if k > 0:
-            order = np.argsort(s, kind="stable")[:k]
-            remove[g.key] = sorted(int(u) for u in order)
+            remove[g.key] = select_pass.lowest_units(s, k)
             whole, half = kept_importance(s, [g.n_units, g.n_units - k])
             lost += float(whole - half)
     if not remove or lost <= 0:

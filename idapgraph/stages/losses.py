@@ -4,7 +4,6 @@ healed, at a few kept counts -- one scale across groups for the latency MILP
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..analysis import Analysis
 from ..ir.plan import Plan
@@ -33,12 +32,11 @@ def group_losses(a: Analysis, scores, batches, min_keep: float, progress=None,
     out = []
     for i, (g, s) in enumerate(zip(a.coupling.groups, scores)):
         lo, got = select_pass.min_kept(g.n_units, min_keep), {}
-        order = np.argsort(s, kind="stable")
         wanted = counts[i] if counts is not None else \
             [max(lo, int(round(share * g.n_units))) for share in LOSS_KEEPS]
         for k in wanted:
             if k < g.n_units and k not in got:
-                cut = Plan(remove={g.key: sorted(int(u) for u in order[:g.n_units - k])},
+                cut = Plan(remove={g.key: select_pass.lowest_units(s, g.n_units - k)},
                            meta={"backend": a.graph.backend})
                 rewrite = prune_pass.resolve(a.graph, a.coupling, cut)
                 _, rep = heal_stage.heal(a, a.model.emit(rewrite, "remove"), rewrite, batches,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from ..analysis import Analysis, analyze
 from ..ir.plan import Plan
@@ -52,13 +51,13 @@ def select(s: State) -> select_pass.Selection:
     if not real:
         s.warn("no calibration data: measure_groups measures the groups' losses on seeded "
                "standard-normal inputs; pass calib= (API) or --calib FILE.npz (CLI)", stacklevel=5)
-    plan, sel, n = Plan(meta={"backend": a.graph.backend}), None, rounds(o)
+    plan, n = Plan(meta={"backend": a.graph.backend}), rounds(o)
+    sel = allocate_pass.counted(a.graph, a.coupling, plan, o.flops, o.params)
     s.group_losses = []
     for k in range(1, n + 1):
         now, cal = (a, batches) if not plan.remove else _pruned(s, plan, batches)
-        done = allocate_pass.counted(a.graph, a.coupling, plan)
-        share = {"flops": _share(o.flops, k, n, done.flops, a.cost.flops),
-                 "params": _share(o.params, k, n, done.params, a.cost.params)}
+        share = {"flops": _share(o.flops, k, n, sel.flops, a.cost.flops),
+                 "params": _share(o.params, k, n, sel.params, a.cost.params)}
         step = _round(s, now, cal, plan, share)
         plan = composed(a, plan, step.plan)
         sel = allocate_pass.counted(a.graph, a.coupling, plan, o.flops, o.params)

@@ -135,7 +135,7 @@ def guard(s: State, batches, sc: list[np.ndarray]) -> list[np.ndarray]:
         for gr, q, units in zip(a.coupling.groups, quanta, sc):
             if gr.n_units <= q or q < COARSE_CUT * gr.n_units:
                 continue
-            cut = Plan(remove={gr.key: sorted(int(u) for u in np.argsort(units, kind="stable")[:q])},
+            cut = Plan(remove={gr.key: select_pass.lowest_units(units, q)},
                        meta={"backend": a.graph.backend})
             measured[gr.key] = error(a.model.emit(prune_pass.resolve(a.graph, a.coupling, cut),
                                                   "zero"))
