@@ -94,6 +94,43 @@ def test_measured_allocation_spares_the_branch_that_matters(backend):
     assert error(measured) < 0.1 * error(default)
 
 
+@pytest.mark.parametrize("backend", ["fx", "onnx"])
+def test_probe_healing_equals_the_ordinary_refit(backend):
+    """A measured group loss (``probe``): the same refit and error as the ordinary
+    least-squares heal of that cut, the unhealed model not measured, and the original's values
+    at the refitted layers kept for the group's next probe, which then does not step the
+    original again."""
+    from idapgraph.ir.plan import Plan
+    from idapgraph.passes import prune as prune_pass
+    from idapgraph.stages import heal as heal_stage
+
+    model = _branches().eval()
+    src, ex = (model, X) if backend == "fx" else (
+        export_onnx(model, X, input_names=["x"], dynamic_axes={"x": {0: "batch"}}), None)
+    a = idapgraph.analyze(src, ex)
+    batches, _ = a.model.calibration(torch.randn(16, 3, 8, 8), 0)
+    probe, errors = {}, []
+    for units in ([0, 1, 2, 3], list(range(16))):
+        cut = Plan(remove={BRANCH0: units}, meta={"backend": a.graph.backend})
+        rewrite = prune_pass.resolve(a.graph, a.coupling, cut)
+        _, plain = heal_stage.heal(a, a.model.emit(rewrite, "remove"), rewrite, batches,
+                                   mode="lsq", drifted=False)
+        stepped, real = [], a.model.stepper
+        a.model.stepper = lambda m, *args, **kw: (
+            stepped.append(m is a.model.source), real(m, *args, **kw))[1]
+        try:
+            _, fast = heal_stage.heal(a, a.model.emit(rewrite, "remove"), rewrite, batches,
+                                      mode="lsq", drifted=False, probe=probe)
+        finally:
+            del a.model.stepper
+        assert np.isnan(fast.error_before) and fast.kept and fast.layers == plain.layers > 0
+        assert fast.error_after == pytest.approx(plain.error_after, rel=1e-5, abs=1e-9)
+        # the original is stepped for the first probe only; the pruned model each time
+        assert stepped == ([False, True] if not errors else [False])
+        errors.append(fast.error_after)
+    assert probe and errors[1] > errors[0] > 0
+
+
 def test_rounds_and_composed_plans():
     """The rounds each keep at least ROUND_KEEP of what they start from, and a later round's
     plan (on the model the first left: unit j is the j-th kept) maps back onto the original."""

@@ -28,10 +28,12 @@ def group_losses(a: Analysis, scores, batches, min_keep: float, progress=None,
     tables, plans for predicted latencies 0.7 to 0.4 scored 94.4-96.9 % top-1 after
     least-squares healing, the unit-count weighting 80.5-95.5 %; measured without healing
     (masked), the losses saturate and did worse. ``drifted=False`` refits only the layers that
-    lost input channels (the FLOPs targets' allocation: a fraction of the time)."""
+    lost input channels (the FLOPs targets' allocation: a fraction of the time), and the
+    group's probes share the original's values at those layers' outputs (``probe`` of
+    :func:`idapgraph.stages.heal.reconstruct`)."""
     out = []
     for i, (g, s) in enumerate(zip(a.coupling.groups, scores)):
-        lo, got = select_pass.min_kept(g.n_units, min_keep), {}
+        lo, got, probe = select_pass.min_kept(g.n_units, min_keep), {}, None if drifted else {}
         wanted = counts[i] if counts is not None else \
             [max(lo, int(round(share * g.n_units))) for share in LOSS_KEEPS]
         for k in wanted:
@@ -40,9 +42,11 @@ def group_losses(a: Analysis, scores, batches, min_keep: float, progress=None,
                            meta={"backend": a.graph.backend})
                 rewrite = prune_pass.resolve(a.graph, a.coupling, cut)
                 _, rep = heal_stage.heal(a, a.model.emit(rewrite, "remove"), rewrite, batches,
-                                         mode="lsq", drifted=drifted)
-                # the error of the model healing keeps (healed, or not where that is worse)
-                got[k] = float(min(rep.error_before, rep.error_after))
+                                         mode="lsq", drifted=drifted, probe=probe)
+                # the error of the model healing keeps (healed, or not where that is worse;
+                # probes: healed)
+                got[k] = float(rep.error_after if probe is not None else
+                               min(rep.error_before, rep.error_after))
         out.append(got)
         if progress is not None:
             progress("group losses", i + 1, len(scores))
