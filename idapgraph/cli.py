@@ -75,11 +75,12 @@ def _compress_targets(c) -> None:
                         "per-layer latency tables (cached; see `idapgraph profile`)")
     c.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
                    help="onnxruntime intra-op threads for --latency and --bench (default 1)")
-    c.add_argument("--measure-groups", action="store_true",
+    c.add_argument("--measure-groups", action=argparse.BooleanOptionalAction, default=None,
                    help="weigh each channel group by its measured calibration loss (up to "
-                        "three healed models per group: slower, better across groups); with "
-                        "--flops/--params the counts are allocated by measured loss per FLOP "
-                        "in rounds")
+                        "three healed models per group); with --flops/--params the counts are "
+                        "allocated by measured loss per FLOP in rounds. Default: on for "
+                        "--flops/--params with --heal lsq (off for ONNX files with external "
+                        "data), off for --latency; --no-measure-groups: the scores alone, several times faster")
     c.add_argument("--dims", type=_dims, default=None, metavar="NAME=N,...",
                    help="--latency and --bench: " + DIMS_HELP + "; the output keeps them symbolic")
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],

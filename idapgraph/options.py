@@ -49,7 +49,8 @@ class CompressOptions:
     solver: str = "milp"  # milp or greedy
     provider: str = "cpu"  # cpu or cuda
     dims: dict | None = None  # symbolic dim name -> size latency is timed at
-    measure_groups: bool = False  # targets allocate the groups by measured losses
+    measure_groups: bool | None = None  # groups weighed by measured losses (None: for
+    # FLOPs/params targets of a model the backend runs step by step, see stages.prepare)
 
     @classmethod
     def of(cls, options: CompressOptions | None = None, **overrides) -> CompressOptions:

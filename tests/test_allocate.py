@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -59,10 +60,11 @@ def test_allocation_follows_the_handed_in_losses():
 
 @pytest.mark.parametrize("backend", ["fx", "onnx"])
 def test_measured_allocation_spares_the_branch_that_matters(backend):
-    """Scores are normalised within each group, so the default cuts every branch alike; with
-    ``measure_groups`` each group's healed loss is measured and the branch that moves the
-    output keeps its channels: at the same FLOPs the held-out output error is far lower. The
-    report lists the measured losses; the emitted model is valid."""
+    """Scores are normalised within each group, so the scores alone (``measure_groups=False``)
+    cut every branch alike; the default with calibration data measures each group's healed
+    loss, and the branch that moves the output keeps its channels: at the same FLOPs the
+    held-out output error is far lower. The report lists the measured losses; the emitted
+    model is valid."""
     model = _branches().eval()
     cal, held = torch.randn(64, 3, 8, 8), torch.randn(64, 3, 8, 8)
     src, ex = (model, X) if backend == "fx" else (
@@ -77,8 +79,8 @@ def test_measured_allocation_spares_the_branch_that_matters(backend):
         onnx.checker.check_model(result.model, full_check=True)
         return rel_err(ref, onnx_out(result.model, {"x": held.numpy()})[0])
 
-    default = idapgraph.compress(src, ex, flops=0.6, calib=cal)
-    measured = idapgraph.compress(src, ex, flops=0.6, calib=cal, measure_groups=True)
+    scores = idapgraph.compress(src, ex, flops=0.6, calib=cal, measure_groups=False)
+    measured = idapgraph.compress(src, ex, flops=0.6, calib=cal)  # the default measures
     assert measured.report.reached and measured.report.flops_ratio <= 0.6
     assert len(measured.report.group_losses) == 2  # 0.6 = two rounds keeping >= 0.7 each
     losses = measured.report.group_losses[0]
@@ -86,12 +88,41 @@ def test_measured_allocation_spares_the_branch_that_matters(backend):
     assert list(losses[BRANCH0]) == ["24", "16", "8"] and list(losses[STREAM]) == ["8"]
     assert all(losses[BRANCH0]["16"] > 100 * losses[q]["16"] for q in QUIET)
     assert BRANCH0 not in measured.plan.remove and STREAM not in measured.plan.remove
-    assert BRANCH0 in default.plan.remove  # what the measurement changes
-    assert default.report.group_losses is None
+    assert BRANCH0 in scores.plan.remove  # what the measurement changes
+    assert scores.report.group_losses is None
     assert [s["step"] for s in measured.report.steps] == [0, 1]
     whole = idapgraph.compress(src, ex, flops=1.0, calib=cal, measure_groups=True)
     assert not whole.plan.remove and whole.report.group_losses is None
-    assert error(measured) < 0.1 * error(default)
+    assert error(measured) < 0.1 * error(scores)
+
+
+def test_default_measures_only_where_it_pays(tmp_path):
+    """``measure_groups=None`` (the default) measures for a FLOPs target with calibration data
+    and least-squares healing; not without calibration data, with other healing, for a given
+    plan, or for an ONNX file with external data (no stepper: a probe per refitted layer)."""
+    model = _branches().eval()
+    cal = torch.randn(32, 3, 8, 8)
+    proto = export_onnx(model, X, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+
+    def measured(src, ex=None, **kw) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return idapgraph.compress(src, ex, flops=0.7, **kw).report.group_losses is not None
+
+    assert measured(model, X, calib=cal) and measured(proto, calib=cal)
+    assert not measured(model, X) and not measured(proto)
+    assert not measured(proto, calib=cal, heal="stats")
+    assert not measured(proto, calib=cal, measure_groups=False)
+    plan = idapgraph.compress(proto, flops=0.7, calib=cal, measure_groups=False).plan
+    assert not measured(proto, calib=cal, plan=plan)
+    # 16 x 128 x 3 x 3 float weights (72 KiB) stay external at load (64 KiB and less are read in)
+    wide = export_onnx(ResidualBranches(width=128, damped=(1, 2)).eval(), X, input_names=["x"],
+                       dynamic_axes={"x": {0: "batch"}})
+    path = tmp_path / "external.onnx"
+    onnx.save_model(wide, str(path), save_as_external_data=True, location="external.onnx.data",
+                    size_threshold=0)
+    assert not measured(str(path), calib={"x": cal.numpy()})
+    assert measured(str(path), calib={"x": cal.numpy()}, measure_groups=True)
 
 
 @pytest.mark.parametrize("backend", ["fx", "onnx"])

@@ -35,11 +35,18 @@ def detector(tmp_path_factory):
     return p
 
 
-def test_detector_compresses_with_defaults(detector):
+@pytest.mark.parametrize("measure", [False, pytest.param(None, marks=pytest.mark.slow)],
+                         ids=["scores", "measured"])
+def test_detector_compresses_with_defaults(detector, measure):
+    """The default healing (least squares) on a detector with NMS and an If; the channel
+    counts from the scores alone, and (slow: 7 minutes on 2 cores) by the default's measured
+    group losses."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = idapgraph.compress(str(detector), flops=0.5, method="magnitude",  # lsq healing
-                                 calib=np.random.default_rng(0).random((6, 96, 96), np.float32))
+                                 calib=np.random.default_rng(0).random((6, 96, 96), np.float32),
+                                 measure_groups=measure)
+    assert (res.report.group_losses is not None) == (measure is None)
     said = " ".join(str(w.message) for w in caught)
     assert "symbolic shape inference skipped" in said and "NonZero" in said, said
     rep = res.report

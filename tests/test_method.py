@@ -337,18 +337,19 @@ def test_sensitive_coarse_group_is_cut_last(backend):
     outputs by more than PROTECT_ERROR and OUTLIER times the median measured group) ranks after
     the branches' units. At 0.8 FLOPs only branches are cut; at 0.3, which the branches alone
     cannot reach, the stream is cut too (ranked last, not frozen). Without real calibration
-    data nothing is measured."""
+    data nothing is measured. The guard belongs to the scores-only selection
+    (``measure_groups=False``; the default with calibration data measures every group)."""
     from idapgraph.stages import select
 
     model, x = ResidualBranches().eval(), (torch.randn(1, 3, 8, 8),)
     cal = torch.randn(64, 3, 8, 8)
     src, ex = (model, x) if backend == "fx" else (export_onnx(model, x), None)
     stream = "w0.out"
-    r = idapgraph.compress(src, ex, flops=0.8, calib=cal)
+    r = idapgraph.compress(src, ex, flops=0.8, calib=cal, measure_groups=False)
     assert set(r.report.protected) == {stream}
     assert r.report.protected[stream] > select.PROTECT_ERROR
     assert stream not in r.plan.remove and r.plan.remove
-    deep = idapgraph.compress(src, ex, flops=0.3, calib=cal)
+    deep = idapgraph.compress(src, ex, flops=0.3, calib=cal, measure_groups=False)
     assert deep.report.reached and len(deep.plan.remove[stream]) == 8
     with pytest.warns(UserWarning, match="no calibration data"):
         blind = idapgraph.compress(src, ex, flops=0.8)

@@ -5,9 +5,10 @@ at matched FLOPs with and without BatchNorm re-estimation. Prints a Markdown tab
     python tools/cifar_accuracy.py [--eval 0:10000] [--calib balanced] [--targets 0.7,0.5]
                                    [--rows all] [--depth 56]
 
-Rows: ``orig``, ``idap`` (defaults), ``none``/``bn`` (heal modes), ``mag`` (magnitude scores),
-``mg`` (``measure_groups=True``: the channel counts allocated by measured group losses, in
-rounds), ``tp`` (Torch-Pruning L2 with and without BN re-estimation).
+Rows: ``orig``, ``idap`` (defaults: with calibration data the channel counts are allocated by
+measured group losses, in rounds), ``none``/``bn`` (heal modes), ``mag`` (magnitude scores),
+``scores`` (``measure_groups=False``: the counts from the scores alone, the default before the
+thirteenth session), ``tp`` (Torch-Pruning L2 with and without BN re-estimation).
 
 Calibration (default ``balanced``): the first 26 images of every class (i*1000 .. i*1000+25,
 260 images); evaluation: the rest of ``--eval`` (9,740 images by default), never a calibration
@@ -64,7 +65,7 @@ def main() -> None:
     ap.add_argument("--eval", default="0:10000")
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--rows", default="all",
-                    help="comma list of: orig,idap,none,bn,mag,mg,tp or all")
+                    help="comma list of: orig,idap,none,bn,mag,scores,tp or all")
     ap.add_argument("--depth", type=int, default=56, choices=(20, 32, 44, 56))
     ap.add_argument("--calib", default="balanced",
                     help="'balanced' (26 images of every class), or lo:hi (NB: the test file is "
@@ -108,8 +109,8 @@ def main() -> None:
             variants.append(("idapgraph heal=bn", {"heal": "bn"}))
         if "mag" in rows:
             variants.append(("idapgraph method=magnitude", {"method": "magnitude"}))
-        if "mg" in rows:
-            variants.append(("idapgraph measure_groups", {"measure_groups": True}))
+        if "scores" in rows:
+            variants.append(("idapgraph measure_groups=False", {"measure_groups": False}))
         for name, kw in variants:
             t0 = time.time()
             r = idapgraph.compress(copy.deepcopy(model), ex, flops=target, calib=xc, **kw)

@@ -145,6 +145,11 @@ class Model:
         whole model once per refitted layer)."""
         return None
 
+    @property
+    def steppable(self) -> bool:
+        """Whether :meth:`stepper` gives a stepper for this model."""
+        return False
+
     def apply_params(self, stepper, updates: dict, new_bias: dict) -> None:
         """:meth:`set_params` on the model a :meth:`stepper` runs, in place."""
         raise NotImplementedError

@@ -78,6 +78,12 @@ class OnnxModel(Model):
         # never edits ``model`` (set_params makes new ones)
         return stepper(model, batches, self.probes)
 
+    @property
+    def steppable(self) -> bool:
+        from ..runners.onnx_stepper import steppable
+
+        return steppable(self.source)
+
     def apply_params(self, stepper, updates, new_bias):
         stepper.set_model(self.set_params(stepper.model, updates, new_bias))
 

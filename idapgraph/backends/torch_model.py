@@ -102,6 +102,8 @@ class TorchModel(Model):
 
         return Stepper(_copy.deepcopy(model) if copy else model, list(batches))
 
+    steppable = True
+
     def apply_params(self, stepper, updates, new_bias):
         from ..emit.fx import apply_params
 

@@ -92,11 +92,14 @@ def stepper(model: onnx.ModelProto, batches: Batches,
             outputs: list[str] | None = None) -> OnnxStepper | None:
     """An :class:`OnnxStepper` of ``model`` whose :meth:`~OnnxStepper.results` are the values of
     ``outputs`` (default: the graph's outputs), or None where cutting it is not safe."""
+    return OnnxStepper(model, batches, outputs) if steppable(model) else None
+
+
+def steppable(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` can be cut into steps: weights in memory, no local functions."""
     from ..frontends import onnx_external
 
-    if onnx_external.uses_external(model) or model.functions:
-        return None
-    return OnnxStepper(model, batches, outputs)
+    return not (onnx_external.uses_external(model) or model.functions)
 
 
 # standard ops with graph attributes (a custom-domain op may have them too)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
+from dataclasses import replace
 
 from ..analysis import analyze
 from ..errors import InputError
@@ -27,7 +28,7 @@ def prepare(model, example_inputs, o: CompressOptions) -> State:
     a = analyze(model, example_inputs)
     a.model.check_runnable()
     a.model.progress = o.progress
-    s = State(a, o)
+    s = State(a, _measuring(o, a))
     if o.keep:
         aliases = a.model.node_aliases()
         unmatched = [p for p in o.keep if not keep_pass.matching(a.graph, [p], aliases)]
@@ -42,6 +43,21 @@ def prepare(model, example_inputs, o: CompressOptions) -> State:
     for msg in a.warnings:
         s.warn(msg, stacklevel=4)
     return s
+
+
+def _measuring(o: CompressOptions, a) -> CompressOptions:
+    """``measure_groups=None`` (the default) decided: on for FLOPs/params targets (no given
+    plan) with real calibration data (``calib``) and least-squares healing (the losses measured
+    are least-squares-healed ones) where the backend steps the model (a group's probes then cost
+    about one calibration pass each); off for latency targets, without calibration data
+    (losses on random inputs do not pay for their time), with other healing, and for ONNX
+    models with external data or local functions, where every probe would run the whole model
+    once per refitted layer."""
+    if o.measure_groups is not None:
+        return o
+    on = o.latency is None and o.plan is None and o.heal == "lsq" and o.calib is not None \
+        and (o.flops is not None or o.params is not None)
+    return replace(o, measure_groups=bool(on and a.model.steppable))
 
 
 def resolve(s: State) -> None:

@@ -150,7 +150,8 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bo
     error = m.output_error(batches)
     rep.error_before = float("nan") if probe is not None else error(pruned)
     sites = recon_pass.sites(g, rewrite, drifted) if rewrite is not None else []
-    step = m.stepper(pruned, batches) if sites else None
+    # stepped only where the original steps too (its values at each refitted layer)
+    step = m.stepper(pruned, batches) if sites and m.steppable else None
     if step is None:  # a calibration pass per layer: only the layers that lost channels
         sites = recon_pass.sites(g, rewrite, drifted=False) if rewrite is not None else []
     kernels = {s.node: recon_pass.kernel(g, s) for s in sites}

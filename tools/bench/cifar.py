@@ -47,7 +47,8 @@ def run(quick: bool, out: Path) -> Section:
         _, top1 = tk.row(t, "—", "original", tk.model, None)
         for target in targets:
             rows = (*labelled.ours(tk, target, methods=() if quick else
-                                   ("magnitude", "random", "taylor")),
+                                   ("magnitude", "random", "taylor"), extra=() if quick else
+                                   [("idapgraph scores-only counts", {"measure_groups": False})]),
                     *labelled.peers(tk, target, ("magnitude",) if quick else
                                     ("magnitude", "taylor"), ignored=pad_shortcut_ignored))
             labelled.add_rows(tk, t, target, rows, series)

@@ -60,7 +60,9 @@ def run(quick: bool, out: Path) -> Section:
     for target in (0.5,) if quick else (0.7, 0.5, 0.3):
         rows = (*labelled.ours(tk, target, methods=() if quick else
                                ("magnitude", "random", "taylor"),
-                               extra=() if quick else [("idapgraph heal=bn", {"heal": "bn"})]),
+                               extra=() if quick else [
+                                   ("idapgraph scores-only counts", {"measure_groups": False}),
+                                   ("idapgraph heal=bn", {"heal": "bn"})]),
                 *labelled.peers(tk, target, ("magnitude",) if quick else ("magnitude", "taylor"),
                                 ignored=ignored, grad_batch=32),
                 *(() if quick else _onnxsim(tk, target)))

@@ -7,7 +7,8 @@ SST-2 training phrases, then applied unchanged to each compressed encoder's embe
 872 dev sentences (the canonical dev set, ``../shared/data/sst2``): the accuracy a user of a
 downstream classifier keeps when the encoder under it is swapped. Calibration: 256 other
 training phrases (disjoint from the probe's). Tokens: 64 (pad/truncate). Ours: the ONNX route
-(``idapgraph.compress(model.onnx, flops=F, calib=...)``, defaults); Torch-Pruning MetaPruner on
+(``idapgraph.compress(model.onnx, flops=F, calib=...)``, defaults, and the counts from the
+scores alone); Torch-Pruning MetaPruner on
 the HF BertModel as in ``tools.bench.minilm`` (heads + MLP units, one global ratio, the hidden
 width kept; the encoder has no BatchNorm to re-estimate).
 """
@@ -29,6 +30,12 @@ from .peers import torch_pruning
 SST2 = Path(os.environ.get("IDAPGRAPH_DATA", common.ROOT.parent / "shared" / "data")) / "sst2"
 SEQ = 64
 PROBE, CALIB = 8000, 256
+# ours: the defaults (counts allocated by measured group losses), then the counts from the
+# scores alone (measure_groups=False: the default before the thirteenth session) for idap and
+# the baseline criteria
+ROWS = [("ours idap", {}),
+        *((f"ours {m}, scores-only counts", {"method": m, "measure_groups": False})
+          for m in ("idap", "magnitude", "random"))]
 
 
 def phrases(path: Path) -> tuple[list[str], np.ndarray]:
@@ -89,12 +96,12 @@ def run(quick: bool, out: Path) -> Section:
     ids, mask = torch.from_numpy(cal[0][:32]), torch.from_numpy(cal[1][:32])
     grads = lambda m: m.bert(input_ids=ids, attention_mask=mask).last_hidden_state.pow(2).mean().backward()  # noqa: E501,E731
     for target in (0.7,) if quick else (0.85, 0.7, 0.5):
-        for method in ("idap",) if quick else ("idap", "magnitude", "random"):
-            r, took = common.timed(idapgraph.compress, proto, flops=target, method=method,
-                                   calib=feeds, seed=common.SEED)
+        for label, kw in ROWS[:1] if quick else ROWS:
+            r, took = common.timed(idapgraph.compress, proto, flops=target, calib=feeds,
+                                   seed=common.SEED, **kw)
             a = acc(r.model)
-            t.add(target, f"ours {method}", f"{a:.2f}", *cost(r.model), f"{took:.0f}")
-            series.setdefault(f"ours {method}", []).append((r.report.flops_ratio, a))
+            t.add(target, label, f"{a:.2f}", *cost(r.model), f"{took:.0f}")
+            series.setdefault(label, []).append((r.report.flops_ratio, a))
         for imp in ("magnitude",) if quick else ("magnitude", "taylor"):
             r, took = common.timed(torch_pruning, model, example, target, imp,
                                    ignored=tp_ignored, gradients=grads, setup=tp_kwargs,
