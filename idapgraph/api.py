@@ -83,10 +83,11 @@ def compress(model, example_inputs=None, *, options: CompressOptions | None = No
     models per group; see :func:`idapgraph.stages.losses.group_losses`). With
     ``flops``/``params`` the channel counts are allocated by measured loss per FLOP, in rounds
     (:mod:`idapgraph.stages.measured`; ``report.group_losses``); with ``latency`` the solver
-    weighs the losses. Default (None): on for ``flops``/``params`` targets with ``heal="lsq"``
-    (off for ONNX models with external data), off for ``latency``; ``False``: the scores alone, 3-15x faster and
-    less accurate (CIFAR ResNet-56 at 0.7 FLOPs: 81.1 against 81.8 % top-1; EfficientNet-Lite0:
-    19.9 against 70.9 %; BENCHMARKS.md).
+    weighs the losses. Default (None): on for ``flops``/``params`` targets with ``calib`` data
+    and ``heal="lsq"`` (off for ONNX models with external data or local functions), off for
+    ``latency``; ``False``: the scores alone, 3-15x faster and less accurate (CIFAR ResNet-56
+    at 0.7 FLOPs: 81.1 against 81.8 % top-1; EfficientNet-Lite0: 19.9 against 70.9 %;
+    BENCHMARKS.md).
     """
     o = CompressOptions.of(options, **kwargs).validated()
     if o.finetune is not None or o.evaluate is not None:

@@ -79,8 +79,9 @@ def _compress_targets(c) -> None:
                    help="weigh each channel group by its measured calibration loss (up to "
                         "three healed models per group); with --flops/--params the counts are "
                         "allocated by measured loss per FLOP in rounds. Default: on for "
-                        "--flops/--params with --heal lsq (off for ONNX files with external "
-                        "data), off for --latency; --no-measure-groups: the scores alone, several times faster")
+                        "--flops/--params with --calib and --heal lsq (off for ONNX files "
+                        "with external data), off for --latency; --no-measure-groups: the "
+                        "scores alone, several times faster")
     c.add_argument("--dims", type=_dims, default=None, metavar="NAME=N,...",
                    help="--latency and --bench: " + DIMS_HELP + "; the output keeps them symbolic")
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
