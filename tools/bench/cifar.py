@@ -48,7 +48,7 @@ def run(quick: bool, out: Path) -> Section:
         for target in targets:
             rows = (*labelled.ours(tk, target, methods=() if quick else
                                    ("magnitude", "random", "taylor"), extra=() if quick else
-                                   [("idapgraph scores-only counts", {"measure_groups": False})]),
+                                   [labelled.SCORES_ONLY]),
                     *labelled.peers(tk, target, ("magnitude",) if quick else
                                     ("magnitude", "taylor"), ignored=pad_shortcut_ignored))
             labelled.add_rows(tk, t, target, rows, series)

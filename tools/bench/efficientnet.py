@@ -61,8 +61,7 @@ def run(quick: bool, out: Path) -> Section:
         rows = (*labelled.ours(tk, target, methods=() if quick else
                                ("magnitude", "random", "taylor"),
                                extra=() if quick else [
-                                   ("idapgraph scores-only counts", {"measure_groups": False}),
-                                   ("idapgraph heal=bn", {"heal": "bn"})]),
+                                   labelled.SCORES_ONLY, ("idapgraph heal=bn", {"heal": "bn"})]),
                 *labelled.peers(tk, target, ("magnitude",) if quick else ("magnitude", "taylor"),
                                 ignored=ignored, grad_batch=32),
                 *(() if quick else _onnxsim(tk, target)))

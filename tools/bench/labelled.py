@@ -116,6 +116,10 @@ def self_labels(task: Task) -> Callable:
     return loss
 
 
+# the row of the counts from the scores alone (the default before the thirteenth session)
+SCORES_ONLY = ("idapgraph scores-only counts", {"measure_groups": False})
+
+
 def ours(task: Task, target: float, methods=("magnitude", "random", "taylor"), extra=()):
     """(label, model, seconds) of idapgraph's rows at ``target``: the defaults through the torch
     API and the ONNX route (with calibration data the channel counts are allocated by measured
