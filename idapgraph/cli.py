@@ -115,8 +115,11 @@ def _compress_method(c) -> None:
     c.add_argument("--max-error", type=float, default=None,
                    help="stage 2: bypass blocks while the calibration output error "
                         "|N0-N|^2/|N0|^2 stays within E (with --blocks: at most N)")
-    c.add_argument("--block-score", default="relative", choices=["relative", "influence"],
-                   help="block ranking: relative change |F(x)|/|x| (default) or ShortGPT 1-cos")
+    c.add_argument("--block-score", default="relative",
+                   choices=["relative", "influence", "measured"],
+                   help="block ranking: relative change |F(x)|/|x| (default), ShortGPT 1-cos, "
+                        "or measured (SLEB-style greedy: each candidate bypassed in turn, the "
+                        "lowest calibration output error goes; one run per candidate per step)")
     c.add_argument("--block-kind", action="append", dest="block_kinds",
                    choices=["residual", "attention", "mlp", "layer"],
                    help="stage 2 candidates (repeatable; default all): residual (conv branches), "

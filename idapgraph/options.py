@@ -12,7 +12,7 @@ from .passes import scoring
 from .passes.blocks import BLOCK_KINDS
 
 HEAL_MODES = ("none", "bias", "stats", "lsq", "bn")
-BLOCK_SCORES = ("relative", "influence")
+BLOCK_SCORES = ("relative", "influence", "measured")
 SOLVERS = ("milp", "greedy")
 
 
@@ -34,7 +34,7 @@ class CompressOptions:
     heal: str = "lsq"  # none, bias, stats, lsq
     blocks: int | None = 0  # stage 2: blocks to bypass (None: as many as max_error allows)
     max_error: float | None = None  # bound on the calibration output error
-    block_score: str = "relative"  # relative or influence
+    block_score: str = "relative"  # relative, influence or measured
     block_kinds: Any = None  # residual, attention, mlp, layer (default all)
     round_to: int | None = None  # every pruned group keeps a multiple of this many units
     # (None: of 8 channels, kernel-friendly; 1: exact counts)
@@ -125,8 +125,8 @@ class CompressOptions:
             raise InputError("give a target: flops=R and/or params=R, latency=R, or blocks=N / "
                              "max_error=E")
         if self.block_score not in BLOCK_SCORES:
-            raise InputError(f"unknown block score {self.block_score!r} (choose from relative, "
-                             "influence)")
+            raise InputError(f"unknown block score {self.block_score!r} (choose from "
+                             f"{', '.join(BLOCK_SCORES)})")
         if self.heal not in HEAL_MODES:
             raise InputError(f"unknown heal mode {self.heal!r} (choose from none, bias, stats, "
                              "lsq)")

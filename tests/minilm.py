@@ -91,17 +91,19 @@ def embed(model, ids: np.ndarray, mask: np.ndarray, batch: int = 64) -> np.ndarr
     return np.concatenate(outs)
 
 
-def prepare(n_cal: int, n_eval: int):
-    """(encoder, its ONNX export with a dynamic batch axis, example inputs, calibration and
-    evaluation token arrays (ids, mask), the original's evaluation embeddings)."""
+def prepare(n_cal: int, n_eval: int, sequence: bool = False):
+    """(encoder, its ONNX export with a dynamic batch axis — and sequence axis with
+    ``sequence`` — example inputs, calibration and evaluation token arrays (ids, mask), the
+    original's evaluation embeddings)."""
     from helpers import export_onnx
 
     model, tok = load()
     cal = tokens(tok, sentences(n_cal))
     ev = tokens(tok, sentences(n_eval, skip=n_cal))
     example = (torch.from_numpy(ev[0][:2]), torch.from_numpy(ev[1][:2]))
+    axes = {0: "batch", 1: "sequence"} if sequence else {0: "batch"}
     proto = export_onnx(model, example, input_names=["input_ids", "attention_mask"],
-                        dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}})
+                        dynamic_axes={"input_ids": axes, "attention_mask": axes})
     return model, proto, example, cal, ev, embed(model, *ev)
 
 

@@ -157,3 +157,22 @@ def test_plan_with_bypass_roundtrips(mnist):
     assert rel_err(onnx_out(r.model, feeds)[0], onnx_out(again, feeds)[0]) < 1e-5
     fx = idapgraph.apply_plan(model, plan, x)
     assert rel_err(torch_out(fx, (torch.from_numpy(cal[:1]),))[0], onnx_out(again, feeds)[0]) < 1e-4
+
+
+def test_measured_block_score_is_greedy_by_output_error():
+    """``block_score="measured"`` (SLEB-style) bypasses first the block whose removal alone
+    changes the calibration outputs least, found here by trying each block by hand."""
+    model, args = build("tv_resnet18")
+    cal = [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    small = (cal[0][:1],)
+    r = idapgraph.compress(model, small, calib=cal, blocks=1, block_score="measured", heal="none")
+    ref = [torch_out(model, (x,))[0] for x in cal]
+
+    def error(key):
+        out = idapgraph.apply_plan(model, idapgraph.Plan(bypass=[key]), small)
+        return sum(float(((torch_out(out, (x,))[0] - y) ** 2).sum()) for x, y in zip(cal, ref))
+
+    errors = {b.key: error(b.key) for b in blocks.find(idapgraph.analyze(model, small).graph)}
+    assert r.report.blocks_bypassed == [min(errors, key=errors.get)], errors
+    assert r.report.block_scores[r.report.blocks_bypassed[0]] == pytest.approx(
+        min(errors.values()) / sum(float((y ** 2).sum()) for y in ref), rel=1e-3)

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif(not minilm.available(),
 # BENCHMARKS.md, "Sentence embeddings: pretrained all-MiniLM-L6-v2", the test's configuration
 # (32 calibration sentences, 200 evaluation ones; the benchmark's 128/256 take twice as long):
 # idap to 0.7 FLOPs, layers 2 and 1 bypassed, heal lsq: cosine 0.795 (fx) / 0.799 (ONNX);
+# 0.800 / 0.800 with the sequence symbolic on both routes (fifteenth session);
 # 0.637 on both before the ridge was chosen on held-out samples and every drifted layer refitted
 N_CAL, N_EVAL = 32, 200
 COSINE, COSINE_MARGIN = 0.795, 0.02
@@ -28,7 +29,9 @@ COSINE, COSINE_MARGIN = 0.795, 0.02
 @pytest.fixture(scope="module")
 def setup():
     torch.set_num_threads(2)
-    return minilm.prepare(N_CAL, N_EVAL)
+    # a symbolic sequence on both routes (torch.export keeps it symbolic in the fx module), so
+    # that both average a bypassed layer's mean output over positions alike
+    return minilm.prepare(N_CAL, N_EVAL, sequence=True)
 
 
 def test_minilm_two_layers_and_heads_both_backends(setup):

@@ -35,6 +35,17 @@ class _HFWrapper(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+class LogitsWrapper(torch.nn.Module):
+    """A causal LM as ``input_ids -> logits`` (no cache)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
 def build(name: str) -> tuple[torch.nn.Module, tuple]:
     torch.manual_seed(0)
     kind, _, arch = name.partition("_")
@@ -57,11 +68,17 @@ def build(name: str) -> tuple[torch.nn.Module, tuple]:
             cfg = tf.BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                                 intermediate_size=512, vocab_size=1000)
             m = _HFWrapper(tf.BertModel(cfg))
+        elif arch == "llama":  # grouped-query attention (6 query heads on 2 key/value heads),
+            # rotary embeddings, SwiGLU, RMSNorm, tied input/output embeddings: SmolLM2's kind
+            cfg = tf.LlamaConfig(hidden_size=192, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=6, num_key_value_heads=2, vocab_size=1000,
+                                 tie_word_embeddings=True, max_position_embeddings=256)
+            m = LogitsWrapper(tf.LlamaForCausalLM(cfg))
         else:
             cfg = tf.GPT2Config(n_embd=128, n_layer=2, n_head=4, vocab_size=1000, use_cache=False)
             m = _HFWrapper(tf.GPT2Model(cfg))
         ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
-        x = (ids, torch.ones(1, 16, dtype=torch.int64))
+        x = (ids,) if arch == "llama" else (ids, torch.ones(1, 16, dtype=torch.int64))
     else:
         raise KeyError(name)
     return _randomize_zeros(m.eval()), x

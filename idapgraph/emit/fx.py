@@ -103,9 +103,10 @@ def _rewrite_calls(new: fx.GraphModule, graph: Graph, rewrite: Rewrite) -> None:
             fxn.op, fxn.target = "call_function", torch.split
             fxn.args, fxn.kwargs = (fxn.args[0], list(upd["sizes"]), node.attrs["axis"]), {}
         elif node.op == "index" and "map" in upd and "aten_slice" in node.attrs:
-            d = node.attrs["aten_slice"]
-            _, start, stop, step = upd["map"][d]
-            fxn.args, fxn.kwargs = (fxn.args[0], d, start, stop, step), {}
+            d = node.attrs["aten_slice"]  # the sliced axis; others pass whole (any size)
+            if upd["map"][d] != node.attrs["map"][d]:
+                _, start, stop, step = upd["map"][d]
+                fxn.args, fxn.kwargs = (fxn.args[0], d, start, stop, step), {}
         elif node.op == "index" and "map" in upd and "spec" in node.attrs:
             mp = upd["map"]
             idx = []

@@ -122,7 +122,8 @@ class _Builder:
         meta = node.meta.get("tensor_meta")
         if isinstance(meta, TensorMetadata):
             self.g.add_tensor(Tensor(node.name, tuple(int(d) for d in meta.shape),
-                                     str(meta.dtype).replace("torch.", ""), ACTIVATION))
+                                     str(meta.dtype).replace("torch.", ""), ACTIVATION,
+                                     symbolic=_symbolic_axes(node.meta.get("val"))))
             return [node.name]
         if isinstance(meta, (tuple, list)) and meta and all(isinstance(m, TensorMetadata) for m in meta):
             names = []
@@ -625,20 +626,42 @@ def impure(node: fx.Node) -> bool:
 
 
 def _export(module: nn.Module, args: tuple) -> fx.GraphModule:
-    """``torch.export`` with the batch axis left dynamic where the module allows it, so the
-    compressed module accepts any batch size (as the original did)."""
+    """``torch.export`` with every input axis dynamic where the module allows it (the batch and
+    a token sequence; torch specialises the rest), else the batch axis alone, else the example's
+    static shapes: the compressed module accepts the sizes the original did."""
     auto = torch.export.Dim.AUTO
-    dyn = tuple({0: auto} if isinstance(a, torch.Tensor) and a.ndim else None for a in args)
     # a batch of 1 would be specialised (0/1 rule): export on the example repeated twice
     wide = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == 1
                  else a for a in args)
-    try:
-        gm = torch.export.export(module, wide, dynamic_shapes=dyn, strict=False).module()
-    except Exception:  # noqa: BLE001 - fall back to the example's static shapes
-        gm = torch.export.export(module, args, strict=False).module()
+    batch = tuple({0: auto} if isinstance(a, torch.Tensor) and a.ndim else None for a in args)
+    every = tuple({ax: auto for ax in range(a.ndim)} if _dynamic_ok(a) else d
+                  for a, d in zip(args, batch))
+    tries = [(wide, every)] * (every != batch) + [(wide, batch), (args, None)]
+    for i, (xs, dyn) in enumerate(tries):
+        try:
+            gm = torch.export.export(module, xs, dynamic_shapes=dyn, strict=False).module()
+            break
+        except Exception:  # noqa: BLE001 - the next, more static try
+            if i == len(tries) - 1:
+                raise
     gm.graph.eliminate_dead_code(is_impure_node=impure)  # e.g. a pooler whose output is unused
     gm.recompile()
     return gm
+
+
+def _symbolic_axes(val) -> tuple[int, ...]:
+    """The axes of an exported node's value (``meta["val"]``) whose size is symbolic."""
+    shape = getattr(val, "shape", None)
+    if shape is None:
+        return ()
+    return tuple(i for i, d in enumerate(shape) if not isinstance(d, int))
+
+
+def _dynamic_ok(a) -> bool:
+    """Integer inputs (token ids, masks) of rank ≤ 2 get every axis dynamic: (batch, sequence).
+    Float inputs keep their non-batch sizes (an image's size sets its layers' shapes)."""
+    return isinstance(a, torch.Tensor) and 0 < a.ndim <= 2 and not a.is_floating_point() and all(
+        d > 1 for d in a.shape[1:])
 
 
 def _unfed_defaults(module: nn.Module, n_fed: int) -> dict[str, Any]:

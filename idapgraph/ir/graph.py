@@ -39,6 +39,8 @@ class Tensor:
     consumers: list[str] = field(default_factory=list)
     load: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
     trainable: bool = False  # counted as a parameter (torch: nn.Parameter; ONNX: float initializer)
+    symbolic: tuple[int, ...] = ()  # axes whose size varies at run time while ``shape`` holds
+    # the example's size (torch.export's dynamic batch/sequence); ONNX writes None instead
 
     @property
     def rank(self) -> int | None:
@@ -123,6 +125,14 @@ class Graph:
 
     def shape(self, name: str) -> tuple[Dim, ...] | None:
         return self.tensors[name].shape
+
+    def run_shape(self, name: str) -> tuple[Dim, ...] | None:
+        """The shape with ``None`` on every axis whose size varies at run time (what a stored
+        constant of the tensor's shape may not assume)."""
+        t = self.tensors[name]
+        if t.shape is None or not t.symbolic:
+            return t.shape
+        return tuple(None if i in t.symbolic else d for i, d in enumerate(t.shape))
 
     def params(self) -> Iterable[Tensor]:
         return (t for t in self.tensors.values() if t.kind == PARAM)

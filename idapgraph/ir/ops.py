@@ -495,10 +495,10 @@ def _reshape_groups(a: tuple, b: tuple) -> list[tuple[list[int], list[int]]] | N
 _HEAD_WALK_OPS = ("transpose", "unary", "elementwise")
 
 
-def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 8) -> set[int]:
+def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 12) -> set[int]:
     """Axes of ``tensor`` that reach a batch axis of an activation product (matmul, attention)
-    through transposes, activations, elementwise ops, splits, unbinds, whole-axis slices and
-    one-to-one reshapes only: attention heads.
+    through transposes, activations, elementwise ops, splits, unbinds, whole-axis slices,
+    expands of other axes and one-to-one reshapes (or merges it leads) only: attention heads.
 
     Walks consumers (``downstream``) or producers. Used to cut a hidden axis split into
     (heads, head size) at the heads, so that pruning removes whole heads.
@@ -525,8 +525,16 @@ def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 8) -> s
                 xs, ys = graph.shape(src), graph.shape(dst)
                 runs = _reshape_groups(tuple(xs), tuple(ys)) if xs and ys else None
                 for gi, gj in runs or ():
-                    if gi == [ax] and len(gj) == 1:
+                    # one-to-one, or the outer axis of a merge (grouped-query attention's
+                    # (key/value heads, copies) -> heads)
+                    if gi[:1] == [ax] and len(gj) == 1:
                         todo.append((dst, gj[0], origin, d + 1))
+                continue
+            if node.op == "expand":  # axes an expand passes unchanged (repeat_kv)
+                src, dst = (node.inputs[0], node.outputs[0])[::1 if downstream else -1]
+                off = len(graph.shape(dst) or ()) - rank
+                if (graph.shape(dst) or ())[ax + off:ax + off + 1] == (info.shape[ax],) != (1,):
+                    todo.append((dst, ax + off, origin, d + 1))
                 continue
             if node.op in ("split", "unbind"):  # q, k, v cut from one fused projection
                 axis = node.attrs["axis"] % len(graph.shape(node.inputs[0]) or (0,))
@@ -563,13 +571,16 @@ def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 8) -> s
 
 
 def _carrier_pair(gi: list[int], xs: tuple, gj: list[int], ys: tuple,
-                  heads: set[tuple[str, int]] = frozenset()):
+                  heads: set[tuple[str, int]] = frozenset(),
+                  frozen: set[tuple[str, int]] = frozenset()):
     """Pick the input and output axes of a merged/split run that carry channel removals.
 
     Every flat element of the run has one index on each axis; tying the chosen input axis to the
     chosen output axis through those indices must not mix channels, so we take the pair with the
     fewest distinct (input index, output index) ties — a plain function such as channel -> group
-    (GroupNorm as Reshape+InstanceNorm) or channel -> flattened block. On ties, an attention
+    (GroupNorm as Reshape+InstanceNorm) or channel -> flattened block. On ties, an axis another
+    rule froze already loses (``frozen``: e.g. the copies axis of grouped-query attention's
+    expand, so that the key/value head axis carries), then an attention
     head axis (``heads``: ("x", axis) / ("y", axis) pairs, see :func:`_head_axes`) wins, so that
     heads are pruned whole (what attention kernels and `num_heads` need); then larger axes
     (shuffle groups over group count, channels over spatial). The other axes keep their size.
@@ -587,7 +598,8 @@ def _carrier_pair(gi: list[int], xs: tuple, gj: list[int], ys: tuple,
         for cj in gj:
             pairs = np.unique(np.stack([ii, index_on(gj, ys, cj)], axis=1), axis=0)
             head = ("x", ci) in heads or ("y", cj) in heads
-            key = (len(pairs), not head, -(xs[ci] * ys[cj]), -ci, -cj)
+            stuck = (("x", ci) in frozen) + (("y", cj) in frozen)
+            key = (len(pairs), stuck, not head, -(xs[ci] * ys[cj]), -ci, -cj)
             if best is None or key < best[0]:
                 best = (key, ci, cj, pairs)
     return best[1], best[2], best[3]
@@ -631,7 +643,9 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
         if heads is None:
             heads = {("x", a) for a in _head_axes(rel.graph, x, downstream=False)} | {
                 ("y", a) for a in _head_axes(rel.graph, y, downstream=True)}
-        ci, cj, pairs = _carrier_pair(gi, xs, gj, ys, heads)
+        frozen = {("x", a) for a in gi if Space(x, a) in rel.frozen} | {
+            ("y", a) for a in gj if Space(y, a) in rel.frozen}
+        ci, cj, pairs = _carrier_pair(gi, xs, gj, ys, heads, frozen)
         rel.link(x, ci, pairs[:, 0], y, cj, pairs[:, 1])
         for ax in gi:
             if ax != ci:

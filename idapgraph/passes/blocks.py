@@ -131,11 +131,22 @@ def _between(g: nx.DiGraph, pos: dict[str, int], sources: list[str], sink: str) 
     return out
 
 
+def _is_check(graph: Graph, name: str) -> bool:
+    """A metadata check (torch.export's ``_assert_tensor_metadata``): a meta node whose outputs
+    nothing reads. It goes with the tensor it checks."""
+    node = graph.nodes[name]
+    return node.op == "meta" and not any(
+        graph.tensors[t].consumers or t in graph.outputs for t in node.outputs)
+
+
 def _exclusive(graph: Graph, g: nx.DiGraph, nodes: set[str], sink: str) -> set[str]:
     """The part of ``nodes`` that computes only for ``sink``: nodes whose outputs are read
     elsewhere (or are model outputs) — e.g. shape arithmetic or an attention mask shared by
-    every layer — stay, with everything they need, and are not part of the block."""
+    every layer — stay, with everything they need, and are not part of the block. Metadata
+    checks of the block's tensors join the block."""
     outputs = set(graph.outputs)
+    nodes = nodes | {c for n in nodes for t in graph.nodes[n].outputs
+                     for c in graph.tensors[t].consumers if _is_check(graph, c)}
     inside = nodes | {sink}
     shared = [n for n in nodes for t in graph.nodes[n].outputs
               if t in outputs or not set(graph.tensors[t].consumers) <= inside]
@@ -150,8 +161,9 @@ def _exclusive(graph: Graph, g: nx.DiGraph, nodes: set[str], sink: str) -> set[s
 
 def _stream_next(graph: Graph, tensor: str) -> str | None:
     """The output of the single shape-preserving one-activation-input node reading ``tensor``
-    (a post-norm or activation on the residual stream), if that is its only consumer."""
-    cons = graph.tensors[tensor].consumers
+    (a post-norm or activation on the residual stream), if that is its only consumer (metadata
+    checks such as torch.export's ``_assert_tensor_metadata`` read it without using it)."""
+    cons = [c for c in graph.tensors[tensor].consumers if not _is_check(graph, c)]
     if len(cons) != 1 or tensor in graph.outputs:
         return None
     node = graph.nodes[cons[0]]

