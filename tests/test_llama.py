@@ -145,3 +145,24 @@ def test_smollm2_gqa_zero_then_remove():
     zero = idapgraph.apply_plan(model, plan, args, mode="zero")
     x = (torch.from_numpy(smollm.calibration(2, seq=40, seed=1)),)
     assert rel_err(torch_out(zero, x)[0], torch_out(pruned, x)[0]) < 1e-4
+
+
+def test_tied_head_is_not_refitted():
+    """Least-squares healing refits layers whose input drifted, but not the LM head tied to the
+    input embedding: a refit would change the embedding table too. Both stay one unchanged
+    matrix."""
+    model, args = build("hf_llama")
+    before = model.model.lm_head.weight.detach().clone()
+    calib = torch.randint(0, 1000, (8, 16), generator=torch.Generator().manual_seed(3))
+    r = idapgraph.compress(model, args, calib=calib, params=0.8, measure_groups=False)
+    heal = r.report.heal
+    assert r.plan.remove and heal["kept"] and heal["corrections"]  # healing did refit layers
+    emb = [p for n, p in r.model.named_parameters() if "embed" in n or "lm_head" in n]
+    assert len(emb) == 1 and torch.equal(emb[0], before)
+    proto = _export_dynamic(model, args)  # the ONNX route: one initializer, left as it was
+    ro = idapgraph.compress(proto, calib={"input_ids": calib.numpy()}, params=0.8,
+                            measure_groups=False)
+    assert ro.report.heal["corrections"]
+    tables = [t for t in ro.model.graph.initializer if tuple(t.dims) == (1000, 192)]
+    assert len(tables) == 1 and np.array_equal(onnx.numpy_helper.to_array(tables[0]),
+                                               before.numpy())

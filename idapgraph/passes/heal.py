@@ -125,17 +125,33 @@ class OutputError:
 
     def add(self, ref: list[np.ndarray], got: list[np.ndarray]) -> None:
         for r, g in zip(ref, got):
-            r = np.asarray(r, dtype=np.float64)
-            g = np.asarray(g, dtype=np.float64)
+            r, g = np.asarray(r), np.asarray(g)
             if r.shape != g.shape:  # a data-dependent size (boxes after NMS): nothing pairs up
-                self.num += float(np.sum(r * r) + np.sum(g * g))
+                self.num += _squares(r) + _squares(g)
             else:
-                self.num += float(np.sum((r - g) ** 2))
-            self.den += float(np.sum(r * r))
+                self.num += _squares(r, g)
+            self.den += _squares(r)
 
     @property
     def value(self) -> float:
         return self.num / self.den if self.den > 0 else 0.0
+
+
+_CHUNK = 1 << 18
+
+
+def _squares(a: np.ndarray, b: np.ndarray | None = None) -> float:
+    """Σ(a − b)² (or Σa²) in float64, a cache-sized chunk at a time (a language model's logits
+    are hundreds of MB: whole-array float64 copies made this the slowest part of healing)."""
+    a = a.reshape(-1)
+    b = None if b is None else b.reshape(-1)
+    total = 0.0
+    for i in range(0, a.size, _CHUNK):
+        d = a[i:i + _CHUNK].astype(np.float64)
+        if b is not None:
+            d -= b[i:i + _CHUNK]
+        total += float(np.dot(d, d))
+    return total
 
 
 def chunks(items: list[Site], n: int) -> list[list[Site]]:

@@ -61,6 +61,8 @@ def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
         x, w = node.inputs[0], node.inputs[1]
         if w is None or graph.tensors[w].rank is None or graph.tensors[w].rank < 2:
             continue
+        if _tied(graph, w, node.name):
+            continue  # refitting would change the other readers too (a tied embedding)
         out_axis, in_axis = weight_axes(node)
         ch = 1 if node.op == "conv" else (graph.tensors[x].rank or 0) - 1
         if rewrite.kept(x, ch) is None and x not in changed:
@@ -76,6 +78,18 @@ def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
         kept = rewrite.kept(y, 1 if node.op == "conv" else (graph.tensors[y].rank or 0) - 1)
         out.append(Site(node.name, x, y, w, bias, conv, out_axis, in_axis, kept))
     return out
+
+
+def _tied(graph: Graph, weight: str, node: str) -> bool:
+    """``weight`` is also read by a node other than ``node`` or a layout op feeding it (e.g. a
+    language model's head tied to its input embedding)."""
+    for c in graph.tensors[weight].consumers:
+        n = graph.nodes[c]
+        own_view = n.op in ("transpose", "reshape", "unary") and all(
+            graph.tensors[o].consumers == [node] for o in n.outputs)
+        if c != node and n.op != "meta" and not own_view:
+            return True
+    return False
 
 
 def _drifted(graph: Graph, rewrite: Rewrite) -> set[str]:

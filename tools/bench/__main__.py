@@ -1,6 +1,6 @@
 """Driver: run the benchmarks, write their markdown and plots to ``--out``, print the markdown.
 
-    python3 -m tools.bench [--quick] [--only mnist,efficientnet,minilm,cost,defaults,cifar,sst2] [--out bench_out]
+    python3 -m tools.bench [--quick] [--only mnist,efficientnet,minilm,cost,defaults,cifar,sst2,llm] [--out bench_out]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import common
 
-BENCHMARKS = ("mnist", "efficientnet", "minilm", "cost", "defaults", "cifar", "sst2")
+BENCHMARKS = ("mnist", "efficientnet", "minilm", "cost", "defaults", "cifar", "sst2", "llm")
 
 
 def main(argv: list[str] | None = None) -> int:
