@@ -25,6 +25,17 @@ def export_onnx(model: torch.nn.Module, args: tuple, dynamo: bool = False, opset
         return onnx.load_from_string(f.getvalue())
 
 
+def export_tokens(model: torch.nn.Module, ids: torch.Tensor) -> onnx.ModelProto:
+    """The dynamo ONNX export of a token model (``input_ids`` in) with a symbolic batch and
+    sequence (exported on the example repeated twice: a batch of 1 would be specialised)."""
+    b, s = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(model, (torch.cat([ids, ids]),), dynamo=True,
+                                 input_names=["input_ids"], verbose=False,
+                                 dynamic_shapes={"input_ids": {0: b, 1: s}}).model_proto
+
+
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))

@@ -8,8 +8,6 @@ the equivalence on trained weights."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -17,7 +15,7 @@ import torch
 
 import idapgraph
 import smollm
-from helpers import onnx_out, rel_err, torch_out
+from helpers import export_tokens, onnx_out, rel_err, torch_out
 from zoo import build
 
 HEAD = 32  # the zoo Llama's head size
@@ -92,22 +90,12 @@ def test_gqa_swiglu_zero_then_remove_fx():
     assert len(emb) == 1, emb  # tied: one stored matrix, read by the embedding and the head
 
 
-def _export_dynamic(model, args) -> onnx.ModelProto:
-    b, s = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(model, (torch.cat([args[0], args[0]]),), dynamo=True,
-                                 input_names=["input_ids"], verbose=False,
-                                 dynamic_shapes={"input_ids": {0: b, 1: s}})
-    return prog.model_proto
-
-
 def test_onnx_route_symbolic_sequence():
     """ONNX route (dynamo export, symbolic batch and sequence): the compressed model passes the
     full checker, keeps the symbolic dims, runs at other sizes and equals the original with the
     removed channels zeroed; decoder layers are found as bypassable blocks."""
     model, args = build("hf_llama")
-    proto = _export_dynamic(model, args)
+    proto = export_tokens(model, args[0])
     a = idapgraph.analyze(proto)
     assert [b.kind for b in a.blocks] == ["attention", "mlp"] * 2 + ["layer"] * 2
     r = idapgraph.compress(proto, flops=0.8, method="random", heal="none")
@@ -164,7 +152,7 @@ def test_tied_head_is_not_refitted():
     assert r.plan.remove and heal["kept"] and heal["corrections"]  # healing did refit layers
     emb = [p for n, p in r.model.named_parameters() if "embed" in n or "lm_head" in n]
     assert len(emb) == 1 and torch.equal(emb[0], before)
-    proto = _export_dynamic(model, args)  # the ONNX route: one initializer, left as it was
+    proto = export_tokens(model, args[0])  # the ONNX route: one initializer, left as it was
     ro = idapgraph.compress(proto, calib={"input_ids": calib.numpy()}, params=0.8,
                             measure_groups=False)
     assert ro.report.heal["corrections"]

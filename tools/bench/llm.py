@@ -22,7 +22,6 @@ the process's high-water mark during the compress call (reset before it).
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,18 +73,6 @@ def paired_ms(runner, base, model, x) -> tuple[float, float]:
         return median_ms(runner(base), x), median_ms(runner(model), x)
     finally:
         torch.set_num_threads(threads)
-
-
-def export(model, example):
-    """The dynamo ONNX export with symbolic batch and sequence."""
-    import torch
-
-    b, s = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.onnx.export(model, (torch.cat([example, example]),), dynamo=True,
-                                 input_names=["input_ids"], verbose=False,
-                                 dynamic_shapes={"input_ids": {0: b, 1: s}}).model_proto
 
 
 class _Bench:
@@ -148,7 +135,9 @@ def _torch_rows(b: _Bench, quick: bool) -> dict:
 def _onnx_rows(b: _Bench, quick: bool) -> None:
     import idapgraph
 
-    proto = export(b.model, b.example)
+    from helpers import export_tokens
+
+    proto = export_tokens(b.model, b.example)
     runner = b.s.onnx_runner
     b.original("onnx", proto, runner)
     cal = {"input_ids": np.concatenate([c.numpy() for c in b.calib])}
