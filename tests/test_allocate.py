@@ -125,6 +125,29 @@ def test_default_measures_only_where_it_pays(tmp_path):
     assert measured(str(path), calib={"x": cal.numpy()}, measure_groups=True)
 
 
+def test_default_measures_only_within_its_probe_budget(monkeypatch):
+    """The default measures only where the probes' model runs stay within
+    ``MEASURE_FLOPS``: the estimate is rounds x probes x probe samples x the example's FLOPs;
+    over it the counts come from the scores, with a warning that names the way back."""
+    from idapgraph.stages import measured as measured_stage
+
+    model, cal = _branches().eval(), torch.randn(32, 3, 8, 8)
+    a = idapgraph.analyze(model, X)
+    opts = idapgraph.CompressOptions(flops=0.6, calib=cal)
+    work = measured_stage.probe_flops(a, opts)
+    # two rounds; the stream (16 channels) probed at 8, each 32-channel branch at 24, 16, 8;
+    # all 32 samples
+    assert work == 2 * (1 + 3 * 3) * 32 * a.cost.flops
+    monkeypatch.setattr(measured_stage, "MEASURE_FLOPS", work * 0.99)
+    with pytest.warns(UserWarning, match="from scores only.*measure_groups=True"):
+        over = idapgraph.compress(model, X, flops=0.6, calib=cal)
+    assert over.report.group_losses is None
+    assert idapgraph.compress(model, X, flops=0.6, calib=cal,
+                              measure_groups=True).report.group_losses is not None
+    monkeypatch.setattr(measured_stage, "MEASURE_FLOPS", work)
+    assert idapgraph.compress(model, X, flops=0.6, calib=cal).report.group_losses is not None
+
+
 @pytest.mark.parametrize("backend", ["fx", "onnx"])
 def test_probe_healing_equals_the_ordinary_refit(backend):
     """A measured group loss (``probe``): the same refit and error as the ordinary
@@ -140,7 +163,7 @@ def test_probe_healing_equals_the_ordinary_refit(backend):
         export_onnx(model, X, input_names=["x"], dynamic_axes={"x": {0: "batch"}}), None)
     a = idapgraph.analyze(src, ex)
     batches, _ = a.model.calibration(torch.randn(16, 3, 8, 8), 0)
-    probe, errors = {}, []
+    probe, errors = heal_stage.Probe(), []
     for units in ([0, 1, 2, 3], list(range(16))):
         cut = Plan(remove={BRANCH0: units}, meta={"backend": a.graph.backend})
         rewrite = prune_pass.resolve(a.graph, a.coupling, cut)
@@ -159,7 +182,42 @@ def test_probe_healing_equals_the_ordinary_refit(backend):
         # the original is stepped for the first probe only; the pruned model each time
         assert stepped == ([False, True] if not errors else [False])
         errors.append(fast.error_after)
-    assert probe and errors[1] > errors[0] > 0
+    assert probe.kept and errors[1] > errors[0] > 0
+
+
+def test_probes_start_where_the_cut_begins():
+    """fx: the probes of a measured group loss run the pruned model and the original only from
+    the first node the cut changed, from the original's values there (``Model.trace``: the
+    original stepped once for all groups, in graph order): the same healed errors as probes
+    run from the inputs. A cut that lies behind the trace starts it again; ONNX has no trace
+    (its probes run from the inputs)."""
+    from idapgraph.ir.plan import Plan
+    from idapgraph.passes import prune as prune_pass
+    from idapgraph.stages import heal as heal_stage
+
+    a = idapgraph.analyze(_branches().eval(), X)
+    batches, _ = a.model.calibration(torch.randn(16, 3, 8, 8), 0)
+    trace, starts, steps = a.model.trace(batches), [], []
+    real = a.model.stepper
+    for key in (BRANCH0, QUIET[1], QUIET[0], STREAM):  # QUIET[0] lies behind QUIET[1]
+        cut = Plan(remove={key: list(range(8))}, meta={"backend": a.graph.backend})
+        rewrite = prune_pass.resolve(a.graph, a.coupling, cut)
+        _, plain = heal_stage.heal(a, a.model.emit(rewrite, "remove"), rewrite, batches,
+                                   mode="lsq", drifted=False, probe=heal_stage.Probe())
+        a.model.stepper = lambda m, b, copy=True, start=None: (
+            starts.append(start and start[0]), real(m, b, copy, start))[1]
+        try:
+            _, fast = heal_stage.heal(a, a.model.emit(rewrite, "remove"), rewrite, batches,
+                                      mode="lsq", drifted=False, probe=heal_stage.Probe(trace))
+        finally:
+            del a.model.stepper
+        steps.append(trace.step)
+        assert fast.layers == plain.layers > 0
+        assert fast.error_after == pytest.approx(plain.error_after, rel=1e-6, abs=1e-12)
+    assert starts and all(p > 0 for p in starts)  # never from the inputs
+    assert steps[0] is steps[1] is not steps[2]  # started again for the cut behind it
+    proto = export_onnx(_branches().eval(), X, input_names=["x"])
+    assert idapgraph.analyze(proto).model.trace(batches) is None
 
 
 def test_rounds_and_composed_plans():

@@ -138,12 +138,32 @@ class Model:
         """Other names of IR nodes that ``keep`` patterns may use (none by default)."""
         return {}
 
-    def stepper(self, model: Any, batches, copy: bool = True):
+    def stepper(self, model: Any, batches, copy: bool = True, start=None):
         """``model`` run step by step over all of ``batches`` at once (``advance_to(tensor)``
         -> its value per batch; :meth:`apply_params` changes parameters in between), on a copy
         of it unless ``copy`` is false; None where the backend cannot (then healing runs the
-        whole model once per refitted layer)."""
+        whole model once per refitted layer). ``start``: one of the pair :meth:`trace`'s
+        ``start`` gives, to begin there rather than at the inputs."""
         return None
+
+    def trace(self, batches, model: Any = None):
+        """``model`` (default: the original) stepped once over ``batches`` for probes of its
+        variants: ``trace.start(variant)`` -> (start of the variant, start of ``model``) at their
+        first difference, for :meth:`stepper`, or None. None where the backend has none (ONNX)."""
+        return None
+
+    def probe_error(self, model: Any, batches, trace=None) -> float:
+        """``output_error(batches)(model)``, with ``model`` run only from where it departs from
+        ``trace``'s model (:meth:`trace`) where it can be."""
+        start = trace.start(model) if trace is not None else None
+        if start is not None:
+            try:
+                step = self.stepper(model, batches, copy=False, start=start[0])
+            except KeyError:  # a value needed later was not kept where the trace is
+                step = None
+            if step is not None:
+                return self.error_of(batches, step.results())
+        return self.output_error(batches)(model)
 
     @property
     def steppable(self) -> bool:

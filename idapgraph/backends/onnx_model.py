@@ -72,7 +72,7 @@ class OnnxModel(Model):
 
         return set_params(model, self.graph, updates, new_bias)
 
-    def stepper(self, model, batches, copy: bool = True):
+    def stepper(self, model, batches, copy: bool = True, start=None):
         from ..runners.onnx_stepper import stepper
 
         # never edits ``model`` (set_params makes new ones)

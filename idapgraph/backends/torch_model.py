@@ -95,12 +95,17 @@ class TorchModel(Model):
 
         return set_params(model, updates, new_bias)
 
-    def stepper(self, model, batches, copy: bool = True):
+    def stepper(self, model, batches, copy: bool = True, start=None):
         import copy as _copy
 
         from ..runners.torch_runner import Stepper
 
-        return Stepper(_copy.deepcopy(model) if copy else model, list(batches))
+        return Stepper(_copy.deepcopy(model) if copy else model, list(batches), start)
+
+    def trace(self, batches, model=None):
+        from ..runners.torch_runner import Trace
+
+        return Trace(self.source if model is None else model, batches)
 
     steppable = True
 

@@ -86,7 +86,7 @@ class Stepper:
     between (the nodes run later see them). A value is kept only while a node still to run
     reads it (memory: the live tensors of every batch, a few layers' activations)."""
 
-    def __init__(self, gm: fx.GraphModule, batches: Batches) -> None:
+    def __init__(self, gm: fx.GraphModule, batches: Batches, start: Start | None = None) -> None:
         eval_mode(gm)
         self.gm = gm
         self.nodes = [n for n in gm.graph.nodes if n.op != "output"]
@@ -100,6 +100,38 @@ class Stepper:
         self.envs = [dict(zip(holders, _args(gm, b))) for b in batches]
         self.pos = 0
         self.by_name = {n.name: n for n in self.nodes}
+        if start is not None:
+            self._start_at(*start)
+
+    def _start_at(self, pos: int, values: dict[str, list]) -> None:
+        """Skip the first ``pos`` nodes: the values they leave for later nodes come from
+        ``values`` (name -> per batch, copied: a later in-place op must not change them) and
+        parameters are read again. KeyError where a value needed later is not there."""
+        with torch.no_grad():
+            for n in self.nodes[:pos]:
+                if self.last.get(n, -1) < pos:
+                    for env in self.envs:
+                        env.pop(n, None)
+                elif n.op == "get_attr":
+                    for env in self.envs:
+                        self.interp.env = env
+                        env[n] = self.interp.run_node(n)
+                elif n.op != "placeholder":
+                    got = values[n.name]
+                    for env, v in zip(self.envs, got):
+                        env[n] = v.clone() if isinstance(v, torch.Tensor) else v
+        self.pos = pos
+
+    def reaches(self, name: str) -> bool:
+        """Whether :meth:`advance_to` can give IR tensor ``name`` (not run yet, or still held)."""
+        base = name if name in self.by_name else name.rpartition(".")[0]
+        node = self.by_name.get(base)
+        return node is not None and (self.index[node] >= self.pos or node in self.envs[0])
+
+    def run_to(self, pos: int) -> None:
+        """Run the first ``pos`` nodes."""
+        while self.pos < pos:
+            self._step()
 
     def _step(self) -> None:
         n = self.nodes[self.pos]
@@ -118,8 +150,7 @@ class Stepper:
         value in every batch, as float32 arrays."""
         base, _, item = name.rpartition(".") if name not in self.by_name else (name, "", "")
         node = self.by_name[base]
-        while self.pos <= self.index[node]:
-            self._step()
+        self.run_to(self.index[node] + 1)
         if node not in self.envs[0]:
             raise RuntimeError(f"{name} was computed and dropped before it was asked for")
         vals = [env[node] if not item else env[node][int(item)] for env in self.envs]
@@ -140,6 +171,95 @@ class Stepper:
             args, _ = self.interp.fetch_args_kwargs_from_env(out)
             got.append([o.detach().float().cpu().numpy() for o in flatten_outputs(args[0])])
         return got
+
+
+#: where a :class:`Stepper` starts: (node position, values of the nodes before it read later)
+Start = tuple[int, dict]
+
+
+class Trace:
+    """The original module stepped once over the probe batches, so that a probe of a pruned copy
+    (:meth:`start`) runs only from its first changed node on, from the original's values there,
+    instead of from the inputs. Probes come in graph order (a channel group's cut by group),
+    so the original advances monotonically; a probe whose cut lies behind it starts it again."""
+
+    def __init__(self, gm: fx.GraphModule, batches: Batches) -> None:
+        self.gm, self.batches = gm, list(batches)
+        self.step: Stepper | None = None
+        self.held: tuple[int, dict] | None = None  # (position, values) of the last start
+
+    def start(self, pruned: fx.GraphModule) -> tuple[Start, Start] | None:
+        """(start of ``pruned``, start of the original) at the first node where they differ;
+        None where they differ from the beginning."""
+        p, q = first_change(self.gm, pruned)
+        if q == 0:
+            return None
+        if self.held is None or self.held[0] != q:
+            if self.step is None or self.step.pos > q:
+                self.step = Stepper(self.gm, self.batches)
+            self.step.run_to(q)
+            names = {n.name: [env[n] for env in self.step.envs] for n in self.step.envs[0]
+                     if n.op not in ("get_attr", "placeholder")}
+            self.held = (q, {k: [v.clone() if isinstance(v, torch.Tensor) else v for v in vs]
+                             for k, vs in names.items()})
+        return (p, self.held[1]), self.held
+
+
+def first_change(original: fx.GraphModule, pruned: fx.GraphModule) -> tuple[int, int]:
+    """(position in ``pruned``, position in ``original``) of the first computing node (not a
+    parameter read) that is not the same in both: another call, other arguments, or a parameter
+    or module state of other value."""
+    def computing(gm):
+        return [(i, n) for i, n in enumerate(n for n in gm.graph.nodes if n.op != "output")
+                if n.op != "get_attr"]
+
+    a, b = computing(original), computing(pruned)
+    for (i, m), (j, n) in zip(a, b):
+        if not _same_node(original, m, pruned, n):
+            return j, i
+    k = min(len(a), len(b))
+    return (b[k][0] if k < len(b) else len(b)), (a[k][0] if k < len(a) else len(a))
+
+
+def _same_node(ga: fx.GraphModule, a: fx.Node, gb: fx.GraphModule, b: fx.Node) -> bool:
+    def names(x):
+        return fx.node.map_arg(x, lambda v: v.name)
+
+    try:
+        if (a.name, a.op, a.target) != (b.name, b.op, b.target) or \
+                names(a.args) != names(b.args) or names(a.kwargs) != names(b.kwargs):
+            return False
+    except (RuntimeError, TypeError):  # tensors among the arguments: no cheap comparison
+        return False
+    if a.op == "call_module" and not _same_state(ga.get_submodule(a.target),
+                                                 gb.get_submodule(b.target)):
+        return False
+    return all(_same_value(_attr(ga, x.target), _attr(gb, y.target))
+               for x, y in zip(a.all_input_nodes, b.all_input_nodes) if x.op == "get_attr")
+
+
+def _attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _same_state(x: torch.nn.Module, y: torch.nn.Module) -> bool:
+    if type(x) is not type(y):
+        return False
+    sx, sy = x.state_dict(keep_vars=True), y.state_dict(keep_vars=True)
+    return sx.keys() == sy.keys() and all(_same_value(sx[k], sy[k]) for k in sx)
+
+
+def _same_value(x, y) -> bool:
+    if x is y:
+        return True
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        return x.shape == y.shape and x.dtype == y.dtype and bool(torch.equal(x, y))
+    if isinstance(x, torch.nn.Module) and isinstance(y, torch.nn.Module):
+        return _same_state(x, y)
+    return False
 
 
 def taylor_importance(gm: fx.GraphModule, params: list[str], batches: Batches,

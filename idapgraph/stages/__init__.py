@@ -28,7 +28,7 @@ def prepare(model, example_inputs, o: CompressOptions) -> State:
     a = analyze(model, example_inputs)
     a.model.check_runnable()
     a.model.progress = o.progress
-    s = State(a, _measuring(o, a))
+    s = State(a, o)
     if o.keep:
         aliases = a.model.node_aliases()
         unmatched = [p for p in o.keep if not keep_pass.matching(a.graph, [p], aliases)]
@@ -42,22 +42,30 @@ def prepare(model, example_inputs, o: CompressOptions) -> State:
         a.coupling = keep_pass.protect(a.graph, a.coupling, s.kept_nodes)
     for msg in a.warnings:
         s.warn(msg, stacklevel=4)
+    s.opts = _measuring(s)
     return s
 
 
-def _measuring(o: CompressOptions, a) -> CompressOptions:
+def _measuring(s: State) -> CompressOptions:
     """``measure_groups=None`` (the default) decided: on for FLOPs/params targets (no given
     plan) with real calibration data (``calib``) and least-squares healing (the losses measured
     are least-squares-healed ones) where the backend steps the model (a group's probes then cost
-    about one calibration pass each); off for latency targets, without calibration data
-    (losses on random inputs do not pay for their time), with other healing, and for ONNX
-    models with external data or local functions, where every probe would run the whole model
-    once per refitted layer."""
+    about one calibration pass each) and the probes' model runs come to no more than
+    :data:`measured.MEASURE_FLOPS` (else off, with a warning that says so); off for latency
+    targets, without calibration data (losses on random inputs do not pay for their time),
+    with other healing, and for ONNX models with external data or local functions, where
+    every probe would run the whole model once per refitted layer."""
+    o, a = s.opts, s.a
     if o.measure_groups is not None:
         return o
     on = o.latency is None and o.plan is None and o.heal == "lsq" and o.calib is not None \
-        and (o.flops is not None or o.params is not None)
-    return replace(o, measure_groups=bool(on and a.model.steppable))
+        and (o.flops is not None or o.params is not None) and a.model.steppable
+    if on and (work := measured.probe_flops(a, o)) > measured.MEASURE_FLOPS:
+        s.warn(f"channel counts from scores only: measuring each group's loss would run "
+               f"{work / 1e12:.0f} TFLOPs of probes (more than {measured.MEASURE_FLOPS / 1e12:.0f});"
+               f" pass measure_groups=True (--measure-groups) to measure anyway", stacklevel=5)
+        on = False
+    return replace(o, measure_groups=on)
 
 
 def resolve(s: State) -> None:

@@ -31,9 +31,10 @@ def group_losses(a: Analysis, scores, batches, min_keep: float, progress=None,
     lost input channels (the FLOPs targets' allocation: a fraction of the time), and the
     group's probes share the original's values at those layers' outputs (``probe`` of
     :func:`idapgraph.stages.heal.reconstruct`)."""
-    out = []
+    out, trace = [], None if drifted else a.model.trace(batches)
     for i, (g, s) in enumerate(zip(a.coupling.groups, scores)):
-        lo, got, probe = select_pass.min_kept(g.n_units, min_keep), {}, None if drifted else {}
+        lo, got = select_pass.min_kept(g.n_units, min_keep), {}
+        probe = None if drifted else heal_stage.Probe(trace)
         wanted = counts[i] if counts is not None else \
             [max(lo, int(round(share * g.n_units))) for share in LOSS_KEEPS]
         for k in wanted:

@@ -26,6 +26,26 @@ from .state import State
 ROUND_KEEP = 0.7
 
 
+#: The default (``measure_groups=None``) measures only where the probes' model runs come to at
+#: most this many FLOPs (:func:`probe_flops`; about ten minutes of a 2-core CPU). On
+#: SmolLM2-135M at 0.8 params (150 probes of 8 128-token windows: 21 TFLOPs) the measured
+#: counts took 4x the time of the scores-only ones and gave a higher WikiText-2 perplexity
+#: (BENCHMARKS.md); CIFAR ResNets, EfficientNet-Lite0 and MiniLM measure (1-8 TFLOPs).
+MEASURE_FLOPS = 1e13
+
+
+def probe_flops(a: Analysis, o) -> float:
+    """The FLOPs the measured allocation's probes would run for options ``o``: rounds × probes
+    a round (on the original's groups) × the probe batches' samples × a sample's FLOPs."""
+    batches, _ = a.model.calibration(o.calib, o.seed)
+    probe = select_stage.probe_batches(a, batches)
+    samples = sum(len(b[0]) for b in probe)
+    quanta = select_pass.unit_quanta(a.coupling, o.round_to)
+    probes = sum(len(allocate_pass.probe_counts(g.n_units, int(q), o.min_keep, LOSS_KEEPS))
+                 for g, q in zip(a.coupling.groups, quanta))
+    return float(rounds(o) * probes * samples * select_stage.sample_flops(a, probe))
+
+
 def run(s: State) -> None:
     """The select stage of ``measure_groups`` with FLOPs/params targets (``s.plan``)."""
     o = s.opts
@@ -86,7 +106,7 @@ def _pruned(s: State, plan: Plan, batches) -> tuple[Analysis, list]:
 def _round(s: State, now: Analysis, cal, plan: Plan, share: dict) -> select_pass.Selection:
     """One round's selection on ``now`` (the model ``plan`` left): scores, losses measured at
     the allowed counts nearest to :data:`LOSS_KEEPS` (healed, only the layers that lost
-    channels refitted, on the first :data:`~idapgraph.stages.select.PROBE_SAMPLES` samples),
+    channels refitted, on :func:`~idapgraph.stages.select.probe_batches`),
     allocation. A group that is not the original's of its key with ``plan``'s units gone is
     not cut."""
     o = s.opts
@@ -98,7 +118,7 @@ def _round(s: State, now: Analysis, cal, plan: Plan, share: dict) -> select_pass
               zip(groups, select_pass.unit_quanta(now.coupling, o.round_to), matched)]
     counts = [allocate_pass.probe_counts(g.n_units, q, o.min_keep, LOSS_KEEPS)
               for g, q in zip(groups, quanta)]
-    losses = group_losses(now, sc, select_stage.first_samples(cal, select_stage.PROBE_SAMPLES),
+    losses = group_losses(now, sc, select_stage.probe_batches(now, cal),
                           o.min_keep, o.progress, counts=counts, drifted=False)
     s.group_losses.append({g.key: {str(k): round(v, 6) for k, v in ls.items()}
                            for g, ls in zip(groups, losses) if ls})

@@ -115,21 +115,26 @@ PROTECT_ERROR = 0.1
 #: coarse group is sensitive -- the MNIST CNN's 16-channel groups -- ranking them all last only
 #: starves the rest: top-1 at 0.5 FLOPs fell from 88 % to 20 %.)
 OUTLIER = 10.0
-#: Calibration samples the measurement runs on (the first batches holding at least this many).
+#: Calibration samples the measurement runs on (the first batches holding at least this many) ...
 PROBE_SAMPLES = 64
+#: ... and no more than one probe's model run of this many FLOPs holds (:func:`sample_flops`,
+#: multiply-adds as idapgraph counts them, a sample; at least one batch): a few seconds of
+#: a 2-core CPU. Image models keep their 64 samples up to about ResNet-34 at 224 px (ResNet-50,
+#: 4.1 GFLOPs: 36 samples); SmolLM2-135M on 128-token windows (17.8 GFLOPs each) gets 8 windows.
+PROBE_FLOPS = 1.5e11
 
 
 def guard(s: State, batches, sc: list[np.ndarray]) -> list[np.ndarray]:
     """``sc`` with the protected groups' units (:data:`COARSE_CUT`, :data:`PROTECT_ERROR`,
-    :data:`OUTLIER`) ranked last, measured once on the original with ``sc``'s order, on the first
-    :data:`PROBE_SAMPLES` calibration samples (real data only; the report lists the protected
+    :data:`OUTLIER`) ranked last, measured once on the original with ``sc``'s order, on
+    :func:`probe_batches` (real data only; the report lists the protected
     groups with their measured error)."""
     o, a = s.opts, s.a
     if s.protected is None:
         s.protected = {}
         if s.kind != "data":
             return sc
-        error = a.model.output_error(first_samples(batches, PROBE_SAMPLES))
+        error = a.model.output_error(probe_batches(a, batches))
         quanta = select_pass.unit_quanta(a.coupling, o.round_to)
         measured = {}
         for gr, q, units in zip(a.coupling.groups, quanta, sc):
@@ -151,6 +156,25 @@ def guard(s: State, batches, sc: list[np.ndarray]) -> list[np.ndarray]:
 
 def _target(o) -> dict:
     return {"flops": o.flops, "params": o.params, "min_keep": o.min_keep, "round_to": o.round_to}
+
+
+def probe_batches(a: Analysis, batches: list) -> list:
+    """The calibration batches measurements run on: :data:`PROBE_SAMPLES` samples, fewer where
+    a sample costs more than :data:`PROBE_FLOPS` allows."""
+    return first_samples(batches, max(1, min(PROBE_SAMPLES, int(PROBE_FLOPS // max(
+        sample_flops(a, batches), 1)))))
+
+
+def sample_flops(a: Analysis, batches: list) -> float:
+    """The model's FLOPs on one calibration sample: the counted FLOPs scaled by the first
+    input's elements in a sample over those it was counted at (a symbolic axis, such as an
+    ONNX model's sequence, is counted at size 1)."""
+    inputs = a.graph.inputs
+    shape = a.graph.shape(inputs[0]) if inputs else None
+    if not batches or shape is None or len(shape) < 1:
+        return float(a.cost.flops)
+    counted = math.prod(1 if d is None else int(d) for d in shape[1:])
+    return a.cost.flops * int(np.prod(np.shape(batches[0][0])[1:])) / max(counted, 1)
 
 
 def first_samples(batches: list, n: int) -> list:

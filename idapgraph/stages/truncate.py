@@ -15,6 +15,7 @@ from ..ir.graph import Graph
 from ..ir.plan import Plan
 from ..passes import blocks as blocks_pass
 from ..passes import prune as prune_pass
+from . import select as select_stage
 from .state import State
 
 
@@ -105,13 +106,14 @@ def truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: 
     blist = [b for b in blocks_pass.find(g) if (kinds is None or b.kind in kinds)
              and keep_nodes.isdisjoint(b.nodes)]
     error = m.output_error(batches)
+    probe = select_stage.probe_batches(a, batches) if score == "measured" else None
     removed, nodes, scores, alias, stored = [], set(), {}, {}, 0
     while blist and (n_blocks is None or len(removed) < n_blocks):
         blist = [replace(x, skip=live(alias, x.skip)) for x in blist]
         norms = blocks_pass.BlockNorms(blist)
         m.run(current, norms.tensors, batches, norms)
-        ranks = {x.key: norms.score(x.key, score) for x in blist} if score != "measured" else {
-            x.key: _removal_error(a, current, x, alias, error) for x in blist}
+        ranks = {x.key: norms.score(x.key, score) for x in blist} if score != "measured" else \
+            _removal_errors(a, current, blist, alias, probe)
         b = min(blist, key=lambda x: ranks[x.key])
         consts = _mean_constants(g, b, norms, mean_substitution, sized)
         err, const, candidate, trial = _best_bypass(a, current, b, consts, alias, error,
@@ -127,10 +129,15 @@ def truncate(a: Analysis, current, batches, *, n_blocks: int | None, max_error: 
     return current, removed, nodes, scores, stored
 
 
-def _removal_error(a: Analysis, current, b, alias: dict, error) -> float:
-    """``block_score="measured"`` (SLEB-style greedy): the calibration output error of
-    ``current`` with ``b`` bypassed outright."""
-    return error(a.model.bypass(current, [bypass_arg(a.graph, b, None, dict(alias))]))
+def _removal_errors(a: Analysis, current, blist, alias: dict, probe) -> dict[str, float]:
+    """``block_score="measured"`` (SLEB-style greedy): per candidate, the output error of
+    ``current`` with it bypassed outright, on the calibration batches ``probe``
+    (:func:`~idapgraph.stages.select.probe_batches`), each variant run only from the bypassed
+    block on (``Model.trace`` of ``current``)."""
+    m = a.model
+    trace = m.trace(probe, current)
+    return {b.key: m.probe_error(m.bypass(current, [bypass_arg(a.graph, b, None, dict(alias))]),
+                                 probe, trace) for b in blist}
 
 
 def _mean_constants(g: Graph, b, norms, mean_substitution: bool, sized: bool) -> list:
