@@ -176,3 +176,29 @@ def test_measured_block_score_is_greedy_by_output_error():
     assert r.report.blocks_bypassed == [min(errors, key=errors.get)], errors
     assert r.report.block_scores[r.report.blocks_bypassed[0]] == pytest.approx(
         min(errors.values()) / sum(float((y ** 2).sum()) for y in ref), rel=1e-3)
+
+
+def test_bypassed_variants_share_weights_but_never_the_inputs():
+    """Layer removal's variants share their weights with the model they come from
+    (``emit.fx.bypass``: no copy per candidate), while the compressed model shares no storage
+    with the user's module, and training it leaves the input unchanged."""
+    from idapgraph.emit.fx import bypass
+    from idapgraph.stages.truncate import bypass_arg
+
+    model, args = build("tv_resnet18")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cal = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    r = idapgraph.compress(model, (cal[:1],), calib=cal, blocks=2, block_score="measured")
+    assert len(r.report.blocks_bypassed) == 2
+    ours = {p.data_ptr() for p in model.parameters()}
+    assert not ours & {p.data_ptr() for p in r.model.parameters()}
+    with torch.no_grad():
+        for p in r.model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    a = idapgraph.analyze(model, (cal[:1],))
+    b = next(iter(blocks.find(a.graph)))
+    gm = a.model.source
+    variant = bypass(gm, [bypass_arg(a.graph, b, None, {})])
+    kept = {p.data_ptr() for p in gm.parameters()}
+    assert {p.data_ptr() for p in variant.parameters()} < kept  # a subset: the branch is gone

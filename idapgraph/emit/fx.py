@@ -227,8 +227,13 @@ def _by_ir_name(graph: fx.Graph) -> dict[str, fx.Node]:
 
 def bypass(gm: fx.GraphModule, blocks: list[tuple[str, str, object]]) -> fx.GraphModule:
     """A copy of ``gm`` where each ``(add node, skip tensor, constant or None)`` add becomes its
-    skip input (plus the constant: mean substitution); the dead branch is removed."""
-    new = copy.deepcopy(gm)
+    skip input (plus the constant: mean substitution); the dead branch is removed. The copy
+    shares ``gm``'s parameter and buffer tensors (nothing here changes one): layer removal
+    tries several variants a step, and full copies of a 1B-parameter decoder ran out of 24 GiB;
+    copy it (``copy.deepcopy``) before changing weights in place."""
+    shared = [t for _, t in [*gm.named_parameters(remove_duplicate=False),
+                             *gm.named_buffers(remove_duplicate=False)]]
+    new = copy.deepcopy(gm, {id(t): t for t in shared})
     nodes = _by_ir_name(new.graph)
     for i, (add, skip, const) in enumerate(blocks):
         a = nodes[add]

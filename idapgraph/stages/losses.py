@@ -10,6 +10,7 @@ from ..ir.plan import Plan
 from ..passes import prune as prune_pass
 from ..passes import select as select_pass
 from . import heal as heal_stage
+from .state import released
 
 # the shares of a group's units kept when its loss is measured (see group_losses)
 LOSS_KEEPS = (0.25, 0.5, 0.75)
@@ -48,6 +49,8 @@ def group_losses(a: Analysis, scores, batches, min_keep: float, progress=None,
                 # probes: healed)
                 got[k] = float(rep.error_after if probe is not None else
                                min(rep.error_before, rep.error_after))
+                del _, rep
+                released()
         out.append(got)
         if progress is not None:
             progress("group losses", i + 1, len(scores))

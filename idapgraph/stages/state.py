@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,3 +44,13 @@ class State:
         """Record ``msg`` in the report and issue it as a Python warning."""
         self.warnings.append(msg)
         warnings.warn(msg, stacklevel=stacklevel)
+
+
+def released() -> None:
+    """Free the model variants just dropped: an fx GraphModule is a reference cycle, so a
+    dropped copy's weights wait for a full garbage collection, which comes rarely (layer
+    removal on a 0.58 GiB decoder: the process peak 4.5 GiB before, 3.9 with this
+    alone, 2.2 once bypassed variants shared their weights, :func:`emit.fx.bypass`). The
+    analysis's own objects are frozen (``stages._analysis_frozen``), so the collection passes
+    only over the new ones."""
+    gc.collect()

@@ -16,7 +16,7 @@ from ..ir.plan import Plan
 from ..passes import blocks as blocks_pass
 from ..passes import prune as prune_pass
 from . import select as select_stage
-from .state import State
+from .state import State, released
 
 
 def run(s: State) -> None:
@@ -134,10 +134,13 @@ def _removal_errors(a: Analysis, current, blist, alias: dict, probe) -> dict[str
     ``current`` with it bypassed outright, on the calibration batches ``probe``
     (:func:`~idapgraph.stages.select.probe_batches`), each variant run only from the bypassed
     block on (``Model.trace`` of ``current``)."""
-    m = a.model
+    m, out = a.model, {}
     trace = m.trace(probe, current)
-    return {b.key: m.probe_error(m.bypass(current, [bypass_arg(a.graph, b, None, dict(alias))]),
-                                 probe, trace) for b in blist}
+    for b in blist:
+        out[b.key] = m.probe_error(m.bypass(current, [bypass_arg(a.graph, b, None, dict(alias))]),
+                                   probe, trace)
+        released()
+    return out
 
 
 def _mean_constants(g: Graph, b, norms, mean_substitution: bool, sized: bool) -> list:
@@ -165,5 +168,7 @@ def _best_bypass(a: Analysis, current, b, consts: list, alias: dict, error, meas
         err = error(cand) if measure or len(consts) else None
         if best is None or (err is not None and err < best[0]):
             best = (err, const, cand, trial)
+        del cand
+        released()
     return best
 
