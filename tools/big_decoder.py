@@ -4,7 +4,7 @@ per decoder layer -- the measured part of "what changes for a 1B-8B decoder" (do
 
     python tools/big_decoder.py [--hidden 2048] [--layers 16] [--mlp 8192] [--heads 32]
                                 [--kv 8] [--vocab 32000] [--windows 4] [--seq 128]
-                                [--blocks 4] [--params R] [--threads 2]
+                                [--blocks 4] [--params R] [--threads 2] [--progress]
 
 Prints one line per phase (build, compress with ``blocks`` layers removed by the default score,
 optionally ``params=R`` width pruning with the default healing) with wall seconds, seconds per
@@ -51,6 +51,14 @@ def build(a):
     return LogitsWrapper(tf.LlamaForCausalLM(cfg)).eval()
 
 
+T0 = time.time()
+
+
+def progress(stage: str, done: int, total) -> None:
+    """compress's progress callback: one timestamped line per step (``--progress``)."""
+    print(f"  [{time.time() - T0:7.1f} s] {stage} {done}/{total or '?'}", flush=True)
+
+
 def phase(name: str, layers: int, fn):
     reset_peak()
     t = time.time()
@@ -67,7 +75,9 @@ def main() -> int:
                  ("vocab", 32000), ("windows", 4), ("seq", 128), ("blocks", 4), ("threads", 2)):
         p.add_argument(f"--{k}", type=int, default=v)
     p.add_argument("--params", type=float, default=None)
+    p.add_argument("--progress", action="store_true", help="a line per compress step")
     a = p.parse_args()
+    kw = {"progress": progress} if a.progress else {}
     import torch
 
     import idapgraph
@@ -81,12 +91,12 @@ def main() -> int:
     calib = torch.randint(0, a.vocab, (a.windows, a.seq), generator=g)
     ex = (calib[:1],)
     r = phase(f"compress blocks={a.blocks}", a.layers, lambda: idapgraph.compress(
-        model, ex, calib=calib, blocks=a.blocks, block_kinds=["layer"]))
+        model, ex, calib=calib, blocks=a.blocks, block_kinds=["layer"], **kw))
     print(f"  bypassed {r.plan.bypass}", flush=True)
     del r  # its model: not held through the next phase
     if a.params is not None:
         r = phase(f"compress params={a.params}", a.layers, lambda: idapgraph.compress(
-            model, ex, calib=calib, params=a.params))
+            model, ex, calib=calib, params=a.params, **kw))
         print(f"  params kept {r.report.params_after / r.report.params_before:.3f}", flush=True)
     return 0
 
