@@ -127,7 +127,7 @@ def test_default_measures_only_where_it_pays(tmp_path):
 
 def test_default_measures_only_within_its_probe_budget(monkeypatch):
     """The default measures only where the probes' model runs stay within
-    ``MEASURE_FLOPS``: the estimate is rounds x probes x probe samples x the example's FLOPs;
+    ``MEASURE_FLOPS``: the estimate is rounds x probes x probe samples x a sample's FLOPs;
     over it the counts come from the scores, with a warning that names the way back."""
     from idapgraph.stages import measured as measured_stage
 
