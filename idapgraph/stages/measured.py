@@ -29,10 +29,9 @@ ROUND_KEEP = 0.7
 #: The default (``measure_groups=None``) measures only where the probes' model runs come to at
 #: most this many FLOPs (:func:`probe_flops`; about ten minutes of a 2-core CPU). On
 #: SmolLM2-135M at 0.8 params (150 probes of 8 128-token windows: 21 TFLOPs) the measured
-#: counts (probed on all 16 windows, before the cap) took 719 s beside other work against
-#: 158 s quiet for the scores-only ones and gave
-#: a higher WikiText-2 perplexity (BENCHMARKS.md); CIFAR ResNet-56 (0.2-0.9 TFLOPs at 0.7-0.3
-#: FLOPs), EfficientNet-Lite0 (1.8-7.0) and MiniLM (0.5 at 0.7) measure.
+#: counts took 415 s against 158 s for the scores-only ones (perplexity 54.9 against 59.6, but
+#: 68.0 with 16-window probes: not stable there; BENCHMARKS.md); CIFAR ResNet-56 (0.2-0.9
+#: TFLOPs at 0.7-0.3 FLOPs), EfficientNet-Lite0 (1.8-7.0) and MiniLM (0.5 at 0.7) measure.
 MEASURE_FLOPS = 1e13
 
 
