@@ -23,20 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
-def peak_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2 ** 20
-    return float("nan")
-
-
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def build(a):
     import torch
     import transformers as tf
@@ -60,11 +46,10 @@ def progress(stage: str, done: int, total) -> None:
 
 
 def phase(name: str, layers: int, fn):
-    reset_peak()
-    t = time.time()
-    out = fn()
-    sec = time.time() - t
-    print(f"{name}: {sec:.1f} s, {sec / layers:.1f} s a layer, peak RSS {peak_gib():.2f} GiB",
+    from tools.bench.llm import peak_rss
+
+    out, sec, hwm = peak_rss(fn)
+    print(f"{name}: {sec:.1f} s, {sec / layers:.1f} s a layer, peak RSS {hwm:.2f} GiB",
           flush=True)
     return out
 

@@ -164,16 +164,12 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bo
     rep.error_before = float("nan") if probe is not None else error(pruned)
     sites = recon_pass.sites(g, rewrite, drifted) if rewrite is not None else []
     # stepped only where the original steps too (its values at each refitted layer)
-    step, start = None, None
-    if sites and m.steppable:
-        start = _start(m, pruned, batches, sites, probe)
-        step = m.stepper(pruned, batches, copy=probe is None, start=start and start[0])
+    step, ref = _steppers(m, pruned, batches, sites, probe) if sites and m.steppable else (
+        None, None)
     if step is None:  # a calibration pass per layer: only the layers that lost channels
         sites = recon_pass.sites(g, rewrite, drifted=False) if rewrite is not None else []
     kernels = {s.node: recon_pass.kernel(g, s) for s in sites}
     if step is not None:
-        ref = _Original(m, batches, probe.kept if probe is not None else None,
-                        start and start[1])
         current, gains = _refit_stepped(a, step, sites, kernels, rep, ref)
         rep.error_after = m.error_of(batches, step.results())  # the stepped run, finished
     else:
@@ -188,21 +184,23 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bo
     return (current if rep.kept else pruned), rep
 
 
-def _start(m, pruned, batches, sites, probe: Probe | None):
-    """Where a probe's two models start (:meth:`Model.trace`): None unless every refitted
-    layer's input and output is still to be computed or held there."""
-    if probe is None or probe.trace is None:
-        return None
-    start = probe.trace.start(pruned)
-    if start is None:
-        return None
-    try:
-        a, b = (m.stepper(x, [batches[0]], copy=False, start=st)
-                for x, st in ((pruned, start[0]), (m.source, start[1])))
-    except KeyError:  # a value needed later was not kept where the original is
-        return None
-    ok = all(a.reaches(s.x) and b.reaches(s.y) for s in sites)
-    return start if ok else None
+def _steppers(m, pruned, batches, sites, probe: Probe | None):
+    """(the pruned model's stepper, the original's :class:`_Original`): for a probe with a trace
+    (:meth:`Model.trace`) both start at the cut's first node, unless a refitted layer's input
+    or output would lie behind that start; otherwise from the inputs (None, None: the backend
+    does not step)."""
+    kept = probe.kept if probe is not None else None
+    start = probe.trace.start(pruned) if probe is not None and probe.trace is not None else None
+    if start is not None:
+        try:
+            step = m.stepper(pruned, batches, copy=False, start=start[0])
+            ref = _Original(m, batches, kept, start[1])
+            if all(step.reaches(s.x) and ref.reaches(s.y) for s in sites):
+                return step, ref
+        except KeyError:  # a value needed later was not kept where the original is
+            pass
+    step = m.stepper(pruned, batches, copy=probe is None)
+    return step, (_Original(m, batches, kept) if step is not None else None)
 
 
 def _refit_stepped(a: Analysis, step, sites, kernels, rep, ref):
@@ -230,13 +228,20 @@ class _Original:
     def __init__(self, m, batches, kept: dict | None, start=None) -> None:
         self.m, self.batches, self.kept, self.step, self.start = m, batches, kept, None, start
 
-    def advance_to(self, y: str):
-        if self.kept is not None and y in self.kept:
-            return self.kept[y]
+    def _stepper(self):
         if self.step is None:
             self.step = self.m.stepper(self.m.source, self.batches, copy=False,
                                        start=self.start)
-        got = self.step.advance_to(y)
+        return self.step
+
+    def reaches(self, y: str) -> bool:
+        """Whether :meth:`advance_to` can give ``y``."""
+        return (self.kept is not None and y in self.kept) or self._stepper().reaches(y)
+
+    def advance_to(self, y: str):
+        if self.kept is not None and y in self.kept:
+            return self.kept[y]
+        got = self._stepper().advance_to(y)
         if self.kept is not None:
             self.kept[y] = got
         return got
