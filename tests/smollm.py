@@ -5,9 +5,11 @@ with ``gguf`` and ``accelerate``; ``make install-test`` does it).
 
 * **Model**: :func:`load` gives ``LogitsWrapper(LlamaForCausalLM)``: ``input_ids -> logits``, no
   cache, eager attention (the ``torch.export`` route traces it with a symbolic sequence).
-* **Calibration**: the SST-2 *training* sentences (``../shared/data/sst2/train.tsv``) in a
-  seeded order, joined with spaces, tokenised and cut into windows of ``seq`` tokens: text
-  disjoint from WikiText-2.
+* **Calibration**, two sources: the SST-2 *training* sentences
+  (``../shared/data/sst2/train.tsv``) in a seeded order, joined with spaces, tokenised and cut
+  into windows of ``seq`` tokens (other text than WikiText-2); or windows of the WikiText-2 test
+  split from token ``HELD_OUT`` (131,072) on, none of which the perplexity reads (the same kind
+  of text, as SliceGPT or FLAP calibrate on WikiText-2 *train*, which the data folder lacks).
 * **Perplexity**: WikiText-2 test (``../shared/data/wikitext-2/test.txt``), the first
   ``tokens`` tokens in non-overlapping windows of ``window`` tokens, each scored on its own
   (exp of the mean next-token cross-entropy over every predicted token). Defaults: 16,384
@@ -29,6 +31,7 @@ from zoo import LogitsWrapper
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 DATA = Path(os.environ.get("IDAPGRAPH_DATA", ROOT.parent / "shared" / "data"))
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HELD_OUT = 1 << 17  # WikiText-2 test tokens from here on calibrate; perplexity reads before
 
 
 def available() -> bool:
@@ -66,8 +69,11 @@ def load(layers: int | None = None):
     return LogitsWrapper(m).eval()
 
 
-def calibration(n: int, seq: int = 128, seed: int = 0) -> np.ndarray:
-    """``n`` windows of ``seq`` token ids (int64, (n, seq)) of SST-2 training sentences."""
+def calibration(n: int, seq: int = 128, seed: int = 0, source: str = "sst2") -> np.ndarray:
+    """``n`` windows of ``seq`` token ids (int64, (n, seq)): ``source="sst2"``: SST-2 training
+    sentences; ``"wikitext"``: held-out WikiText-2 test windows (:func:`wikitext_held_out`)."""
+    if source == "wikitext":
+        return wikitext_held_out(n, seq, seed)
     import csv
 
     with open(DATA / "sst2" / "train.tsv", newline="", encoding="utf-8") as f:
@@ -83,8 +89,28 @@ def calibration(n: int, seq: int = 128, seed: int = 0) -> np.ndarray:
     return np.asarray(ids[:n * seq], dtype=np.int64).reshape(n, seq)
 
 
+@functools.lru_cache(maxsize=1)
+def _wikitext_all() -> np.ndarray:
+    text = (DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
+    return np.asarray(tokenizer()(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+
+def wikitext_held_out(n: int, seq: int = 128, seed: int = 0) -> np.ndarray:
+    """``n`` windows of ``seq`` tokens from the WikiText-2 test split at token ``HELD_OUT`` and
+    after (seeded, non-overlapping): the same kind of text as the perplexity set, none of its
+    tokens (:func:`wikitext` reads the first ``tokens`` ≤ ``HELD_OUT``; the split has 312k)."""
+    ids = _wikitext_all()
+    slots = (len(ids) - HELD_OUT) // seq
+    if n > slots:
+        raise ValueError(f"{n} windows of {seq} tokens do not fit in the held-out text")
+    pick = np.sort(np.random.default_rng(seed).permutation(slots)[:n])
+    return np.stack([ids[HELD_OUT + i * seq:HELD_OUT + (i + 1) * seq] for i in pick])
+
+
 def wikitext(tokens: int = 16384) -> np.ndarray:
-    """The first ``tokens`` token ids of the WikiText-2 test split."""
+    """The first ``tokens`` token ids of the WikiText-2 test split (at most ``HELD_OUT``)."""
+    if tokens > HELD_OUT:
+        raise ValueError(f"perplexity reads at most {HELD_OUT} tokens: the rest calibrates")
     text = (DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
     ids = tokenizer()(text[: tokens * 8], add_special_tokens=False)["input_ids"]
     if len(ids) < tokens:

@@ -159,3 +159,37 @@ def test_tied_head_is_not_refitted():
     tables = [t for t in ro.model.graph.initializer if tuple(t.dims) == (1000, 192)]
     assert len(tables) == 1 and np.array_equal(onnx.numpy_helper.to_array(tables[0]),
                                                before.numpy())
+
+
+def test_decode_copy_is_the_emitted_model_with_a_cache():
+    """The LLM benchmark times a cached decode step on transformers' model carrying the emitted
+    module's weights (``tools/bench/llm_decode.py``): after width pruning, healing and a layer
+    removed with its mean output substituted, that copy computes the emitted module's logits,
+    and one cached step gives the full sequence's last logits."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tools.bench import llm_decode
+
+    model, args = build("hf_llama")
+    calib = torch.randint(0, 1000, (8, 16), generator=torch.Generator().manual_seed(4))
+    r = idapgraph.compress(model, args, calib=calib, params=0.8, blocks=1,
+                           block_kinds=["layer"], measure_groups=False)
+    drop = [int(k[len("layer"):]) for k in r.plan.bypass]
+    assert r.plan.remove and len(drop) == 1
+    assert any(str(n.target).startswith("_idapgraph_mean_") for n in r.model.graph.nodes)
+    hf = model.model
+    copy = llm_decode.hf_copy(hf, r.model, drop)
+    assert len(copy.model.layers) == len(hf.model.layers) - 1
+    x = torch.randint(0, 1000, (1, 21), generator=torch.Generator().manual_seed(5))
+    assert llm_decode.matches(copy, r.model, x)
+    assert not llm_decode.matches(llm_decode.hf_copy(hf, r.model), r.model, x)  # layer kept
+    step = llm_decode.step(copy, x[:, :-1])
+    with torch.no_grad():
+        cache = copy(input_ids=x[:, :-1], use_cache=True).past_key_values
+        last = copy(input_ids=x[:, -1:], past_key_values=cache, use_cache=True).logits[0, -1]
+    assert rel_err(torch_out(r.model, (x,))[0][0, -1], last.numpy()) < 1e-4
+    for _ in range(2):  # the cache is cropped back after each step: each times the same step
+        step(None)
+        assert step.cache.get_seq_length() == x.shape[1] - 1

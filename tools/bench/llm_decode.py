@@ -1,0 +1,92 @@
+"""One decode step with a KV cache for SmolLM2 and its torch-route compressions.
+
+The fx module idapgraph emits has no cache (it is ``input_ids -> logits``), so its weights are
+put back into a copy of the transformers model, which has one: every ``nn.Linear`` the emitted
+module holds (parameter names ``model.<transformers name>``) replaces the copy's, and the
+decoder layers the plan bypassed are dropped. Heads go by whole key/value groups, so the copy's
+``num_key_value_groups`` still holds; a removed layer's mean output (mean substitution) is
+added by a hook where the layer was. The copy is used only after its logits match the emitted
+module's on a calibration window (else the row gets no decode figure). Timed: one token after a 128-token
+prefix, the cache cropped back after each step, one thread.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+PREFIX = "model."  # LogitsWrapper's attribute: the emitted module's names start with it
+MATCH = 1e-4  # the copy's logits against the emitted module's, relative to their largest
+
+
+def hf_copy(hf, gm, drop=()):
+    """A copy of ``hf`` (``LlamaForCausalLM``) with ``gm``'s linear layers and without the
+    decoder layers numbered in ``drop`` (the plan's bypassed ``layerN`` blocks)."""
+    import torch
+
+    params = {n[len(PREFIX):]: p for n, p in gm.named_parameters() if n.startswith(PREFIX)}
+    new = copy.deepcopy(hf)
+    for name, mod in list(new.named_modules()):
+        if isinstance(mod, torch.nn.Linear) and f"{name}.weight" in params:
+            w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+            lin.weight = torch.nn.Parameter(w.detach().clone())
+            if b is not None:
+                lin.bias = torch.nn.Parameter(b.detach().clone())
+            parent, _, leaf = name.rpartition(".")
+            setattr(new.get_submodule(parent), leaf, lin)
+    layers = new.model.layers
+    kept = [i for i in range(len(layers)) if i not in set(drop)]
+    _substitute(new, gm, sorted(drop), kept)
+    new.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
+    for j, layer in enumerate(new.model.layers):
+        layer.self_attn.layer_idx = j
+    new.config.num_hidden_layers = len(kept)
+    if getattr(new.config, "layer_types", None):
+        new.config.layer_types = [new.config.layer_types[i] for i in kept]
+    return new.eval()
+
+
+def _substitute(new, gm, drop: list[int], kept: list[int]) -> None:
+    """A removed layer's mean output (the emitted module's ``_idapgraph_mean_*`` buffers, in
+    graph order: one per removed layer, in layer order) added where the layer was: to the input
+    of the next layer kept, or of the final norm."""
+    consts = [getattr(gm, n.target) for n in gm.graph.nodes
+              if n.op == "get_attr" and str(n.target).startswith("_idapgraph_mean_")]
+    if len(consts) != len(drop):
+        return  # none (no substitution) or not one a layer: ``matches`` says so
+    add: dict = {}
+    for i, c in zip(drop, consts):
+        nxt = next((new.model.layers[j] for j in kept if j > i), new.model.norm)
+        add[nxt] = add.get(nxt, 0) + c.detach().clone()
+    for mod, c in add.items():
+        mod.register_forward_pre_hook(lambda _, args, c=c: (args[0] + c, *args[1:]))
+
+
+def matches(hf, gm, ids) -> bool:
+    """The copy computes what the emitted module does on ``ids`` ((1, n) int64 tensor)."""
+    import torch
+
+    with torch.no_grad():
+        a = gm(ids).numpy().astype(np.float64)
+        b = hf(input_ids=ids, use_cache=False).logits.numpy().astype(np.float64)
+    return a.shape == b.shape and float(np.abs(a - b).max() / np.abs(a).max()) < MATCH
+
+
+def step(hf, prefix):
+    """``run(_)`` for :func:`tools.bench.llm.median_ms`: one token decoded after ``prefix``
+    ((1, n) tensor) from its cache, the cache cropped back after."""
+    import torch
+
+    with torch.no_grad():
+        cache = hf(input_ids=prefix, use_cache=True).past_key_values
+    token = prefix[:, -1:]
+
+    def run(_):
+        with torch.no_grad():
+            hf(input_ids=token, past_key_values=cache, use_cache=True)
+        cache.crop(-1)  # the token just added
+
+    run.cache = cache
+    return run
