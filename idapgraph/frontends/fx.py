@@ -616,7 +616,12 @@ def _geometry(stride, padding, dilation, zero_padding: bool = True) -> dict:
 def impure(node: fx.Node) -> bool:
     """Like fx's own test, except that seeded-random ops in inference form are pure — a dropout
     with ``train=False`` or an attention with ``dropout_p=0``, as ``torch.export`` records them —
-    so a dead branch ending in one is still removed."""
+    and so is a metadata check (``torch.export``'s ``_assert_tensor_metadata`` after a ``.to``)
+    on a tensor nothing else reads: so a dead branch ending in one is still removed (a bypassed
+    decoder layer ends in such a check; kept, it ran the whole layer for nothing)."""
+    if node.target is torch.ops.aten._assert_tensor_metadata.default:
+        x = node.args[0] if node.args else None
+        return not isinstance(x, fx.Node) or any(u.target is not node.target for u in x.users)
     if node.target is torch.ops.aten.dropout.default and not (node.args[2:3] or [True])[0]:
         return False
     if node.target is torch.ops.aten.scaled_dot_product_attention.default and not (

@@ -38,7 +38,7 @@ def hf_copy(hf, gm, drop=()):
             setattr(new.get_submodule(parent), leaf, lin)
     layers = new.model.layers
     kept = [i for i in range(len(layers)) if i not in set(drop)]
-    _substitute(new, gm, sorted(drop), kept)
+    _substitute(new, gm, kept)
     new.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
     for j, layer in enumerate(new.model.layers):
         layer.self_attn.layer_idx = j
@@ -48,18 +48,21 @@ def hf_copy(hf, gm, drop=()):
     return new.eval()
 
 
-def _substitute(new, gm, drop: list[int], kept: list[int]) -> None:
-    """A removed layer's mean output (the emitted module's ``_idapgraph_mean_*`` buffers, in
-    graph order: one per removed layer, in layer order) added where the layer was: to the input
-    of the next layer kept, or of the final norm."""
-    consts = [getattr(gm, n.target) for n in gm.graph.nodes
-              if n.op == "get_attr" and str(n.target).startswith("_idapgraph_mean_")]
-    if len(consts) != len(drop):
-        return  # none (no substitution) or not one a layer: ``matches`` says so
+def _substitute(new, gm, kept: list[int]) -> None:
+    """A removed layer's mean output (an emitted ``_idapgraph_mean_*`` buffer) added where it
+    is added in the emitted module: before the decoder layer (or the final norm) whose input
+    cast it joins (the node's ``nn_module_stack``), or the next layer kept after that one."""
+    import re
+
     add: dict = {}
-    for i, c in zip(drop, consts):
-        nxt = next((new.model.layers[j] for j in kept if j > i), new.model.norm)
-        add[nxt] = add.get(nxt, 0) + c.detach().clone()
+    for n in gm.graph.nodes:
+        if n.op != "get_attr" or not str(n.target).startswith("_idapgraph_mean_"):
+            continue
+        stack = " ".join(v[0] for u in n.users for v in u.meta.get("nn_module_stack", {}).values())
+        at = re.search(r"\.layers\.(\d+)\.", stack)
+        j = int(at.group(1)) if at else len(new.model.layers)  # else: the final norm's input
+        nxt = next((new.model.layers[k] for k in kept if k >= j), new.model.norm)
+        add[nxt] = add.get(nxt, 0) + getattr(gm, n.target).detach().clone()
     for mod, c in add.items():
         mod.register_forward_pre_hook(lambda _, args, c=c: (args[0] + c, *args[1:]))
 
