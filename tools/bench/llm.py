@@ -14,10 +14,10 @@ Rows: ``idapgraph.compress(model, calib=..., blocks=N, block_kinds=["layer"], bl
 with S = ``relative`` (ours: IDAP++'s ‖F(x)‖/‖x‖), ``influence`` (ShortGPT's 1 − cos) and
 ``measured`` (SLEB-style: each remaining layer bypassed in turn, the lowest calibration output
 error goes; on 8 of the calibration windows, each candidate run from the layer it bypasses);
-width: ``params=R`` (heads and SwiGLU units, least-squares healing; the default takes its
-channel counts from the scores here, since measuring the 60 groups would run 21 TFLOPs of
-probes; each width row is repeated with ``measure_groups=True``); both stages: ``params=0.85``
-then 2 layers (about 0.8 of the parameters in all).
+width: ``params=R`` (heads and SwiGLU units, least-squares healing) with
+``measure_groups=True`` (the default here: measuring the 60 groups runs 21 TFLOPs of probes,
+within ``stages.measured.MEASURE_FLOPS``) and ``False`` (counts from the scores alone); both
+stages: ``params=0.85`` then 2 layers (about 0.8 of the parameters in all).
 Latency: prefill of 128 tokens, batch 1, one thread, median of 20 after 5 warm-up runs, timed
 right after the original's (torch route: torch CPU; ONNX route: onnxruntime CPU). Decode:
 one token after those 128 from the KV cache, torch CPU, the same timing; the emitted module's

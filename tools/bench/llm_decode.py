@@ -5,9 +5,9 @@ put back into a copy of the transformers model, which has one: every ``nn.Linear
 module holds (parameter names ``model.<transformers name>``) replaces the copy's, and the
 decoder layers the plan bypassed are dropped. Heads go by whole key/value groups, so the copy's
 ``num_key_value_groups`` still holds; a removed layer's mean output (mean substitution) is
-added by a hook where the layer was. The copy is used only after its logits match the emitted
-module's on a calibration window (else the row gets no decode figure). Timed: one token after a 128-token
-prefix, the cache cropped back after each step, one thread.
+added by a hook where the layer was. The copy is used only after its logits match the
+emitted module's on a calibration window (else the row gets no decode figure). Timed: one
+token after a 128-token prefix, the cache cropped back after each step, one thread.
 """
 
 from __future__ import annotations
