@@ -91,6 +91,7 @@ def calibration(n: int, seq: int = 128, seed: int = 0, source: str = "sst2") -> 
 
 @functools.lru_cache(maxsize=1)
 def _wikitext_all() -> np.ndarray:
+    """The whole WikiText-2 test split as token ids (about 312k)."""
     text = (DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
     return np.asarray(tokenizer()(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
@@ -111,11 +112,7 @@ def wikitext(tokens: int = 16384) -> np.ndarray:
     """The first ``tokens`` token ids of the WikiText-2 test split (at most ``HELD_OUT``)."""
     if tokens > HELD_OUT:
         raise ValueError(f"perplexity reads at most {HELD_OUT} tokens: the rest calibrates")
-    text = (DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
-    ids = tokenizer()(text[: tokens * 8], add_special_tokens=False)["input_ids"]
-    if len(ids) < tokens:
-        ids = tokenizer()(text, add_special_tokens=False)["input_ids"]
-    return np.asarray(ids[:tokens], dtype=np.int64)
+    return _wikitext_all()[:tokens]
 
 
 def perplexity(run, ids: np.ndarray, window: int = 512) -> float:

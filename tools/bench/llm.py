@@ -131,8 +131,7 @@ class _Bench:
         transformers' model (``llm_decode``); ONNX rows have none."""
         if route != "torch":
             return None, None
-        drop = [int(k[len("layer"):]) for k in r.plan.bypass]
-        hf = llm_decode.hf_copy(self.hf, r.model, drop)
+        hf = llm_decode.hf_copy(self.hf, r.model, r.plan.bypass)
         if not llm_decode.matches(hf, r.model, self.example):
             return "not representable", None
         b_ms, ms = self.decode(hf)

@@ -13,6 +13,7 @@ token after a 128-token prefix, the cache cropped back after each step, one thre
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 
@@ -20,9 +21,9 @@ PREFIX = "model."  # LogitsWrapper's attribute: the emitted module's names start
 MATCH = 1e-4  # the copy's logits against the emitted module's, relative to their largest
 
 
-def hf_copy(hf, gm, drop=()):
+def hf_copy(hf, gm, bypass=()):
     """A copy of ``hf`` (``LlamaForCausalLM``) with ``gm``'s linear layers and without the
-    decoder layers numbered in ``drop`` (the plan's bypassed ``layerN`` blocks)."""
+    decoder layers the plan bypassed (``bypass``: its ``layerN`` block keys)."""
     import torch
 
     params = {n[len(PREFIX):]: p for n, p in gm.named_parameters() if n.startswith(PREFIX)}
@@ -37,7 +38,8 @@ def hf_copy(hf, gm, drop=()):
             parent, _, leaf = name.rpartition(".")
             setattr(new.get_submodule(parent), leaf, lin)
     layers = new.model.layers
-    kept = [i for i in range(len(layers)) if i not in set(drop)]
+    drop = {int(k[len("layer"):]) for k in bypass if k.startswith("layer")}
+    kept = [i for i in range(len(layers)) if i not in drop]
     _substitute(new, gm, kept)
     new.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
     for j, layer in enumerate(new.model.layers):
@@ -52,8 +54,6 @@ def _substitute(new, gm, kept: list[int]) -> None:
     """A removed layer's mean output (an emitted ``_idapgraph_mean_*`` buffer) added where it
     is added in the emitted module: before the decoder layer (or the final norm) whose input
     cast it joins (the node's ``nn_module_stack``), or the next layer kept after that one."""
-    import re
-
     add: dict = {}
     for n in gm.graph.nodes:
         if n.op != "get_attr" or not str(n.target).startswith("_idapgraph_mean_"):
