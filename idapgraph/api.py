@@ -89,7 +89,13 @@ def compress(model, example_inputs=None, *, options: CompressOptions | None = No
     and ``heal="lsq"`` (off for ONNX models with external data or local functions), off for
     ``latency``; ``False``: the scores alone, 3-15x faster and less accurate (CIFAR ResNet-56
     at 0.7 FLOPs: 81.1 against 81.8 % top-1; EfficientNet-Lite0: 19.9 against 70.9 %;
-    BENCHMARKS.md).
+    BENCHMARKS.md). ``order`` (measured allocation only): which units of a group go first --
+    ``"obs"``: the least least-squares reconstruction error at the layers reading them
+    (:mod:`idapgraph.passes.obs`; used for a group only where it beats the scores on held-out
+    calibration samples); ``"scores"``: the method's scores; ``"auto"`` (default for
+    ``method="idap"``, scores for the others): obs for groups that convolutions alone read,
+    scores for the rest (measured: better on CIFAR ResNet-56 and EfficientNet-Lite0, slightly
+    worse on MiniLM and SmolLM2; BENCHMARKS.md).
     """
     o = CompressOptions.of(options, **kwargs).validated()
     if o.finetune is not None or o.evaluate is not None:

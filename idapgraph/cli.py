@@ -82,6 +82,11 @@ def _compress_targets(c) -> None:
                         "--flops/--params with --calib and --heal lsq (off for ONNX files "
                         "with external data), off for --latency; --no-measure-groups: the "
                         "scores alone, several times faster")
+    c.add_argument("--order", choices=["auto", "obs", "scores"], default=None,
+                   help="with the measured allocation, which units of a group go first: obs "
+                        "(the least least-squares reconstruction error at the layers reading "
+                        "them), scores (the method's), or auto (the default for --method idap: "
+                        "obs for groups that convolutions alone read, scores for the rest)")
     c.add_argument("--dims", type=_dims, default=None, metavar="NAME=N,...",
                    help="--latency and --bench: " + DIMS_HELP + "; the output keeps them symbolic")
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
@@ -257,7 +262,7 @@ def _options(args, plan):
         plan=plan, round_to=args.round_to, keep=args.keep, latency=args.latency,
         threads=args.threads, solver=args.solver, block_gates=not args.no_block_gates,
         provider=args.provider, dims=args.dims if args.latency is not None else None,
-        measure_groups=args.measure_groups).validated()
+        measure_groups=args.measure_groups, order=args.order).validated()
 
 
 def cmd_compress(args) -> int:

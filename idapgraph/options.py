@@ -14,6 +14,7 @@ from .passes.blocks import BLOCK_KINDS
 HEAL_MODES = ("none", "bias", "stats", "lsq", "bn")
 BLOCK_SCORES = ("relative", "influence", "measured")
 SOLVERS = ("milp", "greedy")
+ORDERS = ("auto", "obs", "scores")
 
 
 @dataclass
@@ -51,6 +52,9 @@ class CompressOptions:
     dims: dict | None = None  # symbolic dim name -> size latency is timed at
     measure_groups: bool | None = None  # groups weighed by measured losses (None: for
     # FLOPs/params targets of a model the backend runs step by step, see stages.prepare)
+    order: str | None = None  # which units of a group the measured allocation removes first:
+    # obs (least reconstruction error), scores, or auto: obs where convolutions alone read the
+    # group (None: auto for method idap, else scores)
 
     @classmethod
     def of(cls, options: CompressOptions | None = None, **overrides) -> CompressOptions:
@@ -127,6 +131,8 @@ class CompressOptions:
         if self.block_score not in BLOCK_SCORES:
             raise InputError(f"unknown block score {self.block_score!r} (choose from "
                              f"{', '.join(BLOCK_SCORES)})")
+        if self.order is not None and self.order not in ORDERS:
+            raise InputError(f"unknown order {self.order!r} (choose from auto, obs, scores)")
         if self.heal not in HEAL_MODES:
             raise InputError(f"unknown heal mode {self.heal!r} (choose from none, bias, stats, "
                              "lsq)")

@@ -31,6 +31,9 @@ class Report:
     # measure_groups with FLOPs/params targets, per round: group -> kept count -> measured
     # output error (of the model the rounds before left)
     group_losses: list[dict[str, dict[str, float]]] | None = None
+    # ... and which units of a group went first there: "auto", "obs" or "scores" (None: not
+    # measured)
+    order: str | None = None
     heal: dict[str, Any] = field(default_factory=dict)  # healing summary (HealReport)
     blocks_bypassed: list[str] = field(default_factory=list)  # stage 2, in removal order
     block_scores: dict[str, float] = field(default_factory=dict)  # score of each when removed

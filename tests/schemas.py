@@ -51,6 +51,7 @@ COMPRESS = {
     "groups": int, "groups_pruned": int, "units_removed": int,
     "steps": [{"step": int, "fraction": float, "removed": int, "flops": int, "params": int}],
     "protected": {str: float}, "group_losses": (None, [{str: {str: float}}]),
+    "order": (None, str),
     "layers": [{"layer": str, "source": str, "channels_before": int, "channels_after": int,
                 "flops_before": int, "flops_after": int, "bypassed": bool}],
     "frozen": [FROZEN], "keep": [str], "kept_nodes": [str],

@@ -261,14 +261,20 @@ def _add_augmented(gram: np.ndarray, cross: np.ndarray, x: np.ndarray, y: np.nda
     """Add one batch's ``[x, 1]ᵀ[x, 1]`` to ``gram`` and ``[x, 1]ᵀ y`` to ``cross`` (float64
     accumulators, in place): the products in float32 BLAS (a batch's sums are short), the
     batches summed in float64."""
+    add_gram(gram, x, tmatmul)
+    d = x.shape[1]
+    cross[:d] += tmatmul(x, y)
+    cross[d] += y.sum(axis=0, dtype=np.float64)
+
+
+def add_gram(gram: np.ndarray, x: np.ndarray, tmatmul=_tmatmul) -> None:
+    """Add one batch's ``[x, 1]ᵀ[x, 1]`` to ``gram`` (float64, in place)."""
     d = x.shape[1]
     gram[:d, :d] += tmatmul(x, x)
     s = x.sum(axis=0, dtype=np.float64)
     gram[:d, d] += s
     gram[d, :d] += s
     gram[d, d] += x.shape[0]
-    cross[:d] += tmatmul(x, y)
-    cross[d] += y.sum(axis=0, dtype=np.float64)
 
 
 @dataclass

@@ -103,7 +103,7 @@ def run_demo(out_dir: Path, flops: float = 0.7, data: Path = DATA) -> int:
         print(f"ImageNet sample: {len(calib)} calibration images, {len(x_eval)} evaluation "
               "images (disjoint)")
     print(f"compressing to {flops:g} of the FLOPs (defaults: channel counts allocated by measured "
-          f"group losses, idap scores, least-squares healing; minutes on 2 cores) -> {dst}")
+          f"group losses, units by OBS order, least-squares healing; minutes on 2 cores) -> {dst}")
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

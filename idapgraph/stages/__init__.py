@@ -54,8 +54,11 @@ def _measuring(s: State) -> CompressOptions:
     :data:`measured.MEASURE_FLOPS` (else off, with a warning that says so); off for latency
     targets, without calibration data (losses on random inputs do not pay for their time),
     with other healing, and for ONNX models with external data or local functions, where
-    every probe would run the whole model once per refitted layer."""
+    every probe would run the whole model once per refitted layer. ``order=None``: ``auto`` for
+    ``method="idap"``, ``scores`` for the others (a baseline keeps its own criterion)."""
     o, a = s.opts, s.a
+    if o.order is None:
+        o = replace(o, order="auto" if o.method == "idap" else "scores")
     if o.measure_groups is not None:
         return o
     on = o.latency is None and o.plan is None and o.heal == "lsq" and o.calib is not None \

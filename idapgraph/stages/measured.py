@@ -17,6 +17,7 @@ from ..passes import allocate as allocate_pass
 from ..passes import prune as prune_pass
 from ..passes import select as select_pass
 from . import heal as heal_stage
+from . import obs as obs_stage
 from . import select as select_stage
 from .losses import LOSS_KEEPS, group_losses
 from .state import State
@@ -107,7 +108,8 @@ def _pruned(s: State, plan: Plan, batches) -> tuple[Analysis, list]:
 
 
 def _round(s: State, now: Analysis, cal, plan: Plan, share: dict) -> select_pass.Selection:
-    """One round's selection on ``now`` (the model ``plan`` left): scores, losses measured at
+    """One round's selection on ``now`` (the model ``plan`` left): scores (with
+    ``order="obs"``/``"auto"`` the units' OBS order, :mod:`idapgraph.stages.obs`), losses measured at
     the allowed counts nearest to :data:`LOSS_KEEPS` (healed, only the layers that lost
     channels refitted, on :func:`~idapgraph.stages.select.probe_batches`),
     allocation. A group that is not the original's of its key with ``plan``'s units gone is
@@ -117,6 +119,8 @@ def _round(s: State, now: Analysis, cal, plan: Plan, share: dict) -> select_pass
     groups = now.coupling.groups
     matched = [left.get(g.key) == g.n_units for g in groups]
     sc = select_stage.scores(now, o.method, cal, o.loss, o.seed)
+    if o.order in ("obs", "auto"):
+        sc = obs_stage.scores(now, cal, sc, o.min_keep, convs_only=o.order == "auto")
     quanta = [int(q) if m else g.n_units for g, q, m in
               zip(groups, select_pass.unit_quanta(now.coupling, o.round_to), matched)]
     counts = [allocate_pass.probe_counts(g.n_units, q, o.min_keep, LOSS_KEEPS)

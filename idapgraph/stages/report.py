@@ -39,6 +39,7 @@ def run(s: State) -> Result:
         units_removed=plan.n_removed, frozen=[asdict(f) for f in coupling.frozen],
         warnings=s.warnings, calibration=s.kind, steps=s.log, heal=asdict(s.heal),
         protected=dict(s.protected or {}), group_losses=s.group_losses,
+        order=o.order if s.group_losses is not None else None,
         blocks_bypassed=s.bypassed, block_scores=s.block_scores, params_constants=s.stored,
         round_to=o.round_to, keep=o.keep, kept_nodes=[n for n in g.nodes if n in s.kept_nodes],
         layers=cost_pass.layer_changes(g, a.cost, after, lambda t: rewrite.new_shapes[t],
