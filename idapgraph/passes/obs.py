@@ -21,8 +21,8 @@ import numpy as np
 
 from ..ir.annotations import ChannelGroup, Coupling
 from ..ir.graph import PARAM, Graph
-from ..ir.ops import weight_axes
-from .reconstruct import Site, _fold_rows, _rows, add_gram
+from ..ir.ops import weighted_nodes
+from .reconstruct import Site, _fold_rows, _rows, add_gram, as_theta, grid_of_input, site
 
 #: A consumer's Gram matrix must hold at least this many calibration rows per input feature:
 #: with fewer, the order fits the calibration samples (EfficientNet-Lite0's classifier, 1,280
@@ -47,35 +47,19 @@ def consumers(graph: Graph, coupling: Coupling) -> list[list[Consumer]]:
     """Per group: the ungrouped convs and linear layers whose weight's input axis is one of the
     group's spaces."""
     readers = {}
-    for node in graph:
-        if node.op not in ("conv", "linear") or len(node.inputs) < 2:
-            continue
-        w = node.inputs[1]
-        t = graph.tensors.get(w)
-        if t is None or t.kind != PARAM or t.rank is None or t.rank < 2:
-            continue
-        if node.op == "conv" and (int(node.attrs.get("groups", 1)) != 1 or t.rank != 4
-                                  or "pads" not in node.attrs):
-            continue
-        readers[(w, weight_axes(node)[1])] = node
-    return [[c for m in g.members for s in m.spaces
-             for c in [_consumer(graph, readers.get((s.tensor, s.axis)), m.index)] if c]
+    for node in weighted_nodes(graph):
+        s = site(graph, node)
+        if s is not None and graph.tensors[s.weight].kind == PARAM:
+            readers[(s.weight, s.in_axis)] = s
+    return [[_consumer(graph, readers[(sp.tensor, sp.axis)], m.index)
+             for m in g.members for sp in m.spaces if (sp.tensor, sp.axis) in readers]
             for g in coupling.groups]
 
 
-def _consumer(graph: Graph, node, index: np.ndarray) -> Consumer | None:
-    if node is None:
-        return None
-    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    out_axis, in_axis = weight_axes(node)
-    conv, k = None, 1
-    if node.op == "conv":
-        conv = {a: list(node.attrs[a]) for a in ("stride", "pads", "dilation")}
-        k = int(np.prod(graph.shape(w)[2:]))
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    site = Site(node.name, x, y, w, bias, conv, out_axis, in_axis, None)
+def _consumer(graph: Graph, s: Site, index: np.ndarray) -> Consumer:
+    k = int(np.prod(graph.shape(s.weight)[2:])) if s.conv is not None else 1
     cols = (np.asarray(index)[:, :, None] * k + np.arange(k)).reshape(len(index), -1)
-    return Consumer(site, cols)
+    return Consumer(s, cols)
 
 
 class Grams:
@@ -96,7 +80,8 @@ class Grams:
         for s in self.sites:
             if s.x not in values:
                 continue
-            x = _rows(values[s.x], s, self.kernels.get(s.node), _grid(s, values[s.x]))
+            x = _rows(values[s.x], s, self.kernels.get(s.node),
+                      grid_of_input(s, np.shape(values[s.x])))
             d = x.shape[1]
             folds = self.folds.setdefault(s.node, [np.zeros((d + 1, d + 1)) for _ in "ab"])
             for f, rows in _fold_rows(x.shape[0], np.shape(values[s.x])[0], self.i - 1,
@@ -109,23 +94,11 @@ class Grams:
         return {k: a + b for k, (a, b) in self.folds.items()}
 
 
-def _grid(site: Site, x) -> int:
-    """The spatial stride of a conv's rows (about 64 output positions per sample, as the
-    healing's fit takes them)."""
-    if site.conv is None or np.ndim(x) != 4:
-        return 1
-    h, w = np.shape(x)[2] // site.conv["stride"][0], np.shape(x)[3] // site.conv["stride"][1]
-    return max(1, int(np.sqrt(h * w / 64)))
-
-
 class _State:
     """One consumer's running OBS state: the inverse Gram matrix and the refitted parameters."""
 
     def __init__(self, gram: np.ndarray, theta: np.ndarray, columns: np.ndarray) -> None:
-        d = gram.shape[0] - 1
-        h = gram.copy()
-        h[np.arange(d), np.arange(d)] += DAMP * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
-        self.hinv = np.linalg.inv(h)
+        self.hinv = np.linalg.inv(_damped(gram))
         self.theta = theta.copy()
         self.columns = columns
         energy = float(np.sum(theta * (gram @ theta)))
@@ -149,13 +122,19 @@ class _State:
         self.hinv -= self.hinv[:, c] @ left
 
 
-def params(graph: Graph, site: Site) -> np.ndarray:
+def _damped(gram: np.ndarray) -> np.ndarray:
+    """``gram`` + :data:`DAMP` × its mean feature diagonal on the features (the intercept, its
+    last row and column, undamped)."""
+    d = gram.shape[0] - 1
+    h = gram.copy()
+    h[np.arange(d), np.arange(d)] += DAMP * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
+    return h
+
+
+def params(graph: Graph, s: Site) -> np.ndarray:
     """``θ = [Wᵀ; b]`` of a consumer: (features + 1, out)."""
-    w = np.asarray(graph.tensors[site.weight].value(), dtype=np.float64)
-    w2 = np.moveaxis(w, site.out_axis, 0).reshape(w.shape[site.out_axis], -1)
-    b = np.zeros(w2.shape[0]) if site.bias is None else \
-        np.asarray(graph.tensors[site.bias].value(), dtype=np.float64)
-    return np.concatenate([w2.T, b[None]], axis=0)
+    return as_theta(graph.tensors[s.weight].value(),
+                    None if s.bias is None else graph.tensors[s.bias].value(), s.out_axis)
 
 
 def order(group: ChannelGroup, states: list[_State], remove: int) -> tuple[list[int], list[float]]:
@@ -225,10 +204,8 @@ def held_out(group: ChannelGroup, cons: list[Consumer], folds, thetas, gone: lis
 def _cut_error(fit: np.ndarray, check: np.ndarray, theta: np.ndarray, cut: np.ndarray) -> float:
     """``(θ' − θ)ᵀ H_check (θ' − θ) / θᵀ H_check θ`` for ``θ'`` without the ``cut`` rows, the
     rest refitted by damped least squares on ``fit`` to reproduce ``[X,1]θ``."""
-    keep = np.setdiff1d(np.arange(len(theta)), cut)
-    h = fit[np.ix_(keep, keep)].copy()
-    d = len(keep) - 1  # the intercept is kept and not damped
-    h[np.arange(d), np.arange(d)] += DAMP * max(float(np.mean(np.diag(fit)[:-1])), 1e-12)
+    keep = np.setdiff1d(np.arange(len(theta)), cut)  # the intercept (last) is always kept
+    h = _damped(fit)[np.ix_(keep, keep)]
     new = np.zeros_like(theta)
     new[keep] = theta[keep] + np.linalg.solve(h, fit[np.ix_(keep, cut)] @ theta[cut])
     delta = new - theta

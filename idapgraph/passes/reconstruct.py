@@ -23,7 +23,7 @@ accumulates the normal equations from the pruned model's inputs, :func:`solve` f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,26 +58,42 @@ def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
     samples")."""
     out, changed = [], _drifted(graph, rewrite) if drifted else set()
     for node in weighted_nodes(graph):
-        x, w = node.inputs[0], node.inputs[1]
-        if w is None or graph.tensors[w].rank is None or graph.tensors[w].rank < 2:
+        s = site(graph, node)
+        if s is None or _tied(graph, s.weight, node.name):
+            continue  # (tied: refitting would change the other readers too, an embedding)
+        ch = 1 if node.op == "conv" else (graph.tensors[s.x].rank or 0) - 1
+        if rewrite.kept(s.x, ch) is None and s.x not in changed:
             continue
-        if _tied(graph, w, node.name):
-            continue  # refitting would change the other readers too (a tied embedding)
-        out_axis, in_axis = weight_axes(node)
-        ch = 1 if node.op == "conv" else (graph.tensors[x].rank or 0) - 1
-        if rewrite.kept(x, ch) is None and x not in changed:
-            continue
-        conv = None
-        if node.op == "conv":
-            if int(node.attrs.get("groups", 1)) != 1 or graph.tensors[w].rank != 4 or \
-                    "pads" not in node.attrs:
-                continue
-            conv = {k: list(node.attrs[k]) for k in ("stride", "pads", "dilation")}
-        bias = node.inputs[2] if len(node.inputs) > 2 else None
-        y = node.outputs[0]
+        y = s.y
         kept = rewrite.kept(y, 1 if node.op == "conv" else (graph.tensors[y].rank or 0) - 1)
-        out.append(Site(node.name, x, y, w, bias, conv, out_axis, in_axis, kept))
+        out.append(replace(s, out_kept=kept))
     return out
+
+
+def site(graph: Graph, node) -> Site | None:
+    """The refittable layer of a weighted node (all output channels): a linear layer or an
+    ungrouped 2-D convolution with explicit pads, its weight of rank 2 or more; else None."""
+    x, w = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    if w is None or graph.tensors[w].rank is None or graph.tensors[w].rank < 2:
+        return None
+    conv = None
+    if node.op == "conv":
+        if int(node.attrs.get("groups", 1)) != 1 or graph.tensors[w].rank != 4 or \
+                "pads" not in node.attrs:
+            return None
+        conv = {k: list(node.attrs[k]) for k in ("stride", "pads", "dilation")}
+    out_axis, in_axis = weight_axes(node)
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    return Site(node.name, x, node.outputs[0], w, bias, conv, out_axis, in_axis, None)
+
+
+def as_theta(w, b, out_axis: int) -> np.ndarray:
+    """A layer's parameters as ``θ = [Wᵀ; b]`` (features + 1, out), float64, the weight in
+    the backend's layout (``out_axis``), ``b`` None for none."""
+    w = np.asarray(w, dtype=np.float64)
+    w2 = np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1)
+    b0 = np.zeros(w2.shape[0]) if b is None else np.asarray(b, dtype=np.float64)
+    return np.concatenate([w2.T, b0[None]], axis=0)
 
 
 def _tied(graph: Graph, weight: str, node: str) -> bool:
@@ -131,10 +147,20 @@ POSITIONS = 64
 
 
 def _grid(site: Site, out_shape) -> int:
-    """The spatial stride a conv site's rows are taken at (1: every output pixel)."""
+    """The spatial stride a conv site's rows are taken at (1: every output pixel), from its
+    output's shape (see :func:`grid_of_input` for its input's)."""
     if site.conv is None or len(out_shape) != 4:
         return 1
     return max(1, int(np.sqrt(out_shape[2] * out_shape[3] / POSITIONS)))
+
+
+def grid_of_input(site: Site, x_shape) -> int:
+    """:func:`_grid` from a conv site's input shape (its output's spatial size as the stride
+    leaves it, about)."""
+    if site.conv is None or len(x_shape) != 4:
+        return 1
+    sh, sw = site.conv["stride"]
+    return _grid(site, (x_shape[0], x_shape[1], x_shape[2] // sh, x_shape[3] // sw))
 
 
 def _rows(a: np.ndarray, site: Site, kernel: tuple | None = None, grid: int = 1) -> np.ndarray:
@@ -295,13 +321,10 @@ def solve(site: Site, normal: Normal, current_w: np.ndarray, current_b: np.ndarr
     folds, total = normal.folds.get(site.node), normal.total(site.node)
     if total is None or not total.yy:
         return None
-    w = np.asarray(current_w, dtype=np.float64)
-    w2 = np.moveaxis(w, site.out_axis, 0).reshape(w.shape[site.out_axis], -1)  # (out, feat)
-    d = w2.shape[1]
+    theta0 = as_theta(current_w, current_b, site.out_axis)
+    d = theta0.shape[0] - 1
     if total.gram.shape[0] != d + 1:
         return None
-    b0 = np.zeros(w2.shape[0]) if current_b is None else np.asarray(current_b, dtype=np.float64)
-    theta0 = np.concatenate([w2.T, b0[None]], axis=0)
     before = total.residual(theta0)
     lam = _ridge(folds, theta0, has_intercept, normal.solve)
     if lam is None:
