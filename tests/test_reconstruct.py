@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from idapgraph.passes import reconstruct as rc
@@ -23,24 +25,46 @@ def _residual(w, b, x, y) -> float:
     return float(np.sum((x @ w.T + b - y) ** 2) / np.sum(y ** 2))
 
 
-def test_more_features_than_samples_does_not_fit_the_noise():
-    """40 calibration samples, 200 features, targets = the current layer plus noise: a plain
-    least-squares fit reproduces the calibration targets and is worse on new samples; the
-    held-out choice leaves the layer (nearly) as it is."""
+def _noisy(rng, n: int, d: int):
+    """Samples of a layer ``w0`` (d inputs, 10 outputs) with noisy targets."""
+    w0, x = rng.normal(size=(10, d)) / np.sqrt(d), rng.normal(size=(n, d))
+    return w0, x, x @ w0.T + 0.5 * rng.normal(size=(n, 10))
+
+
+def test_an_output_layer_with_more_features_than_samples_is_not_refitted():
+    """40 calibration samples, 200 features: a plain least-squares fit reproduces the
+    calibration targets; the model's output layer is left as it is, and why is said."""
     rng = np.random.default_rng(0)
-    w0, b0 = rng.normal(size=(10, 200)) / 14, np.zeros(10)
-    x, xn = rng.normal(size=(40, 200)), rng.normal(size=(400, 200))
-    noise = lambda n: 0.5 * rng.normal(size=(n, 10))  # noqa: E731
-    y, yn = x @ w0.T + noise(40), xn @ w0.T + noise(400)
-    normal = _normal(x, y, 40)  # one batch: split at its middle sample
-    assert [f.rows for f in normal.folds["fc"]] == [20, 20]
-    fit = rc.solve(SITE, normal, w0, b0, True)
-    total = _normal(x, y, 8).total("fc")  # the former fixed ridge, 1e-4 of the mean diagonal
+    w0, x, y = _noisy(rng, 40, 200)
+    b0 = np.zeros(10)
+    total = _normal(x, y, 8).total("fc")
     plain = rc._ridge_fit(total, np.r_[w0.T, b0[None]], 1e-4 * rc._scale(total, 200), True)
     assert _residual(plain[:200].T, plain[200], x, y) < 1e-3  # interpolates the calibration
-    assert _residual(plain[:200].T, plain[200], xn, yn) > 1.2 * _residual(w0, b0, xn, yn)
-    if fit is not None:
-        assert _residual(fit.weight, fit.intercept, xn, yn) <= 1.02 * _residual(w0, b0, xn, yn)
+    normal, head = _normal(x, y, 40), replace(SITE, head=True)
+    assert rc.solve(head, normal, w0, b0, True) is None
+    assert rc.underdetermined(normal, head) == "fc not refitted: 40 calibration rows for 200 inputs"
+    assert rc.underdetermined(_normal(*_noisy(rng, 200, 200)[1:], 40), head) is None
+    assert rc.underdetermined(normal, SITE) is None  # an inner layer: the held-out check decides
+
+
+def test_few_samples_per_feature_do_not_fit_the_noise():
+    """300 calibration samples, 200 features, noisy targets of a layer the current one is
+    half of: a plain least-squares fit is worse on new samples than the current layer; the
+    fit with the ridge chosen on held-out samples is better than both."""
+    rng = np.random.default_rng(0)
+    w, x, y = _noisy(rng, 300, 200)
+    xn = rng.normal(size=(2000, 200))
+    yn = xn @ w.T + 0.5 * rng.normal(size=(2000, 10))
+    w0, b0 = 0.5 * w, np.zeros(10)
+    normal = _normal(x, y, 300)  # one batch: split at its middle sample
+    assert [f.rows for f in normal.folds["fc"]] == [150, 150]
+    total = normal.total("fc")
+    plain = rc._ridge_fit(total, np.r_[w0.T, b0[None]], 1e-4 * rc._scale(total, 200), True)
+    current = _residual(w0, b0, xn, yn)
+    assert _residual(plain[:200].T, plain[200], xn, yn) > current
+    fit = rc.solve(SITE, normal, w0, b0, True)
+    assert fit is not None
+    assert _residual(fit.weight, fit.intercept, xn, yn) < 0.9 * current
 
 
 def test_a_lost_channel_is_rebuilt_from_the_others():

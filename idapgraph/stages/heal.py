@@ -269,6 +269,10 @@ def _fits(a: Analysis, current, chunk, normal, rep, gains):
     g, m = a.graph, a.model
     updates, new_bias = {}, {}
     for s in chunk:
+        short = recon_pass.underdetermined(normal, s)
+        if short:
+            rep.notes.append(short)
+            continue
         w = m.get_param(current, s.weight)
         b = m.get_param(current, s.bias) if s.bias is not None else None
         pb = recon_pass.post_bias(g, s)
