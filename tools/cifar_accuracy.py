@@ -68,13 +68,14 @@ def main() -> None:
                     help="comma list of: orig,idap,none,bn,mag,scores,tp or all")
     ap.add_argument("--depth", type=int, default=56, choices=(20, 32, 44, 56))
     ap.add_argument("--calib", default="balanced",
-                    help="'balanced' (26 images of every class), or lo:hi (NB: the test file is "
-                         "sorted by class, so 0:256 is 256 airplanes)")
+                    help="'balanced' (26 images of every class), 'balanced:N' (N images, as many "
+                         "of every class), or lo:hi (NB: the test file is sorted by class, so "
+                         "0:256 is 256 airplanes)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     lo, hi = (int(v) for v in args.eval.split(":"))
-    if args.calib == "balanced":
-        cal = cifar_resnet.balanced(260)
+    if args.calib.startswith("balanced"):
+        cal = cifar_resnet.balanced(int(args.calib.partition(":")[2] or 260))
         ev = sorted(set(range(lo, hi)) - set(cal))
     else:
         cal, ev = range(*(int(v) for v in args.calib.split(":"))), range(lo, hi)
@@ -88,7 +89,7 @@ def main() -> None:
                                                                   "tp"}
     print("| method | split | FLOPs kept | top-1 % | calib output error (heal) | s |")
     print("|---|---|---|---|---|---|")
-    split = f"{lo}..{hi - 1}" + (" minus calib" if args.calib == "balanced" else "")
+    split = f"{lo}..{hi - 1}" + (" minus calib" if args.calib.startswith("balanced") else "")
     print(f"calibration: {args.calib} ({len(xc)} images), evaluation {split} ({len(xe)})")
 
     def line(name, m, note="", t0=None):
