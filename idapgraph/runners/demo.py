@@ -112,7 +112,7 @@ def run_demo(out_dir: Path, flops: float = 0.7, data: Path = DATA) -> int:
     save(res.model, dst)
     write_atomic(out_dir / "plan.json", res.plan.to_json())
     original = onnx.load(str(src))
-    lat_b, lat_a = paired([original, res.model], runs=30, warmup=5, threads=2)
+    lat_b, lat_a = paired([original, res.model], runs=100, warmup=10, threads=2)
     r = res.report
     rows = [("params", r.params_before, r.params_after),
             ("FLOPs (MACs)", r.flops_before, r.flops_after),
