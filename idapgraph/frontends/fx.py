@@ -19,6 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..errors import InputError
 from ..ir.graph import ACTIVATION, META, PARAM, Graph, Node, Tensor
+from ..ir.ops import IDENTITY
 
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -26,6 +27,9 @@ _UNARY_MODULES = (
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.Tanhshrink, nn.Softsign, nn.LogSigmoid,
 )
+# identities in eval mode (the attribute lets a pass see through them: reconstruct.shortcut_of)
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                     nn.AlphaDropout)
 _POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
@@ -213,7 +217,7 @@ class _Builder:
         elif isinstance(m, nn.PReLU) and m.num_parameters > 1:  # per-channel slope, like a BN scale
             self.add(node, "batchnorm", [x, self.module_param(t, "weight")])
         elif isinstance(m, _UNARY_MODULES):
-            self.add(node, "unary", [x])
+            self.add(node, "unary", [x], dict(IDENTITY) if isinstance(m, _IDENTITY_MODULES) else {})
         elif isinstance(m, _POOL_MODULES):
             self.add(node, "pool", [x])
         elif isinstance(m, _PAD_MODULES):
@@ -290,7 +294,7 @@ class _Builder:
             return self._added(node, "elementwise", self.tensor_inputs(node),
                                {"fn": "add"} if is_add and "alpha" not in node.kwargs else {})
         if f in _UNARY_FUNCS or name in _UNARY_METHODS or _is_stochastic_depth(f):
-            return self._added(node, "unary", [x])
+            return self._added(node, "unary", [x], dict(IDENTITY) if _is_stochastic_depth(f) else {})
         if f in (torch.cat, torch.concat):
             xs = [self.ref(a) for a in _arg(node, 0, "tensors")]
             return self._added(node, "concat", xs, {"axis": _arg(node, 1, "dim", 0)})

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import InputError
 from ..ir.graph import ACTIVATION, META, PARAM, Graph, Node, Tensor
+from ..ir.ops import IDENTITY
 from . import onnx_external, onnx_light
 
 _UNARY = {
@@ -614,7 +615,7 @@ class _Builder:
         if op in _UNARY:
             if op == "Dropout" and len([t for t in n.outputs if t.name]) > 1:
                 return "unknown", data, {"reason": "Dropout with a mask output"}
-            return "unary", [ins[0]], {}
+            return "unary", [ins[0]], dict(IDENTITY) if op in ("Identity", "Dropout") else {}
         return None
 
     def _canon_norm(self, n: gs.Node, ins: list, data: list) -> _Canon | None:

@@ -902,6 +902,15 @@ OPS: dict[str, OpDef] = {
 }
 
 
+#: attributes of a ``unary`` node that passes its input through unchanged in eval mode
+#: (nn.Identity, dropout, stochastic depth; ONNX Identity, Dropout)
+IDENTITY = {"fn": "identity"}
+
+
+def is_identity(node: Node) -> bool:
+    return node.op == "unary" and node.attrs.get("fn") == "identity"
+
+
 def weighted_nodes(graph: Graph) -> list[Node]:
     """Nodes with a learned weight operand (conv/linear), in topological order.
 

@@ -15,6 +15,8 @@ restored as with bias compensation, and what they carried that the kept channels
 is restored too. This is the "mask tuning" step of training-free transformer pruning (Kwon et
 al., 2022), done here for any linear layer or ungrouped convolution on both backends; a
 depthwise convolution is refitted channel by channel (:mod:`idapgraph.passes.channelwise`). A
+layer whose output reaches a residual add is fitted to ``Y`` plus the shortcut's drift
+(:class:`Shortcut`), so the add, not the layer, reproduces the original's value. A
 fit is applied only where it lowers the layer's residual on calibration samples held out of it
 (two folds: fitted on one, checked on the other).
 
@@ -29,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..ir.graph import PARAM, Graph
-from ..ir.ops import weight_axes, weighted_nodes
+from ..ir.ops import is_identity, weight_axes, weighted_nodes
 from ..ir.plan import Rewrite
 from . import channelwise
 
@@ -48,6 +50,21 @@ class Site:
     in_axis: int
     out_kept: np.ndarray | None  # original indices of the kept output channels (None: all)
     head: bool = False  # its output is the model's (a classifier): see MIN_ROWS_PER_FEATURE
+    shortcut: Shortcut | None = None  # the residual add its output reaches (see Shortcut)
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """The residual add a site's output reaches through per-channel affine steps only
+    (BatchNorms, added biases): ``tensor`` is the add's other operand, ``norms`` the BatchNorm
+    nodes on the way. Fitted to the original's layer output ``Y``, the layer leaves the add's
+    output off by what the shortcut drifted (``r - r̃``: the earlier cuts' error carried along
+    the residual stream); fitted to ``Y + (r - r̃)/a`` (``a`` the norms' per-channel scale) it
+    cancels what of that drift its inputs can predict, and the add computes the original's
+    value as closely as the layer can make it (:func:`compensated`)."""
+
+    tensor: str
+    norms: tuple[str, ...] = ()
 
 
 def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
@@ -61,6 +78,7 @@ def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
     samples"). Depthwise convs too: EfficientNet-Lite0 76.6 -> 78.4 % at 0.7 (nineteenth
     session)."""
     out, changed = [], _drifted(graph, rewrite) if drifted else set()
+    order = {n.name: i for i, n in enumerate(graph)}
     for node in weighted_nodes(graph):
         s = site(graph, node) or depthwise_site(graph, node)
         if s is None or _tied(graph, s.weight, node.name):
@@ -70,7 +88,96 @@ def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
             continue
         y = s.y
         kept = rewrite.kept(y, 1 if node.op == "conv" else (graph.tensors[y].rank or 0) - 1)
-        out.append(replace(s, out_kept=kept, head=_head(graph, y)))
+        out.append(replace(s, out_kept=kept, head=_head(graph, y),
+                           shortcut=shortcut_of(graph, s.x, y, order)))
+    return out
+
+
+def shortcut_of(graph: Graph, x: str, y: str, order: dict[str, int]) -> Shortcut | None:
+    """The :class:`Shortcut` of a layer with input ``x`` and output ``y``: ``y`` followed,
+    each step its only reader, by BatchNorms, identities and additions of a stored bias, then
+    added to another tensor of its shape that ``x`` is computed from (so that stepping a model
+    to ``x`` has computed it; not a projection shortcut computed after the layer). ``order``:
+    every node's position in the graph's topological order."""
+    norms, t = [], y
+    while t not in graph.outputs and len(graph.tensors[t].consumers) == 1:
+        n = graph.nodes[graph.tensors[t].consumers[0]]
+        ins = n.present_inputs()
+        if n.op == "batchnorm" and ins[0] == t and len(ins) == 5 and \
+                all(graph.tensors[p].kind == PARAM for p in ins[1:]):
+            norms.append(n.name)
+        elif is_identity(n):
+            pass
+        elif n.op == "elementwise" and n.attrs.get("fn") == "add" and len(ins) == 2 and \
+                t in ins and ins[0] != ins[1]:
+            other = _source(graph, ins[1] if ins[0] == t else ins[0])
+            if graph.tensors[other].kind != PARAM:  # else a stored bias: on to its reader
+                same = graph.shape(other) is not None and graph.shape(other) == graph.shape(t)
+                ok = same and _upstream(graph, other, x, order)
+                return Shortcut(other, tuple(norms)) if ok else None
+        else:
+            return None
+        t = n.outputs[0]
+    return None
+
+
+def _upstream(graph: Graph, r: str, x: str, order: dict[str, int]) -> bool:
+    """Whether ``x`` is ``r`` or computed from it (walked back from ``x``, never past the
+    node that makes ``r``)."""
+    made_by = graph.tensors[r].producer
+    floor = -1 if made_by is None else order[made_by]
+    seen, stack = set(), [x]
+    while stack:
+        t = stack.pop()
+        if t == r:
+            return True
+        p = graph.tensors[t].producer
+        if p is None or p in seen or order[p] <= floor:
+            continue
+        seen.add(p)
+        stack.extend(i for i in graph.nodes[p].present_inputs() if graph.tensors[i].kind != PARAM)
+    return False
+
+
+def _source(graph: Graph, t: str) -> str:
+    """``t`` followed back through identities (nn.Identity, dropout in eval)."""
+    while (p := graph.tensors[t].producer) is not None and is_identity(graph.nodes[p]):
+        t = graph.nodes[p].inputs[0]
+    return t
+
+
+def norm_scale(graph: Graph, node: str, get) -> np.ndarray:
+    """A BatchNorm's per-channel scale ``γ / √(var + ε)``; ``get`` reads a parameter's value."""
+    n = graph.nodes[node]
+    gamma, var = (np.asarray(get(n.inputs[i]), dtype=np.float64) for i in (1, 4))
+    return gamma / np.sqrt(var + float(n.attrs.get("eps", 1e-5)))
+
+
+#: a channel whose norms' scale is below this share of the median's is not compensated (its
+#: target ``(r - r̃)/a`` would be huge for an output the add barely sees)
+MIN_SCALE = 0.01
+
+
+def compensated(site: Site, y: np.ndarray, r_orig: np.ndarray, r_pruned: np.ndarray,
+                scale: np.ndarray | None) -> np.ndarray:
+    """A site's target (the original's output ``y``, one batch) shifted by its shortcut's
+    drift ``(r_orig - r_pruned) / scale`` on the kept channels (see :class:`Shortcut`);
+    ``scale`` per kept channel (None: 1). ``y`` itself where the shapes do not line up."""
+    axis = 1 if site.conv is not None else -1
+    ro = r_orig if site.out_kept is None else np.take(r_orig, site.out_kept, axis=axis)
+    if ro.shape != np.shape(r_pruned) or np.ndim(y) != ro.ndim:
+        return y
+    a = np.ones(ro.shape[axis]) if scale is None else np.asarray(scale, dtype=np.float64)
+    if a.shape != (ro.shape[axis],):
+        return y
+    big = np.abs(a) >= MIN_SCALE * np.median(np.abs(a))
+    inv = np.where(big, 1.0 / np.where(big, a, 1.0), 0.0)
+    view = [1] * ro.ndim
+    view[axis] = -1
+    idx = [slice(None)] * ro.ndim
+    idx[axis] = slice(None) if site.out_kept is None else site.out_kept
+    out = np.array(y, dtype=np.float32)
+    out[tuple(idx)] += ((ro - r_pruned) * inv.reshape(view)).astype(np.float32)
     return out
 
 
@@ -226,7 +333,7 @@ class Targets:
 
     @property
     def tensors(self) -> list[str]:
-        return sorted({s.y for s in self.sites})
+        return sorted({s.y for s in self.sites} | _shortcuts(self.sites))
 
     def __call__(self, values: dict[str, np.ndarray]) -> None:
         self.batches.append({t: np.asarray(values[t], dtype=np.float32) for t in self.tensors
@@ -240,8 +347,9 @@ class Normal:
     :func:`solve` can check a fit on samples it was not fitted to."""
 
     def __init__(self, sites: list[Site], targets: Targets, kernels: dict[str, tuple],
-                 tmatmul=None, solve=None) -> None:
+                 tmatmul=None, solve=None, scales: dict | None = None) -> None:
         self.sites, self.targets, self.kernels = sites, targets, kernels
+        self.scales = scales or {}  # per site with a shortcut: its norms' scale (None: 1)
         self.tmatmul = tmatmul or _tmatmul  # aᵀb (a backend's may be faster: Model.tmatmul)
         self.solve = solve or np.linalg.solve  # a⁻¹b, a positive definite (Model.solve)
         self.i = 0
@@ -249,9 +357,12 @@ class Normal:
 
     @property
     def tensors(self) -> list[str]:
-        return sorted({s.x for s in self.sites})
+        return sorted({s.x for s in self.sites} | _shortcuts(self.sites))
 
     def __call__(self, values: dict[str, np.ndarray]) -> None:
+        """One batch of the pruned model: ``values`` holds the sites' inputs and, where a
+        site's target is to cancel its shortcut's drift, the shortcut's value (the targets'
+        batch holds the original's)."""
         ref = self.targets.batches[self.i]
         self.i += 1
         for s in self.sites:
@@ -259,7 +370,7 @@ class Normal:
                 continue
             grid = _grid(s, np.shape(ref[s.y]))
             x = _rows(values[s.x], s, self.kernels.get(s.node), grid)
-            y = _rows(ref[s.y], s, grid=grid)
+            y = _rows(self._target(s, ref, values), s, grid=grid)
             if s.out_kept is not None:
                 y = y[:, s.out_kept]
             if x.shape[0] != y.shape[0]:
@@ -270,10 +381,20 @@ class Normal:
                                       len(self.targets.batches)):
                 folds[f].add(x[rows], y[rows], self.tmatmul)
 
+    def _target(self, s: Site, ref: dict, values: dict) -> np.ndarray:
+        sc = s.shortcut
+        if sc is None or sc.tensor not in ref or sc.tensor not in values:
+            return ref[s.y]
+        return compensated(s, ref[s.y], ref[sc.tensor], values[sc.tensor], self.scales.get(s.node))
+
     def total(self, node: str) -> Sums | None:
         """Both folds' sums together (None: the site saw no batch)."""
         folds = self.folds.get(node)
         return None if folds is None else folds[0] + folds[1]
+
+
+def _shortcuts(sites: list[Site]) -> set[str]:
+    return {s.shortcut.tensor for s in sites if s.shortcut is not None}
 
 
 def _sums(site: Site, features: int, out: int):

@@ -172,6 +172,10 @@ class OnnxStepper:
             raise RuntimeError(f"{name} was computed and dropped before it was asked for")
         return [np.asarray(v, dtype=np.float32) for v in self.live[name]]
 
+    def held(self, name: str) -> bool:
+        """Whether ``name`` is computed already and still held."""
+        return name in self.live
+
     def results(self) -> list[list[np.ndarray]]:
         """Run to the end: the model's outputs per batch."""
         todo = self._todo()

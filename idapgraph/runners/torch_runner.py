@@ -128,6 +128,13 @@ class Stepper:
         node = self.by_name.get(base)
         return node is not None and (self.index[node] >= self.pos or node in self.envs[0])
 
+    def held(self, name: str) -> bool:
+        """Whether IR tensor ``name`` is computed already and still held (:meth:`advance_to`
+        gives it without running a node)."""
+        base = name if name in self.by_name else name.rpartition(".")[0]
+        node = self.by_name.get(base)
+        return node is not None and self.index[node] < self.pos and node in self.envs[0]
+
     def run_to(self, pos: int) -> None:
         """Run the first ``pos`` nodes."""
         while self.pos < pos:

@@ -210,15 +210,41 @@ def _refit_stepped(a: Analysis, step, sites, kernels, rep, ref):
     m, gains = a.model, []
     for s in sites:
         targets = recon_pass.Targets([s])
-        targets.batches = [{s.y: y} for y in ref.advance_to(s.y)]
-        normal = recon_pass.Normal([s], targets, kernels, m.tmatmul, m.solve)
-        for x in step.advance_to(s.x):
-            normal({s.x: x})
+        ys, xs = ref.advance_to(s.y), step.advance_to(s.x)
+        r = _held_shortcut(step, ref, s)
+        r_orig = ref.advance_to(r) if r else [None] * len(ys)
+        r_pruned = step.advance_to(r) if r else [None] * len(xs)
+        targets.batches = [_batch(s.y, y, r, v) for y, v in zip(ys, r_orig)]
+        normal = recon_pass.Normal([s], targets, kernels, m.tmatmul, m.solve,
+                                   _scales(a, step.model, [s]))
+        for x, v in zip(xs, r_pruned):
+            normal(_batch(s.x, x, r, v))
         updates, new_bias = _fits(a, step.model, [s], normal, rep, gains)
         updates, new_bias = param_changes(a, step.model, updates, new_bias, rep)
         if updates or new_bias:
             m.apply_params(step, updates, new_bias)
     return step.model, gains
+
+
+def _held_shortcut(step, ref, s) -> str | None:
+    """The shortcut of site ``s`` where both models hold its value already (None otherwise:
+    stepping to it could run a layer before its refit)."""
+    r = s.shortcut.tensor if s.shortcut is not None else None
+    return r if r is not None and step.held(r) and ref.held(r) else None
+
+
+def _batch(t: str, value, r: str | None, r_value) -> dict:
+    return {t: value} if r is None else {t: value, r: r_value}
+
+
+def _scales(a: Analysis, model, sites) -> dict:
+    """Per site with a shortcut through BatchNorms: their per-channel scale in ``model``."""
+    out = {}
+    for s in sites:
+        for norm in s.shortcut.norms if s.shortcut is not None else ():
+            k = recon_pass.norm_scale(a.graph, norm, lambda n: a.model.get_param(model, n))
+            out[s.node] = k if s.node not in out else out[s.node] * k
+    return out
 
 
 class _Original:
@@ -238,6 +264,10 @@ class _Original:
         """Whether :meth:`advance_to` can give ``y``."""
         return (self.kept is not None and y in self.kept) or self._stepper().reaches(y)
 
+    def held(self, y: str) -> bool:
+        """Whether :meth:`advance_to` gives ``y`` without running a node."""
+        return (self.kept is not None and y in self.kept) or self._stepper().held(y)
+
     def advance_to(self, y: str):
         if self.kept is not None and y in self.kept:
             return self.kept[y]
@@ -256,7 +286,8 @@ def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep):
         m.run(m.source, targets.tensors, batches, targets)
     current = pruned
     for s in sites:
-        normal = recon_pass.Normal([s], targets, kernels, m.tmatmul, m.solve)
+        normal = recon_pass.Normal([s], targets, kernels, m.tmatmul, m.solve,
+                                   _scales(a, current, [s]))
         m.run(current, normal.tensors, batches, normal)
         updates, new_bias = _fits(a, current, [s], normal, rep, gains)
         current = set_params(a, current, updates, new_bias, rep)

@@ -3,6 +3,7 @@ idapgraph (both routes, latency targets, baselines) against Torch-Pruning with a
 BatchNorm re-estimation, every row with its latency ratio and compile time.
 
     python3 -m tools.bench.cifar [--quick] [--out DIR]
+    IDAPGRAPH_CIFAR_DEPTHS=56 python3 -m tools.bench.cifar   # one model only (default 20,56)
 
 Data: ``../shared/data`` (the CIFAR-10 test set, 10,000 labelled images, and the pretrained
 ``resnet{20,56}`` state dicts; ``IDAPGRAPH_DATA`` points elsewhere). Calibration: the first 26
@@ -17,6 +18,7 @@ each model timed in turns with the original (ratio < 1: faster).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -38,7 +40,8 @@ def run(quick: bool, out: Path) -> Section:
 
     t0 = time.time()
     common.setup(1)
-    depths = (20,) if quick else (20, 56)
+    depths = (20,) if quick else tuple(
+        int(d) for d in os.environ.get("IDAPGRAPH_CIFAR_DEPTHS", "20,56").split(","))
     targets = (0.5,) if quick else (0.7, 0.5, 0.3)
     plots, t = [], None
     for depth in depths:
