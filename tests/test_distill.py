@@ -80,6 +80,32 @@ def test_distill_is_reproducible_with_a_step_budget(pair):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def test_holdout_keeps_the_state_with_the_lowest_held_out_loss(pair):
+    """A learning rate far too high: the held-out loss rises after a while; with ``holdout``
+    the student ends in its best measured state (before training, at the ten checks, or at the
+    end), and ``History`` says which."""
+    teacher, small, x = pair
+    held = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    free = copy.deepcopy(small)
+    distill(free, teacher, x, steps=40, batch=16, lr=50.0)
+    student = copy.deepcopy(small)
+    hist = distill(student, teacher, x, steps=40, batch=16, lr=50.0, holdout=held)
+    assert len(hist.holdout) == 11 and hist.steps == 40
+    losses = [v for _, v in hist.holdout]
+    best = min(range(len(losses)), key=lambda i: losses[i] if losses[i] == losses[i] else 1e30)
+    assert hist.kept == hist.holdout[best][0]
+    kd = _kd_t(student, teacher, held)
+    assert kd == pytest.approx(losses[best], rel=1e-4)
+    assert kd < 0.01 * _kd_t(free, teacher, held)  # the run without it ends far worse
+
+
+def _kd_t(student, teacher, x, T: float = 4.0) -> float:
+    """The distillation loss (KD at temperature ``T``, as ``distill`` measures it)."""
+    with torch.no_grad():
+        return float(F.kl_div(F.log_softmax(student(x) / T, -1), F.log_softmax(teacher(x) / T, -1),
+                              reduction="batchmean", log_target=True)) * T * T
+
+
 def test_flip_crop_keeps_shape_and_content_scale():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     y = flip_crop(0)(x)  # no padding: only flips
@@ -89,7 +115,9 @@ def test_flip_crop_keeps_shape_and_content_scale():
 
 @pytest.mark.parametrize("bad", [{"seconds": 0}, {"steps": 0}, {"batch": 0, "steps": 1},
                                  {"loss": "l7", "steps": 1}, {"bn": "fused", "steps": 1},
-                                 {"optimizer": "rmsprop", "steps": 1}])
+                                 {"optimizer": "rmsprop", "steps": 1},
+                                 {"steps": 1, "checks": 0},
+                                 {"steps": 1, "holdout": torch.zeros(0, 3, 16, 16)}])
 def test_distill_rejects_bad_arguments(pair, bad):
     teacher, small, x = pair
     with pytest.raises(ValueError):

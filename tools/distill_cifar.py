@@ -2,7 +2,7 @@
 idapgraph defaults against Torch-Pruning (L2, matched FLOPs), the same distillation for both.
 
     python tools/distill_cifar.py [--targets 0.5,0.3] [--minutes 10] [--rows idap,tp,onnx]
-                                  [--checkpoints 2,5] [--threads 2]
+                                  [--checkpoints 2,5] [--threads 2] [--holdout 10]
 
 Images (the stored CIFAR-10 test set; no training set is shipped): the first 100 of every class
 (1,000) are the unlabelled distillation set, the first 26 of every class among them (260)
@@ -14,7 +14,9 @@ to ONNX, compressed as ONNX, distilled by :func:`idapgraph.finetune.distill_onnx
 conversion, Adam lr 3e-4, the same augmentation and budget) and exported back; its final top-1
 is the returned ONNX model's, in onnxruntime. Row ``scores``: ``measure_groups=False`` (the channel
 counts from the scores alone, the default before the thirteenth session), then the same
-distillation. Prints a Markdown table.
+distillation. ``--holdout K``: the last K images of every class in the 1,000 are kept out of
+training, and the state with the lowest distillation loss on them is returned. Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bn", default="train", help="train or frozen (distill's bn=)")
     ap.add_argument("--lr", type=float, default=0.005)
+    ap.add_argument("--holdout", type=int, default=0,
+                    help="images per class of the 1,000 kept out of training: the state with "
+                         "the lowest distillation loss on them is returned (distill's holdout=)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pool = cifar_resnet.balanced(1000)
     cal = cifar_resnet.balanced(260)
+    held = [i for i in pool if i % 1000 >= 100 - args.holdout]  # the last of each class
     ev = sorted(set(range(10000)) - set(pool))
-    assert set(cal) <= set(pool) and not set(pool) & set(ev)
-    xd, _ = cifar_resnet.images(pool)
+    assert set(cal) <= set(pool) and not set(pool) & set(ev) and not set(cal) & set(held)
+    xd, _ = cifar_resnet.images(sorted(set(pool) - set(held)))
+    xh = cifar_resnet.images(held)[0] if held else None
     xc, _ = cifar_resnet.images(cal)
     xe, ye = cifar_resnet.images(ev)
     model = cifar_resnet.pretrained(56)
@@ -69,7 +76,8 @@ def main() -> None:
         return 100 * float((pred == ye).mean())
 
     marks = [float(v) * 60 for v in args.checkpoints.split(",") if v]
-    print(f"distillation {len(xd)} images, calibration {len(xc)}, evaluation {len(xe)}; "
+    print(f"distillation {len(xd)} images ({len(held)} more held out), calibration {len(xc)}, "
+          f"evaluation {len(xe)}; "
           f"original top-1 {top1(model):.2f} %")
     print("| method | FLOPs kept | training-free | "
           + " | ".join(f"{m / 60:g} min" for m in marks) + f" | {args.minutes:g} min | steps |")
@@ -86,10 +94,13 @@ def main() -> None:
             budget = {"seconds": args.minutes * 60, "augment": flip_crop(), "evaluate": top1,
                       "checkpoints": marks}
             if row == "onnx":
-                small, h = distill_onnx(small, proto, xd, **budget)
+                small, h = distill_onnx(small, proto, xd, holdout=xh, **budget)
                 h.final = top1(small)  # the exported ONNX model's, in onnxruntime
             else:
-                h = distill(small, model, xd, bn=args.bn, lr=args.lr, **budget)
+                h = distill(small, model, xd, bn=args.bn, lr=args.lr, holdout=xh, **budget)
+            if h.kept is not None:
+                print(f"kept the state after {h.kept:.0f} s (held-out loss "
+                      + ", ".join(f"{v:.4f}" for _, v in h.holdout) + ")")
             cps = " | ".join(f"{a:.2f}" for _, a in h.checkpoints)
             print(f"| {name} @ {target} | {kept:.3f} | {before:.2f} | {cps} | "
                   f"{h.final:.2f} | {h.steps} |", flush=True)
