@@ -4,6 +4,7 @@ BatchNorm re-estimation, every row with its latency ratio and compile time.
 
     python3 -m tools.bench.cifar [--quick] [--out DIR]
     IDAPGRAPH_CIFAR_DEPTHS=56 python3 -m tools.bench.cifar   # one model only (default 20,56)
+    IDAPGRAPH_BENCH_TARGETS=0.7,0.5 python3 -m tools.bench.cifar   # default 0.7,0.5,0.3
 
 Data: ``../shared/data`` (the CIFAR-10 test set, 10,000 labelled images, and the pretrained
 ``resnet{20,56}`` state dicts; ``IDAPGRAPH_DATA`` points elsewhere). Calibration: the first 26
@@ -42,7 +43,7 @@ def run(quick: bool, out: Path) -> Section:
     common.setup(1)
     depths = (20,) if quick else tuple(
         int(d) for d in os.environ.get("IDAPGRAPH_CIFAR_DEPTHS", "20,56").split(","))
-    targets = (0.5,) if quick else (0.7, 0.5, 0.3)
+    targets = (0.5,) if quick else common.targets((0.7, 0.5, 0.3))
     plots, t = [], None
     for depth in depths:
         tk, series = task(depth), {}

