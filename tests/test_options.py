@@ -158,3 +158,47 @@ def test_keep_refuses_a_plan_that_prunes_a_kept_group(onnx_model):
     res = _compress(onnx_model, flops=0.5, method="magnitude", heal="none")
     with pytest.raises(idapgraph.InputError, match="kept by --keep"):
         idapgraph.compress(onnx_model, plan=res.plan, keep=["/a/Conv", "/stem/Conv"])
+
+
+class _Stream(nn.Module):
+    """A 16-channel residual stream through four blocks (one group, cut 8 channels at a time)
+    with 32-channel inner convs; the stream's first 8 channels have tiny weights, so magnitude
+    scores rank them first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.ModuleList(nn.Conv2d(16, 32, 3, padding=1) for _ in range(4))
+        self.b = nn.ModuleList(nn.Conv2d(32, 16, 3, padding=1) for _ in range(4))
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.stem.weight[:8] *= 0.01
+            self.head.weight[:, :8] *= 0.01
+            for a, b in zip(self.a, self.b):
+                a.weight[:, :8] *= 0.01
+                b.weight[:8] *= 0.01
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for a, b in zip(self.a, self.b):
+            x = x + b(torch.relu(a(x)))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("target", [0.9, 0.7])
+def test_a_coarse_step_does_not_overshoot_the_target(target, monkeypatch):
+    """Half the stream in one rounding step would keep 0.50 of the FLOPs whatever the target
+    (what happens with the check off); the selection skips that step for the inner groups'
+    and lands within ``OVERSHOOT`` plus one inner step of the target."""
+    torch.manual_seed(0)
+    net, x = _Stream().eval(), torch.randn(32, 3, 16, 16)
+
+    def kept() -> tuple[float, set]:
+        r = _compress(net, example_inputs=(x[:1],), flops=target, calib=x.numpy(),
+                      method="magnitude", measure_groups=False, heal="none")
+        return r.report.flops_after / r.report.flops_before, set(r.plan.remove)
+
+    got, groups = kept()
+    assert target - 0.05 < got <= target and "w0.out" not in groups
+    monkeypatch.setattr(select, "OVERSHOOT", 10.0)
+    assert kept() == (pytest.approx(0.503, abs=0.01), {"w0.out"})
