@@ -907,6 +907,17 @@ OPS: dict[str, OpDef] = {
 IDENTITY = {"fn": "identity"}
 
 
+def batchnorm_scale(node: Node, read) -> np.ndarray | None:
+    """A BatchNorm's per-channel scale ``γ / √(var + ε)`` (γ absent: 1); None without a stored
+    variance. ``read(name)`` gives a parameter's value."""
+    _, gamma, _, _, var = (node.inputs + [None] * 5)[:5]
+    if var is None:
+        return None
+    v = np.asarray(read(var), dtype=np.float64)
+    g = np.asarray(read(gamma), dtype=np.float64) if gamma is not None else 1.0
+    return g / np.sqrt(v + float(node.attrs.get("eps", 1e-5)))
+
+
 def is_identity(node: Node) -> bool:
     return node.op == "unary" and node.attrs.get("fn") == "identity"
 

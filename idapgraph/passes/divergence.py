@@ -21,7 +21,7 @@ import numpy as np
 
 from ..ir.annotations import Coupling
 from ..ir.graph import ACTIVATION, Graph
-from ..ir.ops import Space, channel_axis, weight_axes, weighted_nodes
+from ..ir.ops import Space, batchnorm_scale, channel_axis, weight_axes, weighted_nodes
 from .scoring import combine
 from .stats import ChannelStats
 
@@ -148,12 +148,9 @@ def channel_scores(graph: Graph, tap: Tap, weight: Space, norms: ChannelStats,
     if tap.bn is not None:  # BN after the layer rescales its output channels: fold it in, so the
         # score is the same as on an export where the exporter folded the BN into the weights
         out_ax = 1 - weight.axis if tap.role == "in" else weight.axis
-        bn = graph.nodes[tap.bn]
-        _, scale, _, _, var = (bn.inputs + [None] * 5)[:5]
-        if var is not None:
-            v = np.asarray(read(var), dtype=np.float64)
-            g = np.abs(np.asarray(read(scale), dtype=np.float64)) if scale is not None else 1.0
-            factor = g / np.sqrt(v + float(bn.attrs.get("eps", 1e-5)))
+        factor = batchnorm_scale(graph.nodes[tap.bn], read)
+        if factor is not None:
+            factor = np.abs(factor)
             shape = [1] * w.ndim
             shape[out_ax] = -1
             if w.shape[out_ax] == np.size(factor):

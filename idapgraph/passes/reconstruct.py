@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..ir.graph import PARAM, Graph
-from ..ir.ops import is_identity, weight_axes, weighted_nodes
+from ..ir.ops import batchnorm_scale, is_identity, weight_axes, weighted_nodes
 from ..ir.plan import Rewrite
 from . import channelwise
 
@@ -148,9 +148,7 @@ def _source(graph: Graph, t: str) -> str:
 
 def norm_scale(graph: Graph, node: str, get) -> np.ndarray:
     """A BatchNorm's per-channel scale ``γ / √(var + ε)``; ``get`` reads a parameter's value."""
-    n = graph.nodes[node]
-    gamma, var = (np.asarray(get(n.inputs[i]), dtype=np.float64) for i in (1, 4))
-    return gamma / np.sqrt(var + float(n.attrs.get("eps", 1e-5)))
+    return batchnorm_scale(graph.nodes[node], get)
 
 
 #: a channel whose norms' scale is below this share of the median's is not compensated (its
