@@ -19,6 +19,7 @@ from .options import CompressOptions, check_threads
 from .passes import prune as prune_pass
 from .passes.latency import untimed_note
 from .results import Report, Result
+from .stages import parts
 from .stages.truncate import bypassed
 
 __all__ = ["Analysis", "CompressOptions", "Model", "Plan", "Report", "Result", "analyze",
@@ -159,7 +160,10 @@ def profile(model, example_inputs=None, *, threads: int = 1, refresh: bool = Fal
 
 def apply_plan(model, plan: Plan, example_inputs=None, mode: str = "remove"):
     """Apply ``plan`` to ``model`` and return the emitted model (``mode="zero"`` zeroes the
-    planned channels instead of removing them: the reference for equivalence checks)."""
+    planned channels instead of removing them: the reference for equivalence checks). A plan
+    of a torch module compressed by its parts applies part by part."""
+    if plan.meta.get("backend") == "fx-parts":
+        return parts.apply(model, plan, example_inputs, mode, apply_plan)
     a = analyze(model, example_inputs)
     a.model.check_runnable()
     try:

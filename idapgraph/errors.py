@@ -10,5 +10,10 @@ class InputError(IdapgraphError):
     """Bad input: unreadable model, bad target, bad plan, unsafe path. One clear line."""
 
 
+class UntraceableError(InputError):
+    """A torch module that neither torch.fx nor torch.export traces as a whole (``compress``
+    then tries its parts)."""
+
+
 class EmitError(IdapgraphError):
     """The rewritten model failed validation; nothing was written."""

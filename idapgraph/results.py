@@ -47,6 +47,8 @@ class Report:
     pipeline: list[dict[str, Any]] = field(default_factory=list)
     # with latency=R: the measured budget, the solver's rounds, the table (latency_target)
     latency_target: dict[str, Any] | None = None
+    # a torch module traced by parts (stages.parts): each part's module name, cost and share
+    parts: list[dict[str, Any]] | None = None
 
     @property
     def flops_ratio(self) -> float:

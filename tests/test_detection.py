@@ -105,3 +105,31 @@ def test_output_error_of_outputs_with_different_sizes():
     e = OutputError()
     e.add([np.ones((2, 4))], [np.ones((3, 4))])  # two boxes against three: nothing pairs up
     assert e.value == pytest.approx((8 + 12) / 8)
+
+
+def test_outputs_with_data_dependent_sizes_compare_by_rank():
+    """Mask R-CNN's export: how many boxes survive NMS changes when channels go, so those axes
+    are compared by rank only (found: 'changed output shapes [(1, 4), ...] -> [(7, 4), ...]')."""
+    from idapgraph.emit.validate import check_shapes
+    from idapgraph.errors import EmitError
+
+    free = [(True, False), (True, False, False, False)]
+    check_shapes([(7, 4), (7, 1, 28, 28)], [(1, 4), (1, 1, 28, 28)], free)
+    with pytest.raises(EmitError):
+        check_shapes([(7, 5), (7, 1, 28, 28)], [(1, 4), (1, 1, 28, 28)], free)
+    with pytest.raises(EmitError):
+        check_shapes([(7, 4, 1), (7, 1, 28, 28)], [(1, 4), (1, 1, 28, 28)], free)
+    with pytest.raises(EmitError):
+        check_shapes([(7, 4), (7, 1, 28, 28)], [(1, 4), (1, 1, 28, 28)])
+
+
+def test_channel_statistics_skip_empty_tensors():
+    """A mask head run on no boxes gives a (0, 256, 14, 14) tensor: no entries to count (it
+    raised in numpy's reshape before)."""
+    from idapgraph.passes.stats import ChannelStats
+
+    st = ChannelStats({("t", 1)})
+    st({"t": np.zeros((0, 4, 2, 2), np.float32)})
+    assert st.mean_std("t", 1) is None
+    st({"t": np.ones((2, 4, 2, 2), np.float32)})
+    assert st.mean_std("t", 1)[0].tolist() == [1.0] * 4

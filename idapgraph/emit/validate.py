@@ -119,8 +119,17 @@ def check_onnx(model: onnx.ModelProto, output_shapes: list[tuple] | None = None,
     return got
 
 
-def check_shapes(got: list[tuple], output_shapes: list[tuple]) -> None:
-    if got != [tuple(s) for s in output_shapes]:
+def check_shapes(got: list[tuple], output_shapes: list[tuple], free=None) -> None:
+    """``got`` must equal ``output_shapes``; ``free`` (per output, per axis) marks the axes
+    whose size depends on the data (how many boxes a detector keeps): there only the rank
+    counts."""
+    want = [tuple(s) for s in output_shapes]
+    if free is not None and len(got) == len(want):
+        got = [tuple(None if f else d for d, f in zip(g, fr)) if len(g) == len(fr) else g
+               for g, fr in zip(got, free)]
+        want = [tuple(None if f else d for d, f in zip(w, fr)) if len(w) == len(fr) else w
+                for w, fr in zip(want, free)]
+    if got != want:
         raise EmitError(f"rewritten model changed output shapes {output_shapes} -> {got}")
 
 

@@ -7,7 +7,9 @@ Module parameters and buffers become PARAM tensors named by their qualified name
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import operator
 from typing import Any
 
@@ -17,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from ..errors import InputError
+from ..errors import InputError, UntraceableError
 from ..ir.graph import ACTIVATION, META, PARAM, Graph, Node, Tensor
 from ..ir.ops import IDENTITY
 
@@ -648,7 +650,9 @@ def _export(module: nn.Module, args: tuple) -> fx.GraphModule:
     tries = [(wide, every)] * (every != batch) + [(wide, batch), (args, None)]
     for i, (xs, dyn) in enumerate(tries):
         try:
-            gm = torch.export.export(module, xs, dynamic_shapes=dyn, strict=False).module()
+            # a failing export prints the whole graph it traced to stderr (a detector: 180 kB)
+            with contextlib.redirect_stderr(io.StringIO()):
+                gm = torch.export.export(module, xs, dynamic_shapes=dyn, strict=False).module()
             break
         except Exception:  # noqa: BLE001 - the next, more static try
             if i == len(tries) - 1:
@@ -696,7 +700,7 @@ def trace(module: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         try:
             gm = _export(module, tuple(example_inputs))
         except Exception as e2:  # noqa: BLE001
-            raise InputError(f"cannot trace the module with torch.fx ({type(e).__name__}: "
+            raise UntraceableError(f"cannot trace the module with torch.fx ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}) nor torch.export "
                              f"({type(e2).__name__})") from e2
     with torch.no_grad():

@@ -26,6 +26,8 @@ class ChannelStats:
             if v is None:
                 continue
             v = np.asarray(v)
+            if v.size == 0:  # a data-dependent size that came out empty (no detections)
+                continue
             v = v if v.dtype in (np.float32, np.float64) else v.astype(np.float32)
             batch = v.shape[0] if v.ndim > 1 else 1
             a = ax % v.ndim  # the channel axis in the middle: (before, channels, after)

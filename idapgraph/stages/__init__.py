@@ -14,12 +14,13 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from ..analysis import analyze
-from ..errors import InputError
+from ..backends import is_torch_module
+from ..errors import InputError, UntraceableError
 from ..options import CompressOptions
 from ..passes import keep as keep_pass
 from ..passes import prune as prune_pass
 from ..results import Result
-from . import heal, latency, measured, report, select, truncate
+from . import heal, latency, measured, parts, report, select, truncate
 from .state import State
 
 
@@ -93,8 +94,14 @@ STAGES = (select.run, measured.run, latency.select, resolve, emit, heal.run, tru
 
 
 def compress(model, example_inputs, options: CompressOptions) -> Result:
-    """One compression of ``model`` with validated ``options``: the stages in order."""
-    s = prepare(model, example_inputs, options)
+    """One compression of ``model`` with validated ``options``: the stages in order. A torch
+    module that does not trace as a whole is compressed by its parts (:mod:`.parts`)."""
+    try:
+        s = prepare(model, example_inputs, options)
+    except UntraceableError:
+        if not is_torch_module(model):
+            raise
+        return parts.compress(model, example_inputs, options, compress)
     with _analysis_frozen():
         for stage in STAGES:
             stage(s)
