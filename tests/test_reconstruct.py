@@ -114,3 +114,25 @@ def test_layers_after_a_pruned_one_are_refitted_too():
     res = idapgraph.compress(net, (x[:1],), plan=plan, calib=x.numpy())
     refits = {c["layer"] for c in res.report.heal["corrections"] if c["kind"] == "refit"}
     assert conv[2] in refits
+
+
+def test_layers_too_wide_to_refit_are_left_out():
+    """A fit's Gram is (features+1)² float64, about five of them at once: a layer reading more
+    than MAX_FEATURES inputs is not refitted (FCN-ResNet50's 3x3 head over 2,048 channels took
+    14 GB) and the report says so; narrower layers still are."""
+    import torch
+
+    import idapgraph
+    from idapgraph.passes import reconstruct
+
+    torch.manual_seed(0)
+    wide = reconstruct.MAX_FEATURES + 800
+    m = torch.nn.Sequential(torch.nn.Linear(16, wide), torch.nn.ReLU(), torch.nn.Linear(wide, 24),
+                            torch.nn.ReLU(), torch.nn.Linear(24, 4)).eval()
+    x = torch.randn(1, 16)
+    r = idapgraph.compress(m, (x,), flops=0.97, method="magnitude", calib=torch.randn(64, 16),
+                           measure_groups=False)
+    notes = " ".join(r.report.heal["notes"])
+    assert "not refitted, more than 9216 inputs" in notes, notes
+    kept = r.model.get_submodule("2").in_features
+    assert reconstruct.MAX_FEATURES < kept < wide

@@ -9,6 +9,10 @@ TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "ef
                "squeezenet1_1", "vgg11_bn", "inception_v3", "vit_b_16", "swin_t"]
 TIMM = ["resnet18", "mobilenetv3_small_050", "efficientnet_b0", "convnext_atto"]
 TRANSFORMERS = ["bert", "gpt2"]
+# segmentation (dict outputs "out"/"aux", ASPP's pooled branch, LR-ASPP's gated skip) and video
+# (3-D convolutions; R(2+1)D's factored 1x3x3 / 3x1x1 pairs)
+SEGMENTATION = ["deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "fcn_resnet50"]
+VIDEO = ["r3d_18", "mc3_18", "r2plus1d_18"]
 CNNS = {f"tv_{n}" for n in TORCHVISION if n not in ("vit_b_16", "swin_t")} | {
     f"timm_{n}" for n in TIMM}
 
@@ -56,6 +60,17 @@ def build(name: str) -> tuple[torch.nn.Module, tuple]:
         m = getattr(torchvision.models, arch)(weights=None, **kw)
         size = 299 if arch == "inception_v3" else 224
         x = (torch.randn(1, 3, size, size),)
+    elif kind == "seg":
+        from torchvision.models import segmentation
+
+        kw = {"aux_loss": True} if arch != "lraspp_mobilenet_v3_large" else {}
+        m = getattr(segmentation, arch)(weights=None, weights_backbone=None, **kw)
+        x = (torch.randn(1, 3, 64, 64),)
+    elif kind == "video":
+        from torchvision.models import video
+
+        m = getattr(video, arch)(weights=None)
+        x = (torch.randn(1, 3, 4, 32, 32),)
     elif kind == "timm":
         import timm
 
@@ -85,4 +100,5 @@ def build(name: str) -> tuple[torch.nn.Module, tuple]:
 
 
 ALL = [f"tv_{n}" for n in TORCHVISION] + [f"timm_{n}" for n in TIMM] + [
-    f"hf_{n}" for n in TRANSFORMERS]
+    f"hf_{n}" for n in TRANSFORMERS] + [f"seg_{n}" for n in SEGMENTATION] + [
+    f"video_{n}" for n in VIDEO]

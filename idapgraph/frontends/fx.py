@@ -550,8 +550,9 @@ class _Builder:
             return self.add(node, "meta", [src_name])
         spec = idx if isinstance(idx, tuple) else (idx,)
         mp, sp = _index_map(spec, t.shape)
-        if mp is None:
-            return self.add(node, "unknown", [src_name])
+        if mp is None:  # tensor indices (a relative-position bias table) are read too
+            read = [self.ref(e) for e in _nodes_in(spec)]
+            return self.add(node, "unknown", [src_name, *[r for r in read if r is not None]])
         self.add(node, "index", [src_name], {"map": mp, "spec": sp})
 
 
@@ -567,6 +568,15 @@ def _is_stochastic_depth(f: Any) -> bool:
     """torchvision.ops.stochastic_depth: identity in eval mode, a per-sample mask in training."""
     return getattr(f, "__name__", "") == "stochastic_depth" and getattr(
         f, "__module__", "").startswith("torchvision.ops")
+
+
+def _nodes_in(value) -> list[fx.Node]:
+    """The fx nodes inside a (nested) index spec."""
+    if isinstance(value, fx.Node):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _nodes_in(v)]
+    return []
 
 
 def _index_map(spec: tuple, shape: tuple):

@@ -702,7 +702,10 @@ def _couple_attention(node: Node, rel: Relations) -> None:
         why = "attention's default scale 1/sqrt(head size) depends on this axis"
         rel.freeze(q, -1, why)
         rel.freeze(k, -1, why)
-    rel.freeze_all(mask, "attention mask")
+    if mask is not None:  # a per-head bias (T5's relative positions) goes with its heads
+        _couple_batch_axes(rel, (mask,), y, "attention mask")
+        rel.freeze(mask, -2, "attention mask")
+        rel.freeze(mask, -1, "attention mask")
 
 
 def _cost_attention(node: Node, shape: ShapeFn) -> int:

@@ -67,7 +67,26 @@ class Shortcut:
     norms: tuple[str, ...] = ()
 
 
-def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
+# inputs (features) of a layer's fit above which it is not refitted: 1,024 channels × 3×3. Its
+# (d+1)² float64 Gram is 680 MB, and a fit holds about five (two folds, their sum, the solve's
+# copies); FCN-ResNet50's 3×3 head over 2,048 channels (18,432 features) took 14 GB
+MAX_FEATURES = 9216
+
+
+def features(graph: Graph, site: Site, rewrite: Rewrite) -> int:
+    """How many inputs the fit of ``site`` has after ``rewrite`` (per output channel of a
+    depthwise conv: its kernel)."""
+    w = graph.shape(site.weight)
+    per = int(np.prod(w[2:], dtype=np.int64)) if site.conv is not None else 1
+    if _depthwise(site):
+        return per
+    ch = 1 if site.conv is not None else (graph.tensors[site.x].rank or 0) - 1
+    shape = rewrite.new_shapes.get(site.x, graph.shape(site.x))
+    return int(shape[ch]) * per  # sites are ungrouped convs (or depthwise) and linear layers
+
+
+def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True,
+          wide: list[str] | None = None) -> list[Site]:
     """Linear layers and ungrouped or depthwise 2-D convolutions whose input channels were
     removed or (``drifted``) whose input is computed from a tensor the rewrite changed, in
     topological order. Refitting the later layers too (each to the original's output of that
@@ -76,7 +95,8 @@ def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
     at 0.5; EfficientNet-Lite0 64 -> 67 % at 0.8; MiniLM embedding cosine 0.938 -> 0.942 at 0.7
     and 0.848 -> 0.863 at 0.5 (BENCHMARKS.md, "Least-squares healing checked on held-out
     samples"). Depthwise convs too: EfficientNet-Lite0 76.6 -> 78.4 % at 0.7 (nineteenth
-    session)."""
+    session). Layers with more than :data:`MAX_FEATURES` inputs are left out (their names
+    appended to ``wide`` when given)."""
     out, changed = [], _drifted(graph, rewrite) if drifted else set()
     order = {n.name: i for i, n in enumerate(graph)}
     for node in weighted_nodes(graph):
@@ -85,6 +105,10 @@ def sites(graph: Graph, rewrite: Rewrite, drifted: bool = True) -> list[Site]:
             continue  # (tied: refitting would change the other readers too, an embedding)
         ch = 1 if node.op == "conv" else (graph.tensors[s.x].rank or 0) - 1
         if rewrite.kept(s.x, ch) is None and s.x not in changed:
+            continue
+        if features(graph, s, rewrite) > MAX_FEATURES:
+            if wide is not None:
+                wide.append(node.name)
             continue
         y = s.y
         kept = rewrite.kept(y, 1 if node.op == "conv" else (graph.tensors[y].rank or 0) - 1)

@@ -162,12 +162,17 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bo
     g, m = a.graph, a.model
     error = m.output_error(batches)
     rep.error_before = float("nan") if probe is not None else error(pruned)
-    sites = recon_pass.sites(g, rewrite, drifted) if rewrite is not None else []
+    wide: list[str] = []
+    sites = recon_pass.sites(g, rewrite, drifted, wide) if rewrite is not None else []
     # stepped only where the original steps too (its values at each refitted layer)
     step, ref = _steppers(m, pruned, batches, sites, probe) if sites and m.steppable else (
         None, None)
     if step is None:  # a calibration pass per layer: only the layers that lost channels
-        sites = recon_pass.sites(g, rewrite, drifted=False) if rewrite is not None else []
+        wide.clear()
+        sites = recon_pass.sites(g, rewrite, False, wide) if rewrite is not None else []
+    if wide:
+        rep.notes.append(f"not refitted, more than {recon_pass.MAX_FEATURES} inputs each (memory):"
+                         f" {', '.join(wide[:4])}{' ...' if len(wide) > 4 else ''}")
     kernels = {s.node: recon_pass.kernel(g, s) for s in sites}
     if step is not None:
         current, gains = _refit_stepped(a, step, sites, kernels, rep, ref)
