@@ -133,3 +133,23 @@ def test_channel_statistics_skip_empty_tensors():
     assert st.mean_std("t", 1) is None
     st({"t": np.ones((2, 4, 2, 2), np.float32)})
     assert st.mean_std("t", 1)[0].tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("route", ["fx", "onnx"])
+def test_multi_output_backbone_keeps_output_widths(route):
+    """Graph outputs are never pruned: the MobileNetV3 + FPN backbone's three 256-channel maps
+    (a dict on fx, three outputs in ONNX) keep their widths while the inside is cut to 0.5."""
+    torch.manual_seed(0)
+    bb = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None).backbone.eval()
+    x = torch.rand(1, 3, 96, 96)
+    src = bb if route == "fx" else export_onnx(bb, (x,))
+    r = idapgraph.compress(src, (x,) if route == "fx" else None, flops=0.5,
+                           method="magnitude", heal="none")
+    assert r.report.reached and r.report.flops_ratio <= 0.5
+    if route == "fx":
+        with torch.no_grad():
+            widths = [v.shape[1] for v in r.model(x).values()]
+    else:
+        widths = [o.type.tensor_type.shape.dim[1].dim_value for o in r.model.graph.output]
+    assert widths == [256, 256, 256]

@@ -295,7 +295,7 @@ def test_stepped_refit_equals_one_pass_per_layer(name, backend, monkeypatch):
     from idapgraph.passes import reconstruct
 
     lost_only = reconstruct.sites
-    monkeypatch.setattr(reconstruct, "sites", lambda g, r, drifted=True: lost_only(g, r, False))
+    monkeypatch.setattr(reconstruct, "sites", lambda g, r, drifted=True, wide=None: lost_only(g, r, False, wide))
 
     if name == "hf_bert":
         model, example = zoo.build(name)

@@ -1,6 +1,8 @@
 """A torch module that torch.fx cannot trace as a whole (a detector's data-dependent
 post-processing, Python loops over a list of images) compressed by its parts: the largest
-submodules that do trace, each called once per forward with tensor arguments only.
+submodules that do trace, called with tensor arguments only (a module called several times per
+forward -- a head shared by the FPN's levels -- when every call passes the same kinds of
+tensors).
 
 * :func:`split` finds them (top-down: a submodule that traces is a part, one that does not is
   searched in its children), records why every other module with parameters stays unchanged,
