@@ -25,7 +25,8 @@ class Seq2Seq(torch.nn.Module):
 
 
 def _swin():
-    timm = pytest.importorskip("timm")
+    import timm
+
     m = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=96,
                           window_size=3, depths=(1, 1, 1, 1))
     return m, (torch.randn(1, 3, 96, 96),)

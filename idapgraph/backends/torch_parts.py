@@ -30,6 +30,7 @@ class Part:
     args: tuple  # its arguments on the example inputs
     calib: list[tuple] | None  # its arguments on each calibration batch (None: no data)
     flops: int  # its FLOPs on the example inputs (torch's flop counter)
+    params: int  # its parameter count
 
 
 @dataclass
@@ -142,17 +143,17 @@ def split(model, example_inputs, calib=None) -> Split:
     args = _call_args(example_inputs)
     rec = _Recorder(model)
     try:
-        _run(model, args)
+        flops = _flops(model, args)  # one run: the hooks record the calls as it counts
     finally:
         rec.close()
-    flops = _flops(model, args)
     out = Split([], flops=flops.get("", 0), params=sum(p.numel() for p in model.parameters()))
     found: list[tuple[str, object]] = []
     _search(model, "", rec, found, out.skipped)
     calls = _captured(model, [n for n, _ in found], calibration_calls(calib))
     for name, module in found:
         out.parts.append(Part(name, module, rec.args[name][0], calls.get(name) if calib is not None
-                              else None, flops.get(name, 0)))
+                              else None, flops.get(name, 0),
+                              sum(p.numel() for p in module.parameters())))
     return out
 
 

@@ -73,15 +73,16 @@ class Shortcut:
 MAX_FEATURES = 9216
 
 
-def features(graph: Graph, site: Site, rewrite: Rewrite) -> int:
-    """How many inputs the fit of ``site`` has after ``rewrite`` (per output channel of a
-    depthwise conv: its kernel)."""
+def features(graph: Graph, site: Site, rewrite: Rewrite | None = None) -> int:
+    """How many inputs the fit of ``site`` has after ``rewrite`` (None: as the graph stands;
+    per output channel of a depthwise conv: its kernel)."""
     w = graph.shape(site.weight)
     per = int(np.prod(w[2:], dtype=np.int64)) if site.conv is not None else 1
     if _depthwise(site):
         return per
     ch = 1 if site.conv is not None else (graph.tensors[site.x].rank or 0) - 1
-    shape = rewrite.new_shapes.get(site.x, graph.shape(site.x))
+    shape = graph.shape(site.x) if rewrite is None else rewrite.new_shapes.get(
+        site.x, graph.shape(site.x))
     return int(shape[ch]) * per  # sites are ungrouped convs (or depthwise) and linear layers
 
 

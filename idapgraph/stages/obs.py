@@ -25,7 +25,7 @@ def scores(a: Analysis, batches, base: list[np.ndarray], min_keep: float,
     if convs_only:
         cons = [cs if all(c.site.conv is not None for c in cs) else [] for cs in cons]
     # a reader too wide to hold its Gram (recon_pass.MAX_FEATURES) leaves its group the scores
-    cons = [cs if all(_width(g, c.site) <= recon_pass.MAX_FEATURES for c in cs) else []
+    cons = [cs if all(recon_pass.features(g, c.site) <= recon_pass.MAX_FEATURES for c in cs) else []
             for cs in cons]
     sites = list({c.site.node: c.site for cs in cons for c in cs}.values())
     folds: dict[str, list[np.ndarray]] = {}
@@ -42,15 +42,10 @@ def scores(a: Analysis, batches, base: list[np.ndarray], min_keep: float,
     return out
 
 
-def _width(g, s) -> int:
-    """Input features of a site's fit (its weight's elements per output channel)."""
-    return int(np.prod(g.shape(s.weight))) // g.shape(s.weight)[s.out_axis]
-
-
 def _chunks(g, sites):
     chunk, size = [], 0
     for s in sites:
-        d = _width(g, s) + 1
+        d = recon_pass.features(g, s) + 1
         if chunk and size + 2 * d * d * 8 > CHUNK_BYTES:
             yield chunk
             chunk, size = [], 0

@@ -59,10 +59,10 @@ def compress(model, example_inputs, o: CompressOptions, traced) -> Result:
         raise InputError("cannot trace the module with torch.fx, nor any submodule with "
                          "parameters of it: " + "; ".join(
                              f"{s['module']}: {s['reason']}" for s in split.skipped[:3]))
-    part_params = sum(sum(p.numel() for p in part.module.parameters()) for part in split.parts)
     ratios = {"flops": part_ratio(o.flops, split.flops, sum(p.flops for p in split.parts),
                                   "flops"),
-              "params": part_ratio(o.params, split.params, part_params, "params")}
+              "params": part_ratio(o.params, split.params, sum(p.params for p in split.parts),
+                                   "params")}
     results = {}
     for part in split.parts:
         po = replace(o, flops=ratios["flops"], params=ratios["params"], calib=part.calib)
