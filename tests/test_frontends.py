@@ -48,6 +48,20 @@ def test_cost_equal_across_frontends(name):
     assert abs(onnx_cost.params / fx_cost.params - 1) < 0.01
 
 
+def test_conv3d_subclasses_are_counted_on_both_frontends():
+    """torchvision's Conv3DSimple (an nn.Conv3d subclass) counts like any conv: R3D-18's stem
+    alone is 64*3*3*7*7 MACs per output position (Torch-Pruning's counter, which looks module
+    types up exactly, counts it 0)."""
+    stem = torchvision.models.video.r3d_18().stem.eval()
+    args = (torch.randn(1, 3, 4, 32, 32),)
+    out = stem(*args)
+    positions = out[0, 0].numel()
+    want = 64 * 3 * 3 * 7 * 7 * positions + 2 * 64 * positions  # the conv, then its BatchNorm
+    for cost in (idapgraph.analyze(stem, args).cost,
+                 idapgraph.analyze(export_onnx(stem, args)).cost):
+        assert cost.flops == want
+
+
 def test_symbolic_batch_preserved():
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
