@@ -61,6 +61,15 @@ def test_parts_of_an_untraceable_module():
     assert split.flops == sum(p.flops for p in split.parts) > 0
 
 
+def test_labels_after_the_inputs_are_dropped():
+    """A DataLoader of (images, targets) calibrates as its images alone, as on the traced route
+    (the model's forward takes one argument: the targets would have been a second)."""
+    m = Shared().eval()
+    targets = [{"labels": torch.tensor([1])}] * 2
+    split = torch_parts.split(m, (_images(0),), calib=[(_images(s), targets) for s in (1, 2)])
+    assert len(split.parts[1].calib) == 4  # two calls of the model, two head calls each
+
+
 def test_compressed_by_parts_equals_the_zeroed_original():
     torch.manual_seed(0)
     m = Shared().eval()
@@ -136,16 +145,17 @@ def detector():
 
 
 def test_detector_on_the_fx_route(detector):
-    """torchvision's Faster R-CNN does not trace (NMS, a loop over images): its backbone+FPN
-    and box head are compressed, the rest stays, the target holds for the whole model."""
+    """torchvision's Faster R-CNN does not trace (NMS, a loop over images): its backbone+FPN,
+    RPN head (called with the FPN's levels as a list: its conv shared by the levels) and box head
+    are compressed, the rest stays, the target holds for the whole model."""
     args = ([torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(0))],)
     r = idapgraph.compress(detector, args, flops=0.5, method="magnitude", heal="none")
     rep = r.report
     assert rep.reached and rep.flops_ratio <= 0.5 + 1e-9
-    assert {p["module"] for p in rep.parts} == {"backbone", "roi_heads.box_head"}
+    assert {p["module"] for p in rep.parts} == {"backbone", "rpn.head", "roi_heads.box_head"}
+    assert all(p["flops_after"] < p["flops_before"] for p in rep.parts)
     why = {f["layer"]: f["reason"] for f in rep.frozen if f["source"] == "module"}
     assert "nothing prunable" in why["roi_heads.box_predictor"]
-    assert "rpn.head.conv" in why
     zero = idapgraph.apply_plan(detector, r.plan, args, mode="zero")
     want, got = torch_out(zero, args), torch_out(r.model, args)
     assert [w.shape for w in want] == [g.shape for g in got] and want[0].shape[0] == 10
@@ -156,5 +166,9 @@ def test_detector_on_the_fx_route(detector):
         a, b = zero.backbone(x), r.model.backbone(x)
         assert all(b[k].shape[1] == 256 for k in b)
         assert max(rel_err(a[k].numpy(), b[k].numpy()) for k in a) < 1e-5
+        levels = list(a.values())
+        a, b = zero.rpn.head(levels), r.model.rpn.head(levels)
+        assert [len(v) for v in b] == [len(levels)] * 2  # (objectness, boxes) per level
+        assert max(rel_err(u.numpy(), v.numpy()) for u, v in zip(a[0] + a[1], b[0] + b[1])) < 1e-5
         a, b = zero.roi_heads.box_head(rois), r.model.roi_heads.box_head(rois)
         assert rel_err(a.numpy(), b.numpy()) < 1e-5

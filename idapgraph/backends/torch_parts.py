@@ -45,10 +45,12 @@ def _call_args(inputs) -> tuple:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
-def calibration_calls(calib, batch: int = 8) -> list[tuple]:
+def calibration_calls(calib, batch: int = 8, n_args: int | None = None) -> list[tuple]:
     """Calibration data for a whole (untraced) model as call arguments: a tensor or array is
     split into batches of ``batch`` along its first axis (``model(x[i:i+batch])``); any other
-    iterable gives one call per item (a tuple is unpacked: ``model(*item)``)."""
+    iterable gives one call per item (a tuple is unpacked: ``model(*item)``). As on the traced
+    route, what an item carries after the model's ``n_args`` inputs (a DataLoader's labels or
+    targets) is dropped."""
     import numpy as np
     import torch
 
@@ -61,7 +63,7 @@ def calibration_calls(calib, batch: int = 8) -> list[tuple]:
     if isinstance(calib, (str, bytes, dict)):
         raise InputError("a model traced by parts takes calibration data as a tensor or an "
                          "iterable of call arguments, not a file or a mapping of input names")
-    calls = [_call_args(c) for c in calib]
+    calls = [_call_args(c)[:n_args] for c in calib]
     if not calls:
         raise InputError("calibration data is empty")
     return calls
@@ -99,10 +101,20 @@ def _run(model, args) -> None:
         model(*args)
 
 
+def _leaves(args) -> tuple[list, object]:
+    """The leaves of ``args`` (lists, tuples and dicts of them flattened) and their structure."""
+    from torch.utils._pytree import tree_flatten
+
+    return tree_flatten(args)
+
+
 def _tensors_only(args) -> bool:
+    """Tensors, or lists/tuples/dicts of tensors (an RPN head takes the FPN's levels as a list:
+    it traces by torch.export, its shared convs unrolled per level)."""
     import torch
 
-    return bool(args) and all(isinstance(a, torch.Tensor) for a in args)
+    leaves = _leaves(args)[0]
+    return bool(leaves) and all(isinstance(a, torch.Tensor) for a in leaves)
 
 
 def _flops(model, args) -> dict[str, int]:
@@ -149,7 +161,7 @@ def split(model, example_inputs, calib=None) -> Split:
     out = Split([], flops=flops.get("", 0), params=sum(p.numel() for p in model.parameters()))
     found: list[tuple[str, object]] = []
     _search(model, "", rec, found, out.skipped)
-    calls = _captured(model, [n for n, _ in found], calibration_calls(calib))
+    calls = _captured(model, [n for n, _ in found], calibration_calls(calib, n_args=len(args)))
     for name, module in found:
         out.parts.append(Part(name, module, rec.args[name][0], calls.get(name) if calib is not None
                               else None, flops.get(name, 0),
@@ -177,12 +189,13 @@ def _search(module, prefix: str, rec: _Recorder, found: list, skipped: list) -> 
 def _callable(rec: _Recorder, name: str) -> str | None:
     """Why the calls of ``name`` do not make a part (None: they do). A module called several
     times per forward (a detection head shared by the FPN's levels) is one part when every
-    call passes tensors of the same ranks and channel counts: traced on the first, calibrated
-    on all."""
+    call passes tensors of the same structure, ranks and channel counts: traced on the first,
+    calibrated on all (each call's tensors flattened, as the traced graph's inputs are)."""
     calls = rec.args[name]
     if name in rec.kwargs or not all(_tensors_only(c) for c in calls):
         return "its arguments are not all tensors"
-    sig = {tuple((a.dim(), a.shape[1] if a.dim() > 1 else None, a.dtype) for a in c)
+    sig = {(str(_leaves(c)[1]),
+            tuple((a.dim(), a.shape[1] if a.dim() > 1 else None, a.dtype) for a in _leaves(c)[0]))
            for c in calls}
     if len(sig) > 1:
         return f"called {len(calls)} times per forward with arguments of different kinds"
@@ -199,7 +212,8 @@ def _captured(model, names: list[str], calls: list[tuple]) -> dict[str, list[tup
         finally:
             rec.close()
         for n in names:
-            out[n] += [tuple(a.detach() for a in args) for args in rec.args.get(n, ())]
+            out[n] += [tuple(a.detach() for a in _leaves(args)[0])  # as the traced inputs
+                       for args in rec.args.get(n, ())]
     return out
 
 
