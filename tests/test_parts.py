@@ -172,3 +172,57 @@ def test_detector_on_the_fx_route(detector):
         assert max(rel_err(u.numpy(), v.numpy()) for u, v in zip(a[0] + a[1], b[0] + b[1])) < 1e-5
         a, b = zero.roi_heads.box_head(rois), r.model.roi_heads.box_head(rois)
         assert rel_err(a.numpy(), b.numpy()) < 1e-5
+
+
+def _part_calls(model, names, args) -> dict:
+    """Each named submodule's arguments on its first call in ``model(*args)``."""
+    calls = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, n=n: calls.setdefault(n, a)) for n in names]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _leaves(out) -> list[np.ndarray]:
+    from torch.utils._pytree import tree_leaves
+
+    return [t.detach().numpy() for t in tree_leaves(out)]
+
+
+DETECTORS = {  # name -> the keyword arguments that keep it small
+    "ssdlite320_mobilenet_v3_large": {},
+    "retinanet_resnet50_fpn": {"min_size": 64, "max_size": 64},
+    "maskrcnn_resnet50_fpn": {"min_size": 64, "max_size": 64, "rpn_post_nms_top_n_test": 20,
+                              "box_score_thresh": 0.0, "box_detections_per_img": 10},
+}
+
+
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_every_part_of_other_detectors_equals_its_zeroed_original(name):
+    """SSDlite (its heads: nothing prunable, every conv writes a part output), RetinaNet (one
+    head over the FPN's levels as a list) and Mask R-CNN (RPN, box and mask heads): the
+    compressed model runs with the original's output structure, and every part, fed what it
+    is fed in the zeroed original, gives the zeroed original's outputs."""
+    torch.manual_seed(0)
+    m = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None,
+                                                    **DETECTORS[name]).eval()
+    args = ([torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))],)
+    r = idapgraph.compress(m, args, flops=0.5, method="random", heal="none")
+    assert r.report.backend == "fx-parts" and r.report.reached
+    names = [p["module"] for p in r.report.parts]
+    assert "backbone" in names and all(p["flops_after"] < p["flops_before"]
+                                       for p in r.report.parts)
+    zero = idapgraph.apply_plan(m, r.plan, args, mode="zero")
+    with torch.no_grad():
+        assert {k for k in r.model(*args)[0]} == {k for k in m(*args)[0]}
+        for part, call in _part_calls(zero, names, args).items():
+            want = _leaves(zero.get_submodule(part)(*call))
+            got = _leaves(r.model.get_submodule(part)(*call))
+            assert [w.shape for w in want] == [g.shape for g in got], part
+            assert all(w.size for w in want), part  # (the mask head sees boxes)
+            assert max(rel_err(w, g) for w, g in zip(want, got)) < 1e-5, part
