@@ -320,8 +320,13 @@ class _Builder:
                 shape_args = shape_args[0]
             target = [a if isinstance(a, int) else None for a in shape_args]
             if len(target) != len(meta.shape):
-                target = None
-            return self._added(node, "reshape", [x], {"target": target})
+                return self._added(node, "reshape", [x], {"target": None})
+            read = {}  # sizes read from a tensor at run time: they follow its channels
+            for i, a in enumerate(shape_args):
+                src = _size_source(a)
+                if src is not None and self.ref(src[0]) in self.g.tensors:
+                    read[i] = (self.ref(src[0]), src[1])
+            return self._added(node, "reshape", [x], {"target": target, "sizes_from": read})
         if f is torch.permute or name == "permute":
             perm = node.args[1:] if is_method else node.args[1]
             if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
@@ -505,7 +510,7 @@ class _Builder:
         if name == "cat":
             return self._added(node, "concat", [self.ref(a) for a in node.args[0]],
                                {"axis": _arg(node, 1, "dim", 0)})
-        if name in ("split", "split_with_sizes") and isinstance(meta, (tuple, list)):
+        if name in ("split", "split_with_sizes", "chunk") and isinstance(meta, (tuple, list)):
             dim = _arg(node, 2, "dim", 0)
             return self._added(node, "split", [x], {"axis": dim % len(meta[0].shape), "aten": True})
         if name == "unbind" and isinstance(meta, (tuple, list)) and meta:
@@ -561,7 +566,36 @@ _ATEN_ELEMENTWISE = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "w
 _ATEN_UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
                "dropout", "to", "_to_copy", "clone", "contiguous", "alias", "detach", "neg", "exp",
                "sqrt", "rsqrt", "abs", "clamp", "hardtanh", "leaky_relu", "erf", "type_as",
-               "relu6", "mish", "elu", "softplus", "lift_fresh_copy"}
+               "relu6", "mish", "elu", "softplus", "lift_fresh_copy",
+               # in-place forms (torch.export keeps nn.Hardswish(inplace=True) as hardswish_)
+               "hardswish_", "hardsigmoid_", "silu_", "gelu_", "sigmoid_", "tanh_", "clamp_",
+               "hardtanh_", "leaky_relu_", "elu_"}
+
+
+def _size_source(a: Any) -> tuple[fx.Node, int] | None:
+    """(tensor, axis) where ``a`` reads one size of a tensor at run time (``x.shape[k]``,
+    ``x.size(k)``, ``x.size()[k]``, ``B, N, C = x.shape``), else None."""
+    if not isinstance(a, fx.Node):
+        return None
+    if a.op == "call_method" and a.target == "size" and len(a.args) == 2 and isinstance(
+            a.args[1], int):
+        return _axis_of(a.args[0], a.args[1])
+    if a.op != "call_function" or a.target is not operator.getitem or not isinstance(
+            a.args[1], int):
+        return None
+    src = a.args[0]
+    if isinstance(src, fx.Node) and (
+            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
+            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1)):
+        return _axis_of(src.args[0], a.args[1])
+    return None
+
+
+def _axis_of(t: Any, k: int) -> tuple[fx.Node, int] | None:
+    meta = t.meta.get("tensor_meta") if isinstance(t, fx.Node) else None
+    if not isinstance(meta, TensorMetadata) or not -len(meta.shape) <= k < len(meta.shape):
+        return None
+    return t, k % len(meta.shape)
 
 
 def _is_stochastic_depth(f: Any) -> bool:

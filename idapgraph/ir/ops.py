@@ -609,6 +609,7 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
     x, y = node.inputs[0], node.outputs[0]
     xs, ys = rel.graph.shape(x), rel.graph.shape(y)
     target = node.attrs.get("target")
+    sizes_from = node.attrs.get("sizes_from") or {}
     groups = _reshape_groups(tuple(xs), tuple(ys)) if xs is not None and ys is not None else None
     if groups is None:
         rel.freeze_all(x, "reshape between shapes that do not factor")
@@ -626,7 +627,8 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
             rel.same(x, gi[0], y, gj[0])
             continue
         one_to_one = len(gi) == 1 and len(gj) == 1
-        rewritable = target == "auto" or (
+        read = sizes_from.get(gj[0]) if one_to_one else None  # (tensor, axis) read at run time
+        rewritable = read is not None or target == "auto" or (
                       target is not None
                       and all(target[a] is not None for a in gj)
                       and sum(1 for a in gj if target[a] == -1) <= 1
@@ -639,6 +641,8 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
             continue
         if one_to_one:
             rel.same(x, gi[0], y, gj[0])
+            if read is not None:  # the size follows its source: prune the two alike
+                rel.same(read[0], read[1], y, gj[0])
             continue
         if heads is None:
             heads = {("x", a) for a in _head_axes(rel.graph, x, downstream=False)} | {
@@ -895,7 +899,8 @@ OPS: dict[str, OpDef] = {
         OpDef("unbind", "unbind (q, k, v from a fused projection); the unbound axis is frozen",
               _couple_unbind),
         OpDef("index", "slicing with unit step; bounds rewritten", _couple_index, rewrite=_rewrite_index),
-        OpDef("reshape", "reshape/view/flatten/squeeze; channels follow where axes factor cleanly",
+        OpDef("reshape", "reshape/view/flatten/squeeze; channels follow where axes factor cleanly "
+              "(sizes read from a tensor at run time follow its channels)",
               _couple_reshape, rewrite=_rewrite_reshape),
         OpDef("transpose", "transpose/permute; channel axes follow", _couple_transpose),
         OpDef("expand", "broadcast to a shape", _couple_expand, rewrite=_rewrite_expand),
