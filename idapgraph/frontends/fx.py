@@ -314,6 +314,8 @@ class _Builder:
         if f is torch.flatten or name in ("flatten", "squeeze", "unsqueeze") or f in (
                 torch.squeeze, torch.unsqueeze):
             return self._added(node, "reshape", [x], {"target": "auto"})
+        if name in ("reshape_as", "view_as") and is_method:  # the other's shape, at run time
+            return self._added(node, "reshape", [x, self.ref(node.args[1])], {"target": "auto"})
         if f is torch.reshape or name in ("view", "reshape"):
             shape_args = node.args[1:] if is_method else node.args[1:]
             if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
@@ -425,7 +427,7 @@ class _Builder:
     def _aten_pointwise(self, node: fx.Node, name: str, x: str | None, meta) -> bool:
         """ATen elementwise and unary ops, padding and pooling (False: not mapped)."""
         if name in _ATEN_ELEMENTWISE:
-            is_add = name == "add" and "alpha" not in node.kwargs
+            is_add = name in ("add", "add_") and "alpha" not in node.kwargs
             return self._added(node, "elementwise", self.tensor_inputs(node),
                                {"fn": "add"} if is_add else {})
         if name in _ATEN_UNARY:
@@ -513,6 +515,11 @@ class _Builder:
         if name in ("split", "split_with_sizes", "chunk") and isinstance(meta, (tuple, list)):
             dim = _arg(node, 2, "dim", 0)
             return self._added(node, "split", [x], {"axis": dim % len(meta[0].shape), "aten": True})
+        if name == "index" and isinstance(node.args[1], (tuple, list)):  # table[:, idx]
+            spec = tuple(slice(None) if e is None else e for e in node.args[1])
+            axis = _gathered_axis(spec, len(self.g.tensors[x].shape))
+            if axis is not None and self.ref(spec[axis]) in self.g.tensors:
+                return self._added(node, "gather", [x, self.ref(spec[axis])], {"axis": axis})
         if name == "unbind" and isinstance(meta, (tuple, list)) and meta:
             return self._added(node, "unbind", [x], {"axis": _arg(node, 1, "dim", 0) % (
                 len(meta[0].shape) + 1)})
@@ -555,14 +562,18 @@ class _Builder:
             return self.add(node, "meta", [src_name])
         spec = idx if isinstance(idx, tuple) else (idx,)
         mp, sp = _index_map(spec, t.shape)
-        if mp is None:  # tensor indices (a relative-position bias table) are read too
+        axis = _gathered_axis(spec, len(t.shape))
+        if axis is not None and self.ref(spec[axis]) in self.g.tensors:  # table[:, idx]
+            return self.add(node, "gather", [src_name, self.ref(spec[axis])], {"axis": axis})
+        if mp is None:  # other tensor indices are read too: every axis they touch is frozen
             read = [self.ref(e) for e in _nodes_in(spec)]
             return self.add(node, "unknown", [src_name, *[r for r in read if r is not None]])
         self.add(node, "index", [src_name], {"map": mp, "spec": sp})
 
 
 _ATEN_ELEMENTWISE = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "__and__",
-                     "__or__", "ge", "le", "gt", "lt", "eq", "ne", "rsub"}
+                     "__or__", "ge", "le", "gt", "lt", "eq", "ne", "rsub", "add_", "sub_", "mul_",
+                     "div_"}
 _ATEN_UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
                "dropout", "to", "_to_copy", "clone", "contiguous", "alias", "detach", "neg", "exp",
                "sqrt", "rsqrt", "abs", "clamp", "hardtanh", "leaky_relu", "erf", "type_as",
@@ -641,6 +652,16 @@ def _index_map(spec: tuple, shape: tuple):
         else:
             return None, None
     return mp, sp
+
+
+def _gathered_axis(spec: tuple, rank: int) -> int | None:
+    """The axis of ``x[spec]`` indexed by one tensor where every other entry is a whole axis
+    (``x[idx]``, ``x[:, idx]``), else None."""
+    nodes = [i for i, e in enumerate(spec) if isinstance(e, fx.Node)]
+    if len(nodes) != 1 or len(spec) > rank or not all(
+            i in nodes or e == slice(None) for i, e in enumerate(spec)):
+        return None
+    return nodes[0]
 
 
 def _fetch(gm: nn.Module, qualname: str) -> Any:

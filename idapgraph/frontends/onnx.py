@@ -661,8 +661,8 @@ class _Builder:
         return None
 
     def _canon_layout(self, n: gs.Node, ins: list, data: list) -> _Canon | None:
-        """Padding, concatenation, splitting, slicing, reshapes, transposes, expansion and a
-        constant-index Gather, else None."""
+        """Padding, concatenation, splitting, slicing, reshapes, transposes, expansion and
+        Gathers by constant indices, else None."""
         op, a = n.op, n.attrs
         if op == "Pad":
             return self._pad(n)
@@ -691,6 +691,9 @@ class _Builder:
             axis = a.get("axis", 0) % r
             mp = [(ax, 0, ins[0].shape[ax], 1) for ax in range(r) if ax != axis]
             return "index", [ins[0]], {"map": mp}
+        if op == "Gather" and ins[0].shape is not None and len(ins[0].shape) >= 2 \
+                and isinstance(ins[1], gs.Constant) and ins[1].shape is not None:
+            return "gather", data, {"axis": a.get("axis", 0) % len(ins[0].shape)}  # a bias table
         return None
 
     def _pad(self, n: gs.Node):

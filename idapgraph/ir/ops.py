@@ -610,6 +610,9 @@ def _couple_reshape(node: Node, rel: Relations) -> None:
     xs, ys = rel.graph.shape(x), rel.graph.shape(y)
     target = node.attrs.get("target")
     sizes_from = node.attrs.get("sizes_from") or {}
+    if len(node.inputs) > 1 and node.inputs[1] is not None:  # reshape_as: the output has the
+        for ax in range(rel.rank(y)):                       # shape of this operand (run time)
+            rel.same(node.inputs[1], ax, y, ax)
     groups = _reshape_groups(tuple(xs), tuple(ys)) if xs is not None and ys is not None else None
     if groups is None:
         rel.freeze_all(x, "reshape between shapes that do not factor")
@@ -716,6 +719,23 @@ def _cost_attention(node: Node, shape: ShapeFn) -> int:
     q, v, y = shape(node.inputs[0]), shape(node.inputs[2]), shape(node.outputs[0])
     s = v[-2] or 0
     return _numel(y[:-1]) * s * ((q[-1] or 0) + (v[-1] or 0))
+
+
+def _couple_gather(node: Node, rel: Relations) -> None:
+    """``y = x`` indexed along ``axis`` by an index tensor (``table[:, idx]``, ONNX Gather):
+    ``y``'s shape is ``x``'s with that axis replaced by the index's axes. The other axes pass
+    through (a per-head bias table keeps its head axis); the gathered axis, the axes the index
+    brings and the index itself are frozen (the index values address the gathered axis)."""
+    x, idx, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    k, ri = node.attrs["axis"], rel.rank(idx)
+    for ax in range(rel.rank(x)):
+        if ax == k:
+            rel.freeze(x, ax, "gathered axis")
+        else:
+            rel.same(x, ax, y, ax if ax < k else ax - 1 + ri)
+    for j in range(ri):
+        rel.freeze(y, k + j, "gathered axis")
+    rel.freeze_all(idx, "gather indices")
 
 
 def _couple_unknown(node: Node, rel: Relations) -> None:
@@ -899,6 +919,8 @@ OPS: dict[str, OpDef] = {
         OpDef("unbind", "unbind (q, k, v from a fused projection); the unbound axis is frozen",
               _couple_unbind),
         OpDef("index", "slicing with unit step; bounds rewritten", _couple_index, rewrite=_rewrite_index),
+        OpDef("gather", "indexing one axis by an index tensor (a per-head bias table); the "
+              "other axes follow", _couple_gather),
         OpDef("reshape", "reshape/view/flatten/squeeze; channels follow where axes factor cleanly "
               "(sizes read from a tensor at run time follow its channels)",
               _couple_reshape, rewrite=_rewrite_reshape),
