@@ -9,6 +9,7 @@ import numpy as np
 
 from ..analysis import Analysis
 from ..ir.plan import Rewrite
+from ..passes import cost as cost_pass
 from ..passes import heal as heal_pass
 from ..passes import reconstruct as recon_pass
 from .state import State
@@ -21,27 +22,45 @@ def run(s: State) -> None:
     batches, real = s.a.model.calibration(s.opts.calib, s.opts.seed)
     if not real and s.kind == "none":
         s.warn("no calibration data: healing statistics come from seeded standard-normal inputs")
-    s.out, s.heal = heal(s.a, s.out, s.rewrite, batches, mode=s.opts.heal)
+    room = _room(s)
+    s.out, s.heal = heal(s.a, s.out, s.rewrite, batches, mode=s.opts.heal, room=room)
+    if room.denied:
+        s.heal.notes.append(f"no bias added to {len(room.denied)} healed layers: the "
+                            "FLOPs/params target leaves no room for them")
     if s.heal.kept:
         s.a.model.validate(s.out)
 
 
+def _room(s: State) -> heal_pass.BiasRoom:
+    """What the FLOPs/params target leaves for biases healing adds (the rewritten model's
+    counts, stage 2's stored means included)."""
+    a, o, rw = s.a, s.opts, s.rewrite
+    after = cost_pass.count(a.graph, lambda t: rw.new_shapes[t], removed=s.gone)
+    flops = None if o.flops is None else o.flops * a.cost.flops - after.flops
+    params = None if o.params is None else o.params * a.cost.params - after.params - s.stored
+    return heal_pass.BiasRoom(a.graph, lambda t: rw.new_shapes[t], flops, params)
+
+
 def heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
-          mode: str = "stats", drifted: bool = True, probe: Probe | None = None):
+          mode: str = "stats", drifted: bool = True, probe: Probe | None = None,
+          room: heal_pass.BiasRoom | None = None):
     """``mode="stats"``: statistics matching; ``mode="bias"``: bias compensation (see
     :mod:`idapgraph.passes.heal`). Keeps the better of healed and unhealed by output error on the
     calibration data. ``rewrite=None``: ``pruned`` is a masked (zeroed, same-shape) model.
     ``drifted=False`` (least squares): only the layers that lost input channels are refitted;
-    ``probe``: see :func:`reconstruct`."""
+    ``probe``: see :func:`reconstruct`. ``room``: biases go to bias-less layers only while it
+    lasts (None: no limit)."""
     g, m = a.graph, a.model
     rep = heal_pass.HealReport(method=mode)
+    if room is None:
+        room = heal_pass.BiasRoom(g, g.shape)
     if mode == "lsq":
-        return reconstruct(a, pruned, rewrite, batches, rep, drifted, probe)
+        return reconstruct(a, pruned, rewrite, batches, rep, drifted, probe, room)
     if mode == "bn":
         if heal_pass.norm_sites(g):
             return renormalize(a, pruned, batches, rep)
         rep.notes.append("no BatchNorm with running statistics: least-squares refit instead")
-        return reconstruct(a, pruned, rewrite, batches, rep)
+        return reconstruct(a, pruned, rewrite, batches, rep, room=room)
     sites = heal_pass.sites(g, rewrite) if mode == "stats" else []
     # measured on the MNIST CNN at 0.5 FLOPs: matching alone 92.6 %, compensation then matching
     # 63.7 %, compensation alone 15.8 % -- so the modes do not stack
@@ -53,7 +72,7 @@ def heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
     if comp:
         updates, new_bias, records = heal_pass.bias_compensation(
             comp, ref, lambda n: g.tensors[n].value(), lambda n, c=current: m.get_param(c, n),
-            lambda n, c=current: m.can_add_bias(c, n))
+            lambda n, c=current: m.can_add_bias(c, n) and room.take(n))
         current = set_params(a, current, updates, new_bias, rep)
         rep.corrections += records
         rep.notes.append(f"bias compensation on {len(comp)} layers")
@@ -63,7 +82,8 @@ def heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
         m.run(current, cur.tensors, batches, cur)
         corr = heal_pass.corrections(chunk, ref, cur)
         updates, new_bias = heal_pass.affine_updates(
-            corr, lambda n, c=current: m.get_param(c, n), lambda n, c=current: m.can_add_bias(c, n))
+            corr, lambda n, c=current: m.get_param(c, n),
+            lambda n, c=current: m.can_add_bias(c, n) and room.take(n))
         current = set_params(a, current, updates, new_bias, rep)
         rep.layers += len(corr)
         rep.corrections += [heal_pass.affine_record(c) for c in corr]
@@ -142,7 +162,7 @@ class Probe:
 
 
 def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bool = True,
-                probe: Probe | None = None):
+                probe: Probe | None = None, room: heal_pass.BiasRoom | None = None):
     """Least-squares reconstruction (see :mod:`idapgraph.passes.reconstruct`) of the layers that
     lost input channels or see changed inputs (:func:`passes.reconstruct.sites`), in
     topological order, each fit seeing the inputs the fits before it
@@ -175,10 +195,10 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bo
                          f" {', '.join(wide[:4])}{' ...' if len(wide) > 4 else ''}")
     kernels = {s.node: recon_pass.kernel(g, s) for s in sites}
     if step is not None:
-        current, gains = _refit_stepped(a, step, sites, kernels, rep, ref)
+        current, gains = _refit_stepped(a, step, sites, kernels, rep, ref, room)
         rep.error_after = m.error_of(batches, step.results())  # the stepped run, finished
     else:
-        current, gains = _refit_by_passes(a, pruned, sites, kernels, batches, rep)
+        current, gains = _refit_by_passes(a, pruned, sites, kernels, batches, rep, room)
         rep.error_after = error(current)
     rep.layers = len(gains)
     if gains:
@@ -208,7 +228,7 @@ def _steppers(m, pruned, batches, sites, probe: Probe | None):
     return step, (_Original(m, batches, kept) if step is not None else None)
 
 
-def _refit_stepped(a: Analysis, step, sites, kernels, rep, ref):
+def _refit_stepped(a: Analysis, step, sites, kernels, rep, ref, room=None):
     """Every site refitted as the pruned model (``step``) reaches its input, against the
     original's output of the same layer (``ref``, an :class:`_Original`); returns (model,
     gains)."""
@@ -224,7 +244,7 @@ def _refit_stepped(a: Analysis, step, sites, kernels, rep, ref):
                                    _scales(a, step.model, [s]))
         for x, v in zip(xs, r_pruned):
             normal(_batch(s.x, x, r, v))
-        updates, new_bias = _fits(a, step.model, [s], normal, rep, gains)
+        updates, new_bias = _fits(a, step.model, [s], normal, rep, gains, room)
         updates, new_bias = param_changes(a, step.model, updates, new_bias, rep)
         if updates or new_bias:
             m.apply_params(step, updates, new_bias)
@@ -282,7 +302,7 @@ class _Original:
         return got
 
 
-def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep):
+def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep, room=None):
     """Every site refitted after a whole calibration pass of the model with the fits before it
     applied; returns (model, gains)."""
     m, gains = a.model, []
@@ -294,14 +314,15 @@ def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep):
         normal = recon_pass.Normal([s], targets, kernels, m.tmatmul, m.solve,
                                    _scales(a, current, [s]))
         m.run(current, normal.tensors, batches, normal)
-        updates, new_bias = _fits(a, current, [s], normal, rep, gains)
+        updates, new_bias = _fits(a, current, [s], normal, rep, gains, room)
         current = set_params(a, current, updates, new_bias, rep)
     return current, gains
 
 
-def _fits(a: Analysis, current, chunk, normal, rep, gains):
+def _fits(a: Analysis, current, chunk, normal, rep, gains, room=None):
     """The parameter updates (and new biases) of the sites of ``chunk`` whose least-squares fit
-    lowers their calibration residual; records each in ``rep`` and ``gains``."""
+    lowers their calibration residual; records each in ``rep`` and ``gains``. A bias-less layer
+    is fitted with an intercept (a new bias) only where ``room`` has room for it."""
     g, m = a.graph, a.model
     updates, new_bias = {}, {}
     for s in chunk:
@@ -312,7 +333,8 @@ def _fits(a: Analysis, current, chunk, normal, rep, gains):
         w = m.get_param(current, s.weight)
         b = m.get_param(current, s.bias) if s.bias is not None else None
         pb = recon_pass.post_bias(g, s)
-        intercept = b is not None or pb is not None or m.can_add_bias(current, s.node)
+        intercept = b is not None or pb is not None or (
+            m.can_add_bias(current, s.node) and (room is None or not room.refuses(s.node)))
         fit = recon_pass.solve(s, normal, w, b, intercept)
         if fit is None or not fit.residual_after < fit.residual_before:
             continue
@@ -323,7 +345,7 @@ def _fits(a: Analysis, current, chunk, normal, rep, gains):
         elif pb is not None:
             old = m.get_param(current, pb)
             updates[pb] = (old + fit.intercept).astype(np.asarray(old).dtype)
-        elif intercept:
+        elif intercept and (room is None or room.take(s.node)):
             new_bias[s.node] = fit.intercept.astype(np.asarray(w).dtype)
         gains.append((fit.residual_before, fit.residual_after))
     return updates, new_bias
