@@ -692,7 +692,7 @@ class _Builder:
             mp = [(ax, 0, ins[0].shape[ax], 1) for ax in range(r) if ax != axis]
             return "index", [ins[0]], {"map": mp}
         if op == "Gather" and ins[0].shape is not None and len(ins[0].shape) >= 2 \
-                and isinstance(ins[1], gs.Constant) and ins[1].shape is not None:
+                and isinstance(ins[1], gs.Constant) and ins[1].shape is not None and len(data) == 2:
             return "gather", data, {"axis": a.get("axis", 0) % len(ins[0].shape)}  # a bias table
         return None
 
