@@ -33,7 +33,7 @@ TEST_WORKERS ?= 2
 test: install-test
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
-# the default run plus the tests marked slow (heavy duplicates of covered routes)
+# the default run plus the tests marked slow (the largest exports; every method over the zoo)
 test-all: install-test
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
