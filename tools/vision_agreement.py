@@ -226,9 +226,15 @@ def rows(task: Task, args) -> None:
     example = task.example(calib)
 
     def show(route, method, kept, sec, got):
-        vals = " | ".join(f"{k} {v:.3f}" for k, v in score(got).items())
-        print(f"| {task.name} | {route} | {method} | {kept:.3f} | {sec:.0f} | {vals} |",
-              flush=True)
+        vals = score(got)
+        if not shown:  # one table per model: its metrics as columns
+            print(f"\n| {task.name} | method | FLOPs kept | compress s | {' | '.join(vals)} |")
+            print("|---|---|---:|---:|" + "---:|" * len(vals))
+            shown.append(True)
+        cells = " | ".join(f"{v:.3f}" for v in vals.values())
+        print(f"| {route} | {method} | {kept:.3f} | {sec:.0f} | {cells} |", flush=True)
+
+    shown: list = []
 
     for method in args.methods.split(","):
         t = time.perf_counter()
@@ -259,8 +265,6 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=320)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print("| model | route | method | FLOPs kept | compress s | agreement with the original |")
-    print("|---|---|---|---:|---:|---|")
     for name in args.models.split(","):
         rows(Task(name, args.size), args)
 
