@@ -2,7 +2,7 @@
 internal error on any zoo model with any method). A run either emits a valid model with the
 original's output shapes (compress validates it: the ONNX checker and onnxruntime, or an fx run)
 or is refused with one ``InputError`` line -- the one refusal expected here is ``taylor`` on
-ONNX (it needs gradients). Slow: about an hour on one core (the default healing refits every
+ONNX (it needs gradients). Slow: about two hours on one core (the default healing refits every
 pruned layer, and the default allocation measures every group); `make test-all` runs it."""
 
 from __future__ import annotations
