@@ -12,16 +12,7 @@ import torch
 
 import idapgraph
 from helpers import rel_err, torch_out
-
-
-class Seq2Seq(torch.nn.Module):
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, decoder_input_ids):
-        return self.model(input_ids=input_ids,
-                          decoder_input_ids=decoder_input_ids).last_hidden_state
+from zoo import Seq2Seq
 
 
 def _swin():

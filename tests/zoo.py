@@ -50,6 +50,29 @@ class LogitsWrapper(torch.nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
+class Seq2Seq(torch.nn.Module):
+    """An encoder-decoder as ``(input_ids, decoder_input_ids) -> decoder last hidden state``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, decoder_input_ids):
+        return self.model(input_ids=input_ids, decoder_input_ids=decoder_input_ids,
+                          use_cache=False).last_hidden_state
+
+
+class AudioWrapper(torch.nn.Module):
+    """An audio encoder as ``waveform or log-mel features -> last hidden state``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).last_hidden_state
+
+
 def build(name: str) -> tuple[torch.nn.Module, tuple]:
     torch.manual_seed(0)
     kind, _, arch = name.partition("_")

@@ -113,50 +113,11 @@ def family(name: str) -> str:
 
 
 def _wrappers():
-    import torch
+    """The plain-tensor interfaces around transformers models, shared with the test zoo."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from zoo import AudioWrapper, LogitsWrapper, Seq2Seq, _HFWrapper
 
-    class Hidden(torch.nn.Module):
-        """(input_ids, attention_mask) -> last hidden state."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    class Logits(torch.nn.Module):
-        """A causal LM as input_ids -> logits (no cache)."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids):
-            return self.model(input_ids=input_ids, use_cache=False).logits
-
-    class Seq2Seq(torch.nn.Module):
-        """(input_ids, decoder_input_ids) -> decoder last hidden state."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, decoder_input_ids):
-            return self.model(input_ids=input_ids, decoder_input_ids=decoder_input_ids,
-                              use_cache=False).last_hidden_state
-
-    class Audio(torch.nn.Module):
-        """waveform / log-mel features -> last hidden state."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(x).last_hidden_state
-
-    return Hidden, Logits, Seq2Seq, Audio
+    return _HFWrapper, LogitsWrapper, Seq2Seq, AudioWrapper
 
 
 def build(name: str):

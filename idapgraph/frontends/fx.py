@@ -515,11 +515,9 @@ class _Builder:
         if name in ("split", "split_with_sizes", "chunk") and isinstance(meta, (tuple, list)):
             dim = _arg(node, 2, "dim", 0)
             return self._added(node, "split", [x], {"axis": dim % len(meta[0].shape), "aten": True})
-        if name == "index" and isinstance(node.args[1], (tuple, list)):  # table[:, idx]
-            spec = tuple(slice(None) if e is None else e for e in node.args[1])
-            axis = _gathered_axis(spec, len(self.g.tensors[x].shape))
-            if axis is not None and self.ref(spec[axis]) in self.g.tensors:
-                return self._added(node, "gather", [x, self.ref(spec[axis])], {"axis": axis})
+        if name == "index" and isinstance(node.args[1], (tuple, list)) and self.gather(
+                node, x, tuple(slice(None) if e is None else e for e in node.args[1])):
+            return True
         if name == "unbind" and isinstance(meta, (tuple, list)) and meta:
             return self._added(node, "unbind", [x], {"axis": _arg(node, 1, "dim", 0) % (
                 len(meta[0].shape) + 1)})
@@ -539,6 +537,14 @@ class _Builder:
                 mp[d] = (d, start, max(start, stop), step)
                 return self._added(node, "index", [x], {"map": mp, "aten_slice": d})
         return False
+
+    def gather(self, node: fx.Node, x: str, spec: tuple) -> bool:
+        """``x[spec]`` with one axis indexed by a tensor and the others whole (``table[:, idx]``,
+        a per-head bias table) as a gather (False: not of that form)."""
+        axis = _gathered_axis(spec, len(self.g.tensors[x].shape))
+        if axis is None or self.ref(spec[axis]) not in self.g.tensors:
+            return False
+        return self._added(node, "gather", [x, self.ref(spec[axis])], {"axis": axis})
 
     def attention(self, node: fx.Node) -> None:
         """``F.scaled_dot_product_attention`` and its ATen op (same argument order)."""
@@ -562,9 +568,8 @@ class _Builder:
             return self.add(node, "meta", [src_name])
         spec = idx if isinstance(idx, tuple) else (idx,)
         mp, sp = _index_map(spec, t.shape)
-        axis = _gathered_axis(spec, len(t.shape))
-        if axis is not None and self.ref(spec[axis]) in self.g.tensors:  # table[:, idx]
-            return self.add(node, "gather", [src_name, self.ref(spec[axis])], {"axis": axis})
+        if self.gather(node, src_name, spec):
+            return None
         if mp is None:  # other tensor indices are read too: every axis they touch is frozen
             read = [self.ref(e) for e in _nodes_in(spec)]
             return self.add(node, "unknown", [src_name, *[r for r in read if r is not None]])
