@@ -252,3 +252,24 @@ def test_cli_measure_groups_with_a_flops_target(tmp_path):
     onnx.checker.check_model(onnx.load(str(tmp_path / "s.onnx")), full_check=True)
     human = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert human.returncode == 0 and "allocated by measured group losses" in human.stdout
+
+
+def test_probe_samples_are_spread_over_a_class_sorted_calibration_set():
+    """The measured losses run on a subset of the calibration samples; taken from the front of
+    a set sorted by class (CIFAR-10's test file is), 64 of 260 images were three classes. The
+    subset is spread over every batch: every class is in it, each batch's arrays cut alike;
+    a model that takes only its own batch size gets whole, evenly spaced batches."""
+    from idapgraph.stages.select import spread_samples
+
+    labels = np.repeat(np.arange(10), 26)  # 260 samples sorted by class
+    images = np.arange(260 * 2, dtype=np.float32).reshape(260, 2)
+    batches = [(images[i:i + 32], labels[i:i + 32]) for i in range(0, 260, 32)]
+    got = spread_samples(batches, 64)
+    assert sum(len(b[0]) for b in got) == 64
+    assert set(np.concatenate([b[1] for b in got])) == set(range(10))
+    for x, y in got:  # a sample's image and label stay together
+        np.testing.assert_array_equal(labels[(x[:, 0] // 2).astype(int)], y)
+    whole = spread_samples(batches, 64, exact=True)
+    assert all(len(b[0]) == 32 for b in whole) and len(whole) == 2
+    assert whole[0][1][0] == 0 and whole[1][1][0] > 2  # not the first two batches
+    assert spread_samples(batches, 300) == batches
