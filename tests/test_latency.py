@@ -792,7 +792,11 @@ def test_measured_group_losses_drive_the_selection(shared_cache, monkeypatch, co
         assert losses[g.key][str(counts[0])] > 0  # a quarter of the units kept costs something
     assert lt["ratio"] <= 0.5 * 1.1 and res.report.reached
     default = idapgraph.compress(proto, latency=0.5, method="magnitude", heal="none")
-    assert default.report.latency_target["group_losses"] is None
+    assert default.report.latency_target["group_losses"] is None  # no calibration data
+    # with calibration data and least-squares healing the default measures (on 16 samples)
+    calib = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    measured = idapgraph.compress(proto, latency=0.5, calib=calib)
+    assert set(measured.report.latency_target["group_losses"]) == set(losses)
 
 
 class TokenMLP(nn.Module):

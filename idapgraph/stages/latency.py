@@ -11,6 +11,8 @@ from ..passes import prune as prune_pass
 from ..passes import select as select_pass
 from ..passes.latency import kept_importance, untimed_note
 from .losses import group_losses
+from . import obs as obs_stage
+from .select import probe_batches
 from .select import scores as unit_scores
 from .select import scoring_data
 from .state import State
@@ -50,7 +52,7 @@ def latency_plan(s: State):
     blocks = [b for b in blocks if gate_errors[b.key] <= gate_error]
     losses, weights = None, None
     if o.measure_groups:
-        losses = group_losses(a, sc, batches, o.min_keep, o.progress)
+        sc, losses = _measured(s, batches, sc)
         weights = {b.key: gate_errors[b.key] for b in blocks} if blocks else None
     elif blocks:
         weights = block_weights(a, sc, gate_errors, error, o.min_keep)
@@ -62,6 +64,19 @@ def latency_plan(s: State):
     info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
     info["gate_error"] = gate_error
     return plan, info
+
+
+def _measured(s: State, batches, sc):
+    """``measure_groups`` under a latency target, as the FLOPs allocation's rounds measure
+    (:func:`idapgraph.stages.measured._round`, one round): the units in their OBS order where
+    ``order`` asks for it, each group's healed loss at a quarter, half and three quarters of
+    its units on :func:`~idapgraph.stages.select.probe_batches`, only the layers that lost
+    channels refitted. Returns (scores, losses)."""
+    o, a = s.opts, s.a
+    if o.order in ("obs", "auto"):
+        sc = obs_stage.scores(a, batches, sc, o.min_keep, convs_only=o.order == "auto")
+    return sc, group_losses(a, sc, probe_batches(a, batches), o.min_keep, o.progress,
+                            drifted=False)
 
 
 def _calibration(s: State):

@@ -59,8 +59,9 @@ def run(s: State) -> None:
 
 
 def rounds(o) -> int:
-    """Rounds for the targets: each keeps at least :data:`ROUND_KEEP` of what it starts from."""
-    low = min(t for t in (o.flops, o.params) if t is not None)
+    """Rounds for the targets: each keeps at least :data:`ROUND_KEEP` of what it starts from
+    (a latency target alone: one)."""
+    low = min((t for t in (o.flops, o.params) if t is not None), default=1.0)
     return max(1, math.ceil(math.log(low) / math.log(ROUND_KEEP) - 1e-9)) if low < 1 else 1
 
 
