@@ -273,3 +273,7 @@ def test_probe_samples_are_spread_over_a_class_sorted_calibration_set():
     assert all(len(b[0]) == 32 for b in whole) and len(whole) == 2
     assert whole[0][1][0] == 0 and whole[1][1][0] > 2  # not the first two batches
     assert spread_samples(batches, 300) == batches
+    # an array without the batch axis beside the images: whole batches, never cut
+    odd = [(x, np.zeros(3)) for x, _ in batches]
+    kept = spread_samples(odd, 64)
+    assert all(any(b is o for o in odd) for b in kept) and sum(len(b[0]) for b in kept) >= 64

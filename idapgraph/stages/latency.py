@@ -10,8 +10,8 @@ from ..ir.plan import Plan
 from ..passes import prune as prune_pass
 from ..passes import select as select_pass
 from ..passes.latency import kept_importance, untimed_note
-from .losses import group_losses
 from . import obs as obs_stage
+from .losses import group_losses
 from .select import probe_batches
 from .select import scores as unit_scores
 from .select import scoring_data

@@ -183,8 +183,9 @@ def spread_samples(batches: list, n: int, exact: bool = False) -> list:
     the model takes only its own batch size (``exact``) or a batch's arrays differ in length,
     evenly spaced whole batches holding at least ``n``. Calibration sets sorted by class are
     common (CIFAR-10's test file is; so is ImageNet's): the first 64 of 260 class-balanced
-    CIFAR images are three classes of ten, and the measured losses of ResNet-56 then moved
-    top-1 by up to 1.2 points with the calibration order (BENCHMARKS.md)."""
+    CIFAR images are three classes of ten. With them, the order of the same 260 images moved
+    ResNet-56's top-1 at 0.5 FLOPs by 1.2 points (spread, three orders: by 0.8), and at 0.7
+    FLOPs the two orders' mean is 0.2 higher spread (BENCHMARKS.md, twenty-third session)."""
     sizes = [len(b[0]) for b in batches]
     total = sum(sizes)
     if total <= n:
