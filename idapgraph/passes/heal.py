@@ -302,35 +302,35 @@ class BiasRoom:
         self.graph, self.shape, self.flops, self.params = graph, shape, flops, params
         self.denied: list[str] = []
 
-    def _cost(self, node: str) -> tuple[int, int]:
+    def _cost(self, node: str) -> tuple[int, int] | None:
+        """(FLOPs, params) a new bias of ``node`` adds; None where a BatchNorm absorbs it (free)."""
+        if absorbing_mean(self.graph, node) is not None:
+            return None
         n = self.graph.nodes[node]
         dims = [1 if d is None else int(d) for d in self.shape(n.outputs[0])]
         channels = dims[1] if n.op == "conv" and len(dims) > 1 else dims[-1]
         return 2 * int(np.prod(dims, dtype=np.int64)), channels
 
-    def fits(self, node: str) -> bool:
-        """Whether a new bias of ``node`` stays within the room (nothing taken)."""
-        if absorbing_mean(self.graph, node) is not None:
-            return True
-        f, p = self._cost(node)
-        return (self.flops is None or f <= self.flops) and (self.params is None or p <= self.params)
-
-    def refuses(self, node: str) -> bool:
-        """Whether there is no room for a new bias of ``node`` (recorded in ``denied``)."""
-        if self.fits(node):
+    def _denied(self, node: str, cost: tuple[int, int] | None) -> bool:
+        """Whether ``cost`` does not fit the room (``node`` then recorded in ``denied``)."""
+        if cost is None or ((self.flops is None or cost[0] <= self.flops) and
+                            (self.params is None or cost[1] <= self.params)):
             return False
         self.denied.append(node)
         return True
 
+    def refuses(self, node: str) -> bool:
+        """Whether there is no room for a new bias of ``node`` (nothing taken)."""
+        return self._denied(node, self._cost(node))
+
     def take(self, node: str) -> bool:
-        """Take the room for a new bias of ``node``; False (recorded in ``denied``) where there
-        is none."""
-        if self.refuses(node):
+        """Take the room for a new bias of ``node``; False where there is none."""
+        cost = self._cost(node)
+        if self._denied(node, cost):
             return False
-        if absorbing_mean(self.graph, node) is None:
-            f, p = self._cost(node)
-            self.flops = None if self.flops is None else self.flops - f
-            self.params = None if self.params is None else self.params - p
+        if cost is not None:
+            self.flops = None if self.flops is None else self.flops - cost[0]
+            self.params = None if self.params is None else self.params - cost[1]
         return True
 
 

@@ -55,7 +55,7 @@ def heal(a: Analysis, pruned, rewrite: Rewrite | None, batches, chunks: int = 8,
     if room is None:
         room = heal_pass.BiasRoom(g, g.shape)
     if mode == "lsq":
-        return reconstruct(a, pruned, rewrite, batches, rep, drifted, probe, room)
+        return reconstruct(a, pruned, rewrite, batches, rep, drifted, probe, room=room)
     if mode == "bn":
         if heal_pass.norm_sites(g):
             return renormalize(a, pruned, batches, rep)
@@ -162,7 +162,7 @@ class Probe:
 
 
 def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bool = True,
-                probe: Probe | None = None, room: heal_pass.BiasRoom | None = None):
+                probe: Probe | None = None, *, room: heal_pass.BiasRoom):
     """Least-squares reconstruction (see :mod:`idapgraph.passes.reconstruct`) of the layers that
     lost input channels or see changed inputs (:func:`passes.reconstruct.sites`), in
     topological order, each fit seeing the inputs the fits before it
@@ -178,7 +178,8 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bo
     outputs are kept in ``probe`` for the next call instead of being stepped to again (a third
     of a measured group loss's time), and both models run only from the first node the cut
     changed, from the original's values there (``probe.trace``; SmolLM2-135M's measured
-    compress at 0.8 params: 719 s against 1,599 s, both beside other work, same losses)."""
+    compress at 0.8 params: 719 s against 1,599 s, both beside other work, same losses).
+    ``room``: what new biases of bias-less layers may take (:class:`passes.heal.BiasRoom`)."""
     g, m = a.graph, a.model
     error = m.output_error(batches)
     rep.error_before = float("nan") if probe is not None else error(pruned)
@@ -228,7 +229,7 @@ def _steppers(m, pruned, batches, sites, probe: Probe | None):
     return step, (_Original(m, batches, kept) if step is not None else None)
 
 
-def _refit_stepped(a: Analysis, step, sites, kernels, rep, ref, room=None):
+def _refit_stepped(a: Analysis, step, sites, kernels, rep, ref, room):
     """Every site refitted as the pruned model (``step``) reaches its input, against the
     original's output of the same layer (``ref``, an :class:`_Original`); returns (model,
     gains)."""
@@ -302,7 +303,7 @@ class _Original:
         return got
 
 
-def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep, room=None):
+def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep, room):
     """Every site refitted after a whole calibration pass of the model with the fits before it
     applied; returns (model, gains)."""
     m, gains = a.model, []
@@ -319,7 +320,7 @@ def _refit_by_passes(a: Analysis, pruned, sites, kernels, batches, rep, room=Non
     return current, gains
 
 
-def _fits(a: Analysis, current, chunk, normal, rep, gains, room=None):
+def _fits(a: Analysis, current, chunk, normal, rep, gains, room):
     """The parameter updates (and new biases) of the sites of ``chunk`` whose least-squares fit
     lowers their calibration residual; records each in ``rep`` and ``gains``. A bias-less layer
     is fitted with an intercept (a new bias) only where ``room`` has room for it."""
@@ -334,7 +335,7 @@ def _fits(a: Analysis, current, chunk, normal, rep, gains, room=None):
         b = m.get_param(current, s.bias) if s.bias is not None else None
         pb = recon_pass.post_bias(g, s)
         intercept = b is not None or pb is not None or (
-            m.can_add_bias(current, s.node) and (room is None or not room.refuses(s.node)))
+            m.can_add_bias(current, s.node) and not room.refuses(s.node))
         fit = recon_pass.solve(s, normal, w, b, intercept)
         if fit is None or not fit.residual_after < fit.residual_before:
             continue
@@ -345,7 +346,7 @@ def _fits(a: Analysis, current, chunk, normal, rep, gains, room=None):
         elif pb is not None:
             old = m.get_param(current, pb)
             updates[pb] = (old + fit.intercept).astype(np.asarray(old).dtype)
-        elif intercept and (room is None or room.take(s.node)):
+        elif intercept and room.take(s.node):
             new_bias[s.node] = fit.intercept.astype(np.asarray(w).dtype)
         gains.append((fit.residual_before, fit.residual_after))
     return updates, new_bias

@@ -10,9 +10,7 @@ from ..ir.plan import Plan
 from ..passes import prune as prune_pass
 from ..passes import select as select_pass
 from ..passes.latency import kept_importance, untimed_note
-from . import obs as obs_stage
-from .losses import group_losses
-from .select import probe_batches
+from . import measured
 from .select import scores as unit_scores
 from .select import scoring_data
 from .state import State
@@ -34,7 +32,7 @@ def latency_plan(s: State):
     to the solver; the others are priced by that error (:func:`block_weights`), and the ones
     bypassed together must keep it within the gate error as well. Latency is modelled and timed
     with the symbolic dims ``dims`` fixed (:func:`idapgraph.analysis.timing_analysis`).
-    ``measure_groups``: the groups weigh their measured, healed losses (:func:`idapgraph.stages.losses.group_losses`)
+    ``measure_groups``: the groups weigh their measured, healed losses (:func:`idapgraph.stages.measured.measured_losses`)
     and a block its bypass error, one scale for all. Returns (plan, latency record)."""
     o, a = s.opts, s.a
     gate_error = DEFAULT_GATE_ERROR if o.max_error is None else o.max_error
@@ -52,7 +50,7 @@ def latency_plan(s: State):
     blocks = [b for b in blocks if gate_errors[b.key] <= gate_error]
     losses, weights = None, None
     if o.measure_groups:
-        sc, losses = _measured(s, batches, sc)
+        sc, losses = measured.measured_losses(a, batches, sc, o)  # as one FLOPs round
         weights = {b.key: gate_errors[b.key] for b in blocks} if blocks else None
     elif blocks:
         weights = block_weights(a, sc, gate_errors, error, o.min_keep)
@@ -64,19 +62,6 @@ def latency_plan(s: State):
     info["gate_errors"] = {k: round(float(v), 6) for k, v in gate_errors.items()}
     info["gate_error"] = gate_error
     return plan, info
-
-
-def _measured(s: State, batches, sc):
-    """``measure_groups`` under a latency target, as the FLOPs allocation's rounds measure
-    (:func:`idapgraph.stages.measured._round`, one round): the units in their OBS order where
-    ``order`` asks for it, each group's healed loss at a quarter, half and three quarters of
-    its units on :func:`~idapgraph.stages.select.probe_batches`, only the layers that lost
-    channels refitted. Returns (scores, losses)."""
-    o, a = s.opts, s.a
-    if o.order in ("obs", "auto"):
-        sc = obs_stage.scores(a, batches, sc, o.min_keep, convs_only=o.order == "auto")
-    return sc, group_losses(a, sc, probe_batches(a, batches), o.min_keep, o.progress,
-                            drifted=False)
 
 
 def _calibration(s: State):

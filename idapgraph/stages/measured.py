@@ -119,19 +119,28 @@ def _round(s: State, now: Analysis, cal, plan: Plan, share: dict) -> select_pass
     left = {g.key: g.n_units - len(plan.remove.get(g.key, ())) for g in s.a.coupling.groups}
     groups = now.coupling.groups
     matched = [left.get(g.key) == g.n_units for g in groups]
-    sc = select_stage.scores(now, o.method, cal, o.loss, o.seed)
-    if o.order in ("obs", "auto"):
-        sc = obs_stage.scores(now, cal, sc, o.min_keep, convs_only=o.order == "auto")
     quanta = [int(q) if m else g.n_units for g, q, m in
               zip(groups, select_pass.unit_quanta(now.coupling, o.round_to), matched)]
     counts = [allocate_pass.probe_counts(g.n_units, q, o.min_keep, LOSS_KEEPS)
               for g, q in zip(groups, quanta)]
-    losses = group_losses(now, sc, select_stage.probe_batches(now, cal),
-                          o.min_keep, o.progress, counts=counts, drifted=False)
+    sc, losses = measured_losses(now, cal, select_stage.scores(now, o.method, cal, o.loss, o.seed),
+                                 o, counts)
     s.group_losses.append({g.key: {str(k): round(v, 6) for k, v in ls.items()}
                            for g, ls in zip(groups, losses) if ls})
     return allocate_pass.allocate(now.graph, now.coupling, sc, losses, flops=share["flops"],
                                   params=share["params"], min_keep=o.min_keep, round_to=quanta)
+
+
+def measured_losses(a: Analysis, batches, sc: list, o, counts=None) -> tuple[list, list]:
+    """One round's measurement on ``a``: the units in their OBS order where ``o.order`` asks
+    for it (:mod:`idapgraph.stages.obs`; ``sc``, the method's scores, elsewhere), then each
+    group's healed loss at ``counts`` (default: :data:`LOSS_KEEPS` of its units) on
+    :func:`~idapgraph.stages.select.probe_batches`, only the layers that lost channels
+    refitted. Used by the FLOPs/params rounds and by latency targets. Returns (scores, losses)."""
+    if o.order in ("obs", "auto"):
+        sc = obs_stage.scores(a, batches, sc, o.min_keep, convs_only=o.order == "auto")
+    return sc, group_losses(a, sc, select_stage.probe_batches(a, batches), o.min_keep,
+                            o.progress, counts=counts, drifted=False)
 
 
 def composed(a: Analysis, plan: Plan, step: Plan) -> Plan:
