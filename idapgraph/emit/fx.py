@@ -24,13 +24,25 @@ def _owner(root: nn.Module, qualname: str) -> tuple[nn.Module, str]:
     return mod, attr
 
 
+def _tensor_names(root: nn.Module) -> dict[int, list[str]]:
+    """Tensor id -> every name it has in ``root`` (tied weights: an embedding and its LM head)."""
+    names: dict[int, list[str]] = {}
+    for name, t in [*root.named_parameters(remove_duplicate=False),
+                    *root.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), []).append(name)
+    return names
+
+
 def _set(root: nn.Module, qualname: str, value: torch.Tensor) -> None:
+    """Replace the tensor named ``qualname`` under every name it has: a tied weight stays one
+    tensor (no stale full-size copy is left under its other name)."""
     mod, attr = _owner(root, qualname)
     old = getattr(mod, attr)
+    names = _tensor_names(root).get(id(old), [qualname])
     if isinstance(old, nn.Parameter):
-        setattr(mod, attr, nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
-        setattr(mod, attr, value)
+        value = nn.Parameter(value, requires_grad=old.requires_grad)
+    for name in names:
+        setattr(*_owner(root, name), value)
 
 
 def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove") -> fx.GraphModule:
@@ -83,6 +95,8 @@ def _rewrite_calls(new: fx.GraphModule, graph: Graph, rewrite: Rewrite) -> None:
                 _set_arg(fxn, node.attrs.get("groups_arg", 6), "groups", upd["groups"])
         elif node.op == "linear" and isinstance(m, nn.Linear):
             m.out_features, m.in_features = m.weight.shape
+        elif node.op == "gather" and isinstance(m, nn.Embedding):
+            m.num_embeddings, m.embedding_dim = m.weight.shape
         elif node.op in ("batchnorm", "instancenorm") and m is not None:
             channels = rewrite.new_shapes[node.inputs[0]][1]
             if isinstance(m, nn.PReLU):
@@ -96,6 +110,8 @@ def _rewrite_calls(new: fx.GraphModule, graph: Graph, rewrite: Rewrite) -> None:
             _rewrite_pad(fxn, node, upd["pads"])
         elif node.op in ("reshape", "expand") and "target" in upd:
             _rewrite_view(fxn, upd["target"])
+        elif node.op == "reduce" and "scale" in upd:
+            _scale_output(new.graph, fxn, upd["scale"])
         elif node.op == "split" and "sizes" in upd and node.attrs.get("aten"):
             fxn.target = torch.ops.aten.split_with_sizes.default
             fxn.args, fxn.kwargs = (fxn.args[0], list(upd["sizes"]), node.attrs["axis"]), {}
@@ -121,20 +137,30 @@ def _rewrite_calls(new: fx.GraphModule, graph: Graph, rewrite: Rewrite) -> None:
             fxn.args = (fxn.args[0], tuple(idx))
 
 
+def _scale_output(graph: fx.Graph, fxn: fx.Node, scale: float) -> None:
+    """Every reader of ``fxn`` reads its result times ``scale`` (a mean that keeps its original
+    divisor after its axis lost channels)."""
+    users = list(fxn.users)
+    aten = isinstance(fxn.target, torch._ops.OpOverload)
+    with graph.inserting_after(fxn):
+        mul = graph.call_function(torch.ops.aten.mul.Tensor if aten else operator.mul,
+                                  (fxn, scale))
+    mul.meta.update({k: v for k, v in fxn.meta.items() if k in ("val", "tensor_meta")})
+    for u in users:
+        u.replace_input_with(fxn, mul)
+
+
 def _sliced_memo(gm: fx.GraphModule, graph: Graph, keep: dict) -> dict:
     """A deepcopy memo that maps every tensor about to be replaced by a slice of itself to the
     tensor itself: the copy then does not clone what it drops a moment later (ResNet-50: a
-    100 MB copy). Only tensors whose every name is sliced along some axis are left out: a slice
-    is a new tensor, so the copy shares no storage with ``gm`` in the end."""
+    100 MB copy). Only tensors sliced along some axis are left out: a slice is a new tensor set
+    under every name of the tensor, so the copy shares no storage with ``gm`` in the end."""
     sliced = {name for name, axes in keep.items()
               if axes and graph.tensors[name].kind == PARAM}
-    names: dict[int, list[str]] = {}
-    tensors = {}
-    for name, t in [*gm.named_parameters(remove_duplicate=False),
-                    *gm.named_buffers(remove_duplicate=False)]:
-        names.setdefault(id(t), []).append(name)
-        tensors[id(t)] = t
-    return {i: tensors[i] for i, ns in names.items() if all(n in sliced for n in ns)}
+    tensors = {id(t): t for _, t in [*gm.named_parameters(remove_duplicate=False),
+                                      *gm.named_buffers(remove_duplicate=False)]}
+    # a tensor sliced under one name is replaced under all (``_set``)
+    return {i: tensors[i] for i, ns in _tensor_names(gm).items() if any(n in sliced for n in ns)}
 
 
 def _set_arg(fxn: fx.Node, pos: int, name: str, value) -> None:

@@ -39,6 +39,16 @@ def _reshape_target(g: gs.Graph, gn: gs.Node, target: list, at: int = 1) -> gs.T
     return out
 
 
+def _scale_output(g: gs.Graph, gn: gs.Node, scale: float) -> None:
+    """``gn``'s output becomes its result times ``scale`` (a Mul appended; a mean that keeps its
+    original divisor after its axis lost channels)."""
+    out = gn.outputs[0]
+    mid = gs.Variable(f"{out.name}__idapgraph_unscaled", dtype=out.dtype)
+    gn.outputs[0] = mid
+    c = gs.Constant(f"{out.name}__idapgraph_scale", np.asarray(scale, dtype=_np_dtype(out)))
+    g.nodes.append(gs.Node("Mul", f"{gn.name}__idapgraph_scale", {}, [mid, c], [out]))
+
+
 def _rewrite_pad(gn: gs.Node, node, pads: list) -> None:
     """New canonical pads (begins then ends over every axis) as the Pad node holds them: an
     attribute before opset 11, input 1 since, over just the ``axes`` input's axes if it has one."""
@@ -106,6 +116,8 @@ def _emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str) -> 
                 _rewrite_pad(gn, node, upd["pads"])
             elif node.op in ("reshape", "expand"):
                 gn.inputs[1] = _reshape_target(g, gn, upd["target"])
+            elif node.op == "reduce" and "scale" in upd:
+                _scale_output(g, gn, upd["scale"])
             elif node.op == "pool" and "sizes" in upd:  # Resize: sizes are input 3
                 gn.inputs[3] = _reshape_target(g, gn, upd["sizes"], at=3)
             elif node.op == "index" and "slice_axes" in node.attrs:  # Gather needs no rewrite

@@ -64,6 +64,21 @@ _POOL_FUNCS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool
                F.interpolate, F.max_pool3d, F.avg_pool3d}
 _REDUCE = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
+# dtype casts (f(0) = 0: a channel zeroed before stays zero after; see ir.ops.zero_where_removed)
+_CAST_METHODS = {"float", "half", "double", "to", "type_as", "bfloat16"}
+_ATEN_CASTS = {"to", "_to_copy", "type_as"}
+
+
+def _elementwise_fn(node: fx.Node, is_add: bool, is_pow: bool, is_mul: bool) -> dict:
+    """The ``fn`` attribute of an elementwise node the rules read: ``add`` (residual adds; not
+    with an ``alpha``), ``square`` (``x ** 2``, ``x * x``: RMSNorm's mean of squares)."""
+    if is_add:
+        return {"fn": "add"} if "alpha" not in node.kwargs else {}
+    args = node.args
+    if (is_pow and len(args) == 2 and not isinstance(args[1], bool) and args[1] == 2) or (
+            is_mul and len(args) == 2 and isinstance(args[0], fx.Node) and args[0] is args[1]):
+        return {"fn": "square"}
+    return {}
 
 
 def _module_pad_fill(m: nn.Module) -> tuple:
@@ -216,6 +231,8 @@ class _Builder:
         elif isinstance(m, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
             self.add(node, "layernorm", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
                      {"axis": -len(m.normalized_shape)})
+        elif isinstance(m, nn.Embedding) and m.max_norm is None:  # a lookup: table rows by index
+            self.add(node, "gather", [self.module_param(t, "weight"), x], {"axis": 0})
         elif isinstance(m, nn.PReLU) and m.num_parameters > 1:  # per-channel slope, like a BN scale
             self.add(node, "batchnorm", [x, self.module_param(t, "weight")])
         elif isinstance(m, _UNARY_MODULES):
@@ -293,10 +310,14 @@ class _Builder:
         """Elementwise and unary ops, concatenation, pooling and padding (False: not mapped)."""
         if (f in _ELEMENTWISE_FUNCS) or (name in _ELEMENTWISE_METHODS):
             is_add = f in (operator.add, torch.add) or name in ("add", "add_")
+            is_pow = f in (operator.pow, torch.pow) or name == "pow"
             return self._added(node, "elementwise", self.tensor_inputs(node),
-                               {"fn": "add"} if is_add and "alpha" not in node.kwargs else {})
+                               _elementwise_fn(node, is_add, is_pow, f is operator.mul
+                                               or f is torch.mul or name == "mul"))
         if f in _UNARY_FUNCS or name in _UNARY_METHODS or _is_stochastic_depth(f):
-            return self._added(node, "unary", [x], dict(IDENTITY) if _is_stochastic_depth(f) else {})
+            attrs = dict(IDENTITY) if _is_stochastic_depth(f) else (
+                {"fn": "cast"} if name in _CAST_METHODS else {})
+            return self._added(node, "unary", [x], attrs)
         if f in (torch.cat, torch.concat):
             xs = [self.ref(a) for a in _arg(node, 0, "tensors")]
             return self._added(node, "concat", xs, {"axis": _arg(node, 1, "dim", 0)})
@@ -348,7 +369,8 @@ class _Builder:
             keep = bool(_arg(node, 2, "keepdim", False))
             if dim is None or isinstance(dim, int) or all(isinstance(d, int) for d in dim):
                 axes = None if dim is None else ([dim] if isinstance(dim, int) else list(dim))
-                return self._added(node, "reduce", [x], {"axes": axes, "keepdims": keep})
+                return self._added(node, "reduce", [x], {"axes": axes, "keepdims": keep,
+                                                         "fn": _REDUCE.get(f, name)})
         if f in (F.softmax, torch.softmax, F.log_softmax) or name in ("softmax", "log_softmax"):
             return self._added(node, "softmax", [x], {"axis": _arg(node, 1, "dim", -1)})
         return False
@@ -427,11 +449,10 @@ class _Builder:
     def _aten_pointwise(self, node: fx.Node, name: str, x: str | None, meta) -> bool:
         """ATen elementwise and unary ops, padding and pooling (False: not mapped)."""
         if name in _ATEN_ELEMENTWISE:
-            is_add = name in ("add", "add_") and "alpha" not in node.kwargs
-            return self._added(node, "elementwise", self.tensor_inputs(node),
-                               {"fn": "add"} if is_add else {})
+            return self._added(node, "elementwise", self.tensor_inputs(node), _elementwise_fn(
+                node, name in ("add", "add_"), name == "pow", name in ("mul", "mul_")))
         if name in _ATEN_UNARY:
-            return self._added(node, "unary", [x])
+            return self._added(node, "unary", [x], {"fn": "cast"} if name in _ATEN_CASTS else {})
         if name in _ATEN_PADS:
             self.pad(node, x, node.args[1] if len(node.args) > 1 else None, _aten_pad_fill(node, name))
             return True
@@ -463,6 +484,10 @@ class _Builder:
                     "groups": groups, "groups_arg": gpos,
                     **_geometry(_arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0),
                                 _arg(node, 5, "dilation", 1))})
+        if name == "embedding":  # aten.embedding(weight, indices, ...): table rows by index
+            w = self.ref(node.args[0])
+            if w is not None and self.g.tensors[w].kind == PARAM:
+                return self._added(node, "gather", [w, self.ref(node.args[1])], {"axis": 0})
         if name == "layer_norm":
             return self._added(node, "layernorm", [x, self.ref(_arg(node, 2, "weight")),
                                                    self.ref(_arg(node, 3, "bias"))],
@@ -504,7 +529,7 @@ class _Builder:
         if name in ("mean", "sum", "amax"):
             dim = _arg(node, 1, "dim")
             return self._added(node, "reduce", [x], {
-                "axes": dim, "keepdims": bool(_arg(node, 2, "keepdim", False))})
+                "axes": dim, "keepdims": bool(_arg(node, 2, "keepdim", False)), "fn": name})
         return False
 
     def _aten_split_index(self, node: fx.Node, name: str, x: str | None, meta) -> bool:

@@ -1,7 +1,8 @@
 """ONNX frontend: onnx-graphsurgeon graph + ONNX shape inference -> IR.
 
 The model is first *normalised* (local functions inlined, ``Constant`` nodes turned into
-initializers, dead nodes removed) and shape-inferred; the emitter re-imports the same normalised
+initializers, dead nodes removed, export idioms that hide channels rewritten exactly:
+:mod:`.onnx_peephole`) and shape-inferred; the emitter re-imports the same normalised
 model, so IR nodes refer to graphsurgeon nodes by their position.
 """
 
@@ -20,7 +21,7 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError
 from ..ir.graph import ACTIVATION, META, PARAM, Graph, Node, Tensor
 from ..ir.ops import IDENTITY
-from . import onnx_external, onnx_light
+from . import onnx_external, onnx_light, onnx_peephole
 
 _UNARY = {
     "Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -33,8 +34,9 @@ _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", 
                 "PRelu", "BitwiseAnd", "BitwiseOr"}
 _POOL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize",
          "Upsample", "GlobalLpPool"}
-_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
-           "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare"}
+_REDUCE = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "amax", "ReduceMin": "amin",
+           "ReduceProd": "prod", "ReduceL1": "l1", "ReduceL2": "l2", "ReduceLogSumExp": "logsumexp",
+           "ReduceSumSquare": "sumsq"}  # op -> the reduce node's ``fn``
 _META_SOURCES = {"Shape", "Size"}
 _FLOAT = {"float16", "bfloat16", "float32", "float64"}  # numpy dtype names (bfloat16: ml_dtypes)
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
@@ -127,6 +129,8 @@ def _normalize(model: onnx.ModelProto, notes: list[str] | None = None) -> onnx.M
     _untie_small_constants(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
     graph = _fold_rounds(graph, model, notes)
+    if onnx_peephole.fuse_swapped_last_axes(graph):
+        graph.cleanup(remove_unused_graph_inputs=False)
     used: set[str] = set()
     for i, node in enumerate(graph.nodes):  # unique, stable node names for plans and healing
         if not node.name or node.name in used:
@@ -450,6 +454,18 @@ def _const(t: gs.Tensor) -> np.ndarray | None:
     return np.asarray(t.values) if isinstance(t, gs.Constant) else None
 
 
+def _elementwise_fn(op: str, ins: list) -> dict:
+    """The ``fn`` attribute of an elementwise node the rules read: ``add``, or ``square``
+    (``Pow(x, 2)``, ``Mul(x, x)``: RMSNorm's mean of squares)."""
+    if op == "Add":
+        return {"fn": "add"}
+    exponent = _const(ins[1]) if op == "Pow" and len(ins) == 2 else None
+    if (exponent is not None and exponent.size == 1 and float(exponent.ravel()[0]) == 2.0) or (
+            op == "Mul" and len(ins) == 2 and ins[0] is ins[1]):
+        return {"fn": "square"}
+    return {}
+
+
 def _shape_target(t: gs.Tensor) -> list | None:
     """A Reshape's target: its constant values, or — for a target concatenated at run time from
     pieces such as ``Shape(x)[0]`` and constants, as exports with dynamic axes write it — the
@@ -611,11 +627,12 @@ class _Builder:
         """Elementwise (several inputs) and unary ops, else None."""
         op = n.op
         if op in _ELEMENTWISE:
-            return "elementwise", data, {"fn": "add"} if op == "Add" else {}
+            return "elementwise", data, _elementwise_fn(op, ins)
         if op in _UNARY:
             if op == "Dropout" and len([t for t in n.outputs if t.name]) > 1:
                 return "unknown", data, {"reason": "Dropout with a mask output"}
-            return "unary", [ins[0]], dict(IDENTITY) if op in ("Identity", "Dropout") else {}
+            return "unary", [ins[0]], dict(IDENTITY) if op in ("Identity", "Dropout") else (
+                {"fn": "cast"} if op == "Cast" else {})
         return None
 
     def _canon_norm(self, n: gs.Node, ins: list, data: list) -> _Canon | None:
@@ -653,7 +670,8 @@ class _Builder:
                 axes = [int(x) for x in v.ravel()]
             if axes is None and a.get("noop_with_empty_axes", 0):
                 return "unary", [ins[0]], {}
-            return "reduce", [ins[0]], {"axes": axes, "keepdims": bool(a.get("keepdims", 1))}
+            return "reduce", [ins[0]], {"axes": axes, "keepdims": bool(a.get("keepdims", 1)),
+                                        "fn": _REDUCE[op]}
         if op in ("Softmax", "LogSoftmax"):
             if self.opset < 13:
                 return "unknown", data, {"reason": f"{op} before opset 13 flattens its input"}
@@ -682,9 +700,8 @@ class _Builder:
             if perm is None:
                 return "unknown", data, {"reason": "Transpose of unknown rank"}
             return "transpose", [ins[0]], {"perm": [int(p) for p in perm]}
-        if op == "Expand":
-            v = _const(ins[1])
-            return "expand", [ins[0]], {"target": None if v is None else [int(x) for x in v.ravel()]}
+        if op == "Expand":  # a target concatenated at run time: its constant pieces are known
+            return "expand", [ins[0]], {"target": _shape_target(ins[1])}
         if op == "Gather" and ins[0].shape is not None and isinstance(ins[1], gs.Constant) \
                 and len(ins[1].shape) == 0:
             r = len(ins[0].shape)
@@ -694,6 +711,9 @@ class _Builder:
         if op == "Gather" and ins[0].shape is not None and len(ins[0].shape) >= 2 \
                 and isinstance(ins[1], gs.Constant) and ins[1].shape is not None and len(data) == 2:
             return "gather", data, {"axis": a.get("axis", 0) % len(ins[0].shape)}  # a bias table
+        if op == "Gather" and isinstance(ins[0], gs.Constant) and len(ins[0].shape) >= 2 \
+                and not isinstance(ins[1], gs.Constant) and len(data) == 2:
+            return "gather", data, {"axis": a.get("axis", 0) % len(ins[0].shape)}  # an embedding
         return None
 
     def _pad(self, n: gs.Node):

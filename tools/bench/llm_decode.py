@@ -2,8 +2,9 @@
 
 The fx module idapgraph emits has no cache (it is ``input_ids -> logits``), so its weights are
 put back into a copy of the transformers model, which has one: every ``nn.Linear`` the emitted
-module holds (parameter names ``model.<transformers name>``) replaces the copy's, and the
-decoder layers the plan bypassed are dropped. Heads go by whole key/value groups, so the copy's
+module holds (parameter names ``model.<transformers name>``) replaces the copy's, so do the
+tied embedding and the RMSNorm weights (rescaled where the hidden width lost channels), and
+the decoder layers the plan bypassed are dropped. Heads go by whole key/value groups, so the copy's
 ``num_key_value_groups`` still holds; a removed layer's mean output (mean substitution) is
 added by a hook where the layer was. The copy is used only after its logits match the
 emitted module's on a calibration window (else the row gets no decode figure). Timed: one
@@ -26,7 +27,8 @@ def hf_copy(hf, gm, bypass=()):
     decoder layers the plan bypassed (``bypass``: its ``layerN`` block keys)."""
     import torch
 
-    params = {n[len(PREFIX):]: p for n, p in gm.named_parameters() if n.startswith(PREFIX)}
+    params = {n[len(PREFIX):]: p for n, p in gm.named_parameters(remove_duplicate=False)
+              if n.startswith(PREFIX)}
     new = copy.deepcopy(hf)
     for name, mod in list(new.named_modules()):
         if isinstance(mod, torch.nn.Linear) and f"{name}.weight" in params:
@@ -37,6 +39,13 @@ def hf_copy(hf, gm, bypass=()):
                 lin.bias = torch.nn.Parameter(b.detach().clone())
             parent, _, leaf = name.rpartition(".")
             setattr(new.get_submodule(parent), leaf, lin)
+        elif hasattr(mod, "variance_epsilon") and f"{name}.weight" in params:
+            _rms_norm(mod, params[f"{name}.weight"])
+    # torch.export keeps a tied weight under one name (the LM head's)
+    table = params.get("model.embed_tokens.weight", params["lm_head.weight"]).detach().clone()
+    new.model.embed_tokens = torch.nn.Embedding.from_pretrained(table, freeze=False)
+    if new.config.tie_word_embeddings:
+        new.lm_head.weight = new.model.embed_tokens.weight
     layers = new.model.layers
     drop = {int(k[len("layer"):]) for k in bypass if k.startswith("layer")}
     kept = [i for i in range(len(layers)) if i not in drop]
@@ -48,6 +57,17 @@ def hf_copy(hf, gm, bypass=()):
     if getattr(new.config, "layer_types", None):
         new.config.layer_types = [new.config.layer_types[i] for i in kept]
     return new.eval()
+
+
+def _rms_norm(norm, weight) -> None:
+    """``norm`` (transformers' RMSNorm over n channels) given the emitted module's ``weight`` of
+    n' channels: the emitted mean of squares keeps the divisor n (sum / n), transformers divides
+    by n', so eps' = eps * n / n' and w' = w * sqrt(n / n') give the same output."""
+    import torch
+
+    n, n_new = norm.weight.shape[0], weight.shape[0]
+    norm.weight = torch.nn.Parameter(weight.detach().clone() * (n / n_new) ** 0.5)
+    norm.variance_epsilon = norm.variance_epsilon * n / n_new
 
 
 def _substitute(new, gm, kept: list[int]) -> None:
@@ -68,12 +88,16 @@ def _substitute(new, gm, kept: list[int]) -> None:
 
 
 def matches(hf, gm, ids) -> bool:
-    """The copy computes what the emitted module does on ``ids`` ((1, n) int64 tensor)."""
+    """The copy computes what the emitted module does on ``ids`` ((1, n) int64 tensor); a copy
+    that does not run (a layer of the original width left in it) does not."""
     import torch
 
     with torch.no_grad():
         a = gm(ids).numpy().astype(np.float64)
-        b = hf(input_ids=ids, use_cache=False).logits.numpy().astype(np.float64)
+        try:
+            b = hf(input_ids=ids, use_cache=False).logits.numpy().astype(np.float64)
+        except RuntimeError:
+            return False
     return a.shape == b.shape and float(np.abs(a - b).max() / np.abs(a).max()) < MATCH
 
 
