@@ -33,12 +33,18 @@ def _tensor_names(root: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def _set(root: nn.Module, qualname: str, value: torch.Tensor) -> None:
-    """Replace the tensor named ``qualname`` under every name it has: a tied weight stays one
-    tensor (no stale full-size copy is left under its other name)."""
+def _aliases(root: nn.Module) -> dict[str, list[str]]:
+    """Name -> every name of the same tensor in ``root`` (taken once, before any replacement)."""
+    return {n: names for names in _tensor_names(root).values() for n in names}
+
+
+def _set(root: nn.Module, qualname: str, value: torch.Tensor,
+         aliases: dict[str, list[str]]) -> None:
+    """Replace the tensor named ``qualname`` under every name it has (``aliases``): a tied
+    weight stays one tensor (no stale full-size copy is left under its other name)."""
     mod, attr = _owner(root, qualname)
     old = getattr(mod, attr)
-    names = _tensor_names(root).get(id(old), [qualname])
+    names = aliases.get(qualname, [qualname])
     if isinstance(old, nn.Parameter):
         value = nn.Parameter(value, requires_grad=old.requires_grad)
     for name in names:
@@ -54,6 +60,7 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
     """
     table = rewrite.keep if mode == "remove" else rewrite.removed
     new = copy.deepcopy(gm, _sliced_memo(gm, graph, table) if mode == "remove" else None)
+    aliases = _aliases(new)
     with torch.no_grad():
         for name, axes in table.items():
             if graph.tensors[name].kind != PARAM:
@@ -68,7 +75,7 @@ def emit(gm: fx.GraphModule, graph: Graph, rewrite: Rewrite, mode: str = "remove
                 v = v.clone()
                 for ax, idx in axes.items():
                     v.index_fill_(ax, torch.as_tensor(idx, dtype=torch.long, device=v.device), 0)
-            _set(new, name, v)
+            _set(new, name, v, aliases)
     if mode != "remove":
         return new
     _rewrite_calls(new, graph, rewrite)
@@ -225,6 +232,7 @@ def apply_params(gm: fx.GraphModule, updates: dict, new_bias: dict) -> None:
     """:func:`set_params` on ``gm`` itself: a value of unchanged shape is written into the
     existing tensor, so a ``get_attr`` already evaluated (torch.export graphs read every
     parameter up front) sees it too."""
+    aliases = _aliases(gm)
     with torch.no_grad():
         for name, value in updates.items():
             mod, attr = _owner(gm, name)
@@ -233,7 +241,7 @@ def apply_params(gm: fx.GraphModule, updates: dict, new_bias: dict) -> None:
             if new.shape == old.shape:
                 old.copy_(new)
             else:
-                _set(gm, name, new)
+                _set(gm, name, new, aliases)
         nodes = {n.name: n for n in gm.graph.nodes}
         for node_name, value in new_bias.items():
             m = gm.get_submodule(nodes[node_name].target)

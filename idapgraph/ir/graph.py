@@ -126,6 +126,11 @@ class Graph:
     def shape(self, name: str) -> tuple[Dim, ...] | None:
         return self.tensors[name].shape
 
+    def producer(self, name: str) -> Node | None:
+        """The node that writes tensor ``name`` (None for inputs and stored tensors)."""
+        p = self.tensors[name].producer
+        return self.nodes[p] if p else None
+
     def run_shape(self, name: str) -> tuple[Dim, ...] | None:
         """The shape with ``None`` on every axis whose size varies at run time (what a stored
         constant of the tensor's shape may not assume)."""

@@ -355,8 +355,7 @@ def _reduced_axes(node: Node, rank: int) -> set[int]:
 def _zero_rule(graph: Graph, t: str) -> tuple[list[str], bool]:
     """(tensors ``t``'s verdict also needs, whether its producer keeps zeroed channels zero) for
     :func:`zero_where_removed`."""
-    info = graph.tensors[t]
-    node = graph.nodes[info.producer] if info.producer else None
+    info, node = graph.tensors[t], graph.producer(t)
     if node is None:
         return [], False
     if node.op == "linear":  # its output rows (and bias) are what zeroing zeroes
@@ -406,8 +405,7 @@ def _sums_zeros(node: Node, rel: Relations) -> bool:
     if _reduced_axes(node, rel.rank(x)) != {rel.rank(x) - 1}:
         return False
     if fn in ("sum", "mean"):
-        info = rel.graph.tensors[x]
-        sq = rel.graph.nodes[info.producer] if info.producer else None
+        sq = rel.graph.producer(x)
         if sq is None or sq.op != "elementwise" or sq.attrs.get("fn") != "square":
             return False
         x = sq.present_inputs()[0]

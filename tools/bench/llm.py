@@ -167,7 +167,7 @@ def kinds() -> set[str]:
     return got
 
 
-def _torch_rows(b: _Bench, quick: bool) -> dict:
+def _torch_rows(b: _Bench, quick: bool, want: set[str]) -> dict:
     import idapgraph
 
     def compress(calib=None, **kw):
@@ -175,7 +175,7 @@ def _torch_rows(b: _Bench, quick: bool) -> dict:
 
     runner = b.s.torch_runner
     b.original("torch", b.model, runner)
-    found, want = {}, kinds()
+    found = {}
     widths = ((0.8,) if quick else (0.8, 0.7)) if "width" in want else ()
     for keep in widths:  # width first: the rows the goal is about
         found[("measured", keep)] = b.row(
@@ -220,8 +220,9 @@ def run(quick: bool, out: Path) -> Section:
     common.setup(threads=2)
     t0 = time.time()
     b = _Bench(quick)
-    _torch_rows(b, quick)
-    if "onnx" in kinds():
+    want = kinds()
+    _torch_rows(b, quick, want)
+    if "onnx" in want:
         _onnx_rows(b, quick)
     sec = Section("SmolLM2-135M on WikiText-2: layers and width removed, training-free")
     sec.blocks.append(__doc__.split("\n\n", 2)[2].strip())
