@@ -119,6 +119,13 @@ def _rewrite_calls(new: fx.GraphModule, graph: Graph, rewrite: Rewrite) -> None:
             _rewrite_view(fxn, upd["target"])
         elif node.op == "reduce" and "scale" in upd:
             _scale_output(new.graph, fxn, upd["scale"])
+        elif node.op == "layernorm" and "scale" in upd:  # a fused RMSNorm's width
+            if m is not None:
+                m.normalized_shape, m.eps = tuple(upd["normalized"]), upd["eps"]
+            else:  # F.rms_norm / aten.rms_norm(x, normalized_shape, weight, eps)
+                _set_arg(fxn, 1, "normalized_shape", list(upd["normalized"]))
+                _set_arg(fxn, 3, "eps", upd["eps"])
+            _scale_output(new.graph, fxn, upd["scale"])
         elif node.op == "split" and "sizes" in upd and node.attrs.get("aten"):
             fxn.target = torch.ops.aten.split_with_sizes.default
             fxn.args, fxn.kwargs = (fxn.args[0], list(upd["sizes"]), node.attrs["axis"]), {}
@@ -145,8 +152,8 @@ def _rewrite_calls(new: fx.GraphModule, graph: Graph, rewrite: Rewrite) -> None:
 
 
 def _scale_output(graph: fx.Graph, fxn: fx.Node, scale: float) -> None:
-    """Every reader of ``fxn`` reads its result times ``scale`` (a mean that keeps its original
-    divisor after its axis lost channels)."""
+    """Every reader of ``fxn`` reads its result times ``scale`` (a mean or an RMSNorm that
+    keeps its original divisor after its axis lost channels)."""
     users = list(fxn.users)
     aten = isinstance(fxn.target, torch._ops.OpOverload)
     with graph.inserting_after(fxn):

@@ -40,8 +40,8 @@ def _reshape_target(g: gs.Graph, gn: gs.Node, target: list, at: int = 1) -> gs.T
 
 
 def _scale_output(g: gs.Graph, gn: gs.Node, scale: float) -> None:
-    """``gn``'s output becomes its result times ``scale`` (a Mul appended; a mean that keeps its
-    original divisor after its axis lost channels)."""
+    """``gn``'s output becomes its result times ``scale`` (a Mul appended; a mean or an RMSNorm
+    that keeps its original divisor after its axis lost channels)."""
     out = gn.outputs[0]
     mid = gs.Variable(f"{out.name}__idapgraph_unscaled", dtype=out.dtype)
     gn.outputs[0] = mid
@@ -117,6 +117,9 @@ def _emit(model: onnx.ModelProto, graph: Graph, rewrite: Rewrite, mode: str) -> 
             elif node.op in ("reshape", "expand"):
                 gn.inputs[1] = _reshape_target(g, gn, upd["target"])
             elif node.op == "reduce" and "scale" in upd:
+                _scale_output(g, gn, upd["scale"])
+            elif node.op == "layernorm" and "scale" in upd:  # RMSNormalization's width
+                gn.attrs["epsilon"] = float(upd["eps"])
                 _scale_output(g, gn, upd["scale"])
             elif node.op == "pool" and "sizes" in upd:  # Resize: sizes are input 3
                 gn.inputs[3] = _reshape_target(g, gn, upd["sizes"], at=3)

@@ -54,6 +54,7 @@ _UNARY_FUNCS = {
 _UNARY_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "float",
                   "half", "double", "to", "type_as", "detach", "exp", "neg", "clamp", "clamp_",
                   "sqrt", "rsqrt", "abs", "hardtanh_", "erf", "bfloat16"}
+_RMSNorm = getattr(nn, "RMSNorm", ())  # nn.RMSNorm (torch >= 2.4); () matches nothing
 _PAD_MODULES = tuple(getattr(nn, f"{kind}Pad{d}d") for kind in
                      ("Zero", "Constant", "Reflection", "Replication") for d in (1, 2, 3)
                      if hasattr(nn, f"{kind}Pad{d}d"))
@@ -228,9 +229,12 @@ class _Builder:
         elif isinstance(m, nn.GroupNorm):
             self.add(node, "groupnorm", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
                      {"groups": m.num_groups})
-        elif isinstance(m, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
+        elif isinstance(m, nn.LayerNorm):
             self.add(node, "layernorm", [x, self.module_param(t, "weight"), self.module_param(t, "bias")],
                      {"axis": -len(m.normalized_shape)})
+        elif isinstance(m, _RMSNorm):
+            self.add(node, "layernorm", [x, self.module_param(t, "weight"), None],
+                     self._rms_attrs(x, m.normalized_shape, m.eps))
         elif isinstance(m, nn.Embedding) and m.max_norm is None:  # a lookup: table rows by index
             self.add(node, "gather", [self.module_param(t, "weight"), x], {"axis": 0})
         elif isinstance(m, nn.PReLU) and m.num_parameters > 1:  # per-channel slope, like a BN scale
@@ -298,6 +302,20 @@ class _Builder:
             if family(node, f, name, x, meta, is_method):
                 return None
         self.add(node, "unknown", self.tensor_inputs(node))
+
+    def _rms_attrs(self, x: str, normalized_shape, eps) -> dict:
+        """A fused RMSNorm's attributes: ``fn: rms`` and its eps (torch's default where None:
+        the machine epsilon of the input's dtype), which a width rewrite changes."""
+        if eps is None:
+            dtype = getattr(torch, self.g.tensors[x].dtype, torch.float32)
+            eps = torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps
+        return {"axis": -len(normalized_shape), "fn": "rms", "eps": float(eps)}
+
+    def _rms_norm(self, node: fx.Node, x: str) -> bool:
+        """``F.rms_norm`` / ``aten.rms_norm(x, normalized_shape, weight, eps)``."""
+        return self._added(node, "layernorm", [x, self.ref(_arg(node, 2, "weight")), None],
+                           self._rms_attrs(x, _arg(node, 1, "normalized_shape"),
+                                           _arg(node, 3, "eps")))
 
     def _added(self, node: fx.Node, op: str, inputs: list[str | None],
                attrs: dict | None = None) -> bool:
@@ -407,6 +425,8 @@ class _Builder:
             w, b = self.ref(_arg(node, 2, "weight")), self.ref(_arg(node, 3, "bias"))
             ns = _arg(node, 1, "normalized_shape")
             return self._added(node, "layernorm", [x, w, b], {"axis": -len(ns)})
+        if f is getattr(F, "rms_norm", None):
+            return self._rms_norm(node, x)
         return False
 
     def _torch_split_expand(self, node: fx.Node, f: Any, name: str | None, x: str | None, meta,
@@ -492,6 +512,8 @@ class _Builder:
             return self._added(node, "layernorm", [x, self.ref(_arg(node, 2, "weight")),
                                                    self.ref(_arg(node, 3, "bias"))],
                                {"axis": -len(node.args[1])})
+        if name == "rms_norm":
+            return self._rms_norm(node, x)
         if name == "batch_norm" or name == "_native_batch_norm_legit_no_training":
             eps = node.args[-1] if isinstance(node.args[-1], float) else 1e-5
             return self._added(node, "batchnorm",

