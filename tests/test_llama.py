@@ -8,6 +8,8 @@ the equivalence on trained weights."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -140,6 +142,66 @@ def test_onnx_route_symbolic_sequence():
     assert [tuple(t.dims) for t in pruned.graph.initializer if 1000 in t.dims] == [(1000, h)]
     r = idapgraph.compress(proto, flops=0.8, method="random", heal="none")
     assert r.report.flops_ratio <= 0.8 + 1e-9 and r.plan.remove
+
+
+class _DecodeStep(torch.nn.Module):
+    """One step with a KV cache as an ONNX model wants it: ``input_ids`` and each layer's past
+    keys and values in, the logits and the new keys and values out."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, past):
+        import transformers as tf
+
+        cache = tf.DynamicCache()
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        return (out.logits, *[t for layer in out.past_key_values.layers
+                              for t in (layer.keys, layer.values)])
+
+
+def test_kv_cache_export():
+    """The dynamo export of a decode step with the cache as model inputs (symbolic batch, new
+    and past lengths): the cache's key/value head axis is a model input, so heads stay frozen
+    for that reason (the head walk passes the concat of past and new keys), while the hidden
+    width and SwiGLU units are removed; removed equals zeroed at other cache lengths, the
+    full checker passes and compress runs with cached calibration inputs."""
+    model, args = build("hf_llama")
+    past = [torch.randn(2, 2, 5, HEAD) for _ in range(4)]
+    b, s, p = (torch.export.Dim(n) for n in ("batch", "sequence", "past"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(
+            _DecodeStep(model.model).eval(), (torch.cat([args[0][:, :3]] * 2), past),
+            dynamo=True, verbose=False, input_names=["input_ids", "k0", "v0", "k1", "v1"],
+            dynamic_shapes=({0: b, 1: s}, [{0: b, 2: p}] * 4)).model_proto
+    a = idapgraph.analyze(proto)
+    assert sorted(g.n_units for g in a.coupling.groups) == [192, 256, 256]
+    assert {f.reason for f in a.coupling.frozen} == {"model input"}
+    plan = idapgraph.Plan()
+    rng = np.random.default_rng(0)
+    for g in a.coupling.groups:
+        plan.remove[g.key] = sorted(rng.choice(g.n_units, g.n_units // 4, replace=False).tolist())
+        plan.units[g.key] = g.n_units
+    pruned = idapgraph.apply_plan(proto, plan)
+    onnx.checker.check_model(pruned, full_check=True)
+    zero = idapgraph.apply_plan(proto, plan, mode="zero")
+    for n, t, past_len in ((1, 1, 7), (3, 4, 2)):
+        feed = {"input_ids": rng.integers(0, 1000, (n, t))}
+        feed.update({k: rng.standard_normal((n, 2, past_len, HEAD), dtype=np.float32)
+                     for k in ("k0", "v0", "k1", "v1")})
+        got, want, ref = onnx_out(pruned, feed), onnx_out(zero, feed), onnx_out(proto, feed)
+        assert got[0].shape == (n, t, 1000) and got[1].shape == (n, 2, past_len + t, HEAD)
+        assert max(rel_err(w, g) for w, g in zip(want, got)) < 1e-4
+        assert rel_err(ref[0], want[0]) > 1e-3
+    cal = {"input_ids": rng.integers(0, 1000, (8, 4))}
+    cal.update({k: rng.standard_normal((8, 2, 6, HEAD), dtype=np.float32)
+                for k in ("k0", "v0", "k1", "v1")})
+    r = idapgraph.compress(proto, calib=cal, params=0.8)
+    assert r.report.reached and r.plan.remove
 
 
 def test_layer_bypass_equals_shorter_model():

@@ -93,22 +93,42 @@ def _width_plan(analysis, share: float = 0.25):
     return plan
 
 
-def test_rms_width_zero_then_remove_fx():
-    """fx (symbolic trace): the width group holds the table, every norm weight, the up
-    projections' input columns and the down projections' output rows; removed equals zeroed."""
-    model, args = _Decoder().eval(), (_ids(),)
-    a = idapgraph.analyze(model, args)
+def _zero_then_remove_torch(model, args, a, other=(3, 11)):
+    """(the module with a quarter of the width removed, the width left); it equals the
+    original with those channels zeroed (which differs from it) on ``args`` and on ids of
+    shape ``other``."""
     plan = _width_plan(a)
     assert plan is not None, [f.reason for f in a.coupling.frozen]
     pruned = idapgraph.apply_plan(model, plan, args)
     zero = idapgraph.apply_plan(model, plan, args, mode="zero")
-    for x in (args, (_ids((3, 11), seed=2),)):
+    for x in (args, (_ids(other, seed=2),)):
         got, want, ref = torch_out(pruned, x)[0], torch_out(zero, x)[0], torch_out(model, x)[0]
         assert got.shape == ref.shape and rel_err(want, got) < 1e-5
         assert rel_err(ref, want) > 1e-3  # zeroing changed the function
-    n = WIDTH - len(next(iter(plan.remove.values())))
+    return pruned, WIDTH - len(next(iter(plan.remove.values())))
+
+
+def test_rms_width_zero_then_remove_fx():
+    """fx (symbolic trace): the width group holds the table, every norm weight, the up
+    projections' input columns and the down projections' output rows; removed equals zeroed."""
+    model, args = _Decoder().eval(), (_ids(),)
+    pruned, n = _zero_then_remove_torch(model, args, idapgraph.analyze(model, args))
     assert tuple(pruned.get_parameter("embed.weight").shape) == (VOCAB, n)
     assert tuple(pruned.get_parameter("norms.0.weight").shape) == (n,)
+
+
+def _zero_then_remove_onnx(proto, args):
+    """(the model with a quarter of the width removed, the width left); it passes the full
+    checker and equals the original with those channels zeroed, which differs from it."""
+    plan = _width_plan(idapgraph.analyze(proto))
+    assert plan is not None
+    pruned = idapgraph.apply_plan(proto, plan)
+    onnx.checker.check_model(pruned, full_check=True)
+    feed = {pruned.graph.input[0].name: args[0].numpy()}
+    got = onnx_out(pruned, feed)[0]
+    want = onnx_out(idapgraph.apply_plan(proto, plan, mode="zero"), feed)[0]
+    assert rel_err(want, got) < 1e-5 and rel_err(onnx_out(proto, feed)[0], want) > 1e-3
+    return pruned, WIDTH - len(next(iter(plan.remove.values())))
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
@@ -117,17 +137,7 @@ def test_rms_width_zero_then_remove_onnx(dynamo):
     zeroed, and every stored copy of the table (an exporter may store the head's transposed)
     loses the same columns."""
     model, args = _Decoder().eval(), (_ids(),)
-    proto = export_onnx(model, args, dynamo=dynamo)
-    a = idapgraph.analyze(proto)
-    plan = _width_plan(a)
-    assert plan is not None, [f.reason for f in a.coupling.frozen]
-    pruned = idapgraph.apply_plan(proto, plan)
-    onnx.checker.check_model(pruned, full_check=True)
-    feed = {pruned.graph.input[0].name: args[0].numpy()}
-    got = onnx_out(pruned, feed)[0]
-    want = onnx_out(idapgraph.apply_plan(proto, plan, mode="zero"), feed)[0]
-    assert rel_err(want, got) < 1e-5 and rel_err(onnx_out(proto, feed)[0], want) > 1e-3
-    n = WIDTH - len(next(iter(plan.remove.values())))
+    pruned, n = _zero_then_remove_onnx(export_onnx(model, args, dynamo=dynamo), args)
     tables = [tuple(t.dims) for t in pruned.graph.initializer if VOCAB in t.dims]
     assert tables and set(tables) <= {(VOCAB, n), (n, VOCAB)}  # no full-width copy left
 
@@ -140,18 +150,6 @@ def test_width_stays_whole_where_zeros_are_not_proven(kind):
     a = idapgraph.analyze(model.eval(), (_ids(),))
     assert _width_plan(a) is None
     assert any(f.channels == WIDTH and "reduced over" in f.reason for f in a.coupling.frozen)
-
-
-def _zero_then_remove_torch(model, args, a, other=(3, 11)):
-    plan = _width_plan(a)
-    assert plan is not None, [f.reason for f in a.coupling.frozen]
-    pruned = idapgraph.apply_plan(model, plan, args)
-    zero = idapgraph.apply_plan(model, plan, args, mode="zero")
-    for x in (args, (_ids(other, seed=2),)):
-        got, want, ref = torch_out(pruned, x)[0], torch_out(zero, x)[0], torch_out(model, x)[0]
-        assert got.shape == ref.shape and rel_err(want, got) < 1e-5
-        assert rel_err(ref, want) > 1e-3
-    return pruned, WIDTH - len(next(iter(plan.remove.values())))
 
 
 @pytest.mark.parametrize("fused", ["module", "default_eps", "functional"])
@@ -178,18 +176,9 @@ def test_fused_rms_width_zero_then_remove_onnx():
     model, args = _Decoder(fused="module").eval(), (_ids(),)
     proto = export_onnx(model, args, dynamo=True, opset_version=23)
     assert any(n.op_type == "RMSNormalization" for n in proto.graph.node)
-    a = idapgraph.analyze(proto)
-    plan = _width_plan(a)
-    assert plan is not None, [f.reason for f in a.coupling.frozen]
-    pruned = idapgraph.apply_plan(proto, plan)
-    onnx.checker.check_model(pruned, full_check=True)
-    feed = {pruned.graph.input[0].name: args[0].numpy()}
-    got = onnx_out(pruned, feed)[0]
-    want = onnx_out(idapgraph.apply_plan(proto, plan, mode="zero"), feed)[0]
-    assert rel_err(want, got) < 1e-5 and rel_err(onnx_out(proto, feed)[0], want) > 1e-3
+    pruned, n = _zero_then_remove_onnx(proto, args)
     eps = [a.f for n in pruned.graph.node if n.op_type == "RMSNormalization"
            for a in n.attribute if a.name == "epsilon"]
-    n = WIDTH - len(next(iter(plan.remove.values())))
     assert eps and all(abs(e - 1e-6 * WIDTH / n) < 1e-9 for e in eps)
 
 

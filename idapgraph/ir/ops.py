@@ -585,7 +585,8 @@ _HEAD_WALK_OPS = ("transpose", "unary", "elementwise")
 def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 12) -> set[int]:
     """Axes of ``tensor`` that reach a batch axis of an activation product (matmul, attention)
     through transposes, activations, elementwise ops, splits, unbinds, whole-axis slices,
-    expands of other axes and one-to-one reshapes (or merges it leads) only: attention heads.
+    concats along other axes, expands of other axes and one-to-one reshapes (or merges it
+    leads) only: attention heads.
 
     Walks consumers (``downstream``) or producers. Used to cut a hidden axis split into
     (heads, head size) at the heads, so that pruning removes whole heads.
@@ -599,62 +600,65 @@ def _head_axes(graph: Graph, tensor: str, downstream: bool, depth: int = 12) -> 
             continue
         seen.add((t, ax))
         info = graph.tensors[t]
-        rank = len(info.shape or ())
         nodes = info.consumers if downstream else ([info.producer] if info.producer else [])
         for name in nodes:
             node = graph.nodes[name]
             if node.op in ("matmul", "attention"):
-                if ax < rank - 2:
+                if ax < len(info.shape or ()) - 2:
                     found.add(origin)
                 continue
-            if node.op == "reshape":  # follow axes a reshape passes through one-to-one
-                src, dst = (node.inputs[0], node.outputs[0])[::1 if downstream else -1]
-                xs, ys = graph.shape(src), graph.shape(dst)
-                runs = _reshape_groups(tuple(xs), tuple(ys)) if xs and ys else None
-                for gi, gj in runs or ():
-                    # one-to-one, or the outer axis of a merge (grouped-query attention's
-                    # (key/value heads, copies) -> heads)
-                    if gi[:1] == [ax] and len(gj) == 1:
-                        todo.append((dst, gj[0], origin, d + 1))
-                continue
-            if node.op == "expand":  # axes an expand passes unchanged (repeat_kv)
-                src, dst = (node.inputs[0], node.outputs[0])[::1 if downstream else -1]
-                off = len(graph.shape(dst) or ()) - rank
-                if (graph.shape(dst) or ())[ax + off:ax + off + 1] == (info.shape[ax],) != (1,):
-                    todo.append((dst, ax + off, origin, d + 1))
-                continue
-            if node.op in ("split", "unbind"):  # q, k, v cut from one fused projection
-                axis = node.attrs["axis"] % len(graph.shape(node.inputs[0]) or (0,))
-                drop = int(node.op == "unbind")  # unbind's outputs lack the axis
-                if downstream and ax != axis:
-                    todo += [(o, ax - drop * (ax > axis), origin, d + 1) for o in node.outputs]
-                elif not downstream and (drop or ax != axis):
-                    todo.append((node.inputs[0], ax + drop * (ax >= axis), origin, d + 1))
-                continue
-            if node.op == "index":  # axes a slice passes whole (dynamo's unbind: Slice+Squeeze)
-                dst = node.outputs[0] if downstream else node.inputs[0]
-                xs = graph.shape(node.inputs[0]) or ()
-                for oy, e in enumerate(node.attrs["map"]):
-                    if e and tuple(e[1:]) == (0, xs[e[0]], 1) and (e[0] if downstream else oy) == ax:
-                        todo.append((dst, oy if downstream else e[0], origin, d + 1))
-                continue
-            if node.op not in _HEAD_WALK_OPS:
-                continue
-            if node.op == "transpose":
-                perm = list(node.attrs["perm"])
-                if downstream:
-                    todo.append((node.outputs[0], perm.index(ax), origin, d + 1))
-                else:
-                    todo.append((node.inputs[0], perm[ax], origin, d + 1))
-                continue
-            others = node.outputs if downstream else [
-                x for x in node.present_inputs() if graph.tensors[x].kind == ACTIVATION]
-            for o in others:
-                shift = len(graph.shape(o) or ()) - rank
-                if 0 <= ax + shift and (graph.shape(o) or ())[ax + shift:ax + shift + 1] == (
-                        info.shape[ax],):
-                    todo.append((o, ax + shift, origin, d + 1))
+            todo += [(o, oax, origin, d + 1)
+                     for o, oax in _head_steps(graph, node, t, ax, downstream)]
     return found
+
+
+def _head_steps(graph: Graph, node: Node, t: str, ax: int,
+                downstream: bool) -> list[tuple[str, int]]:
+    """The (tensor, axis) pairs one step of :func:`_head_axes` reaches from axis ``ax`` of
+    ``t`` through ``node`` (its consumer, or its producer going upstream)."""
+    shape = graph.shape(t) or ()
+    first = node.inputs[0] if node.inputs else None  # (a producer may have no inputs)
+    src, dst = (first, node.outputs[0]) if downstream else (node.outputs[0], first)
+    if node.op == "reshape":  # follow axes a reshape passes through one-to-one
+        xs, ys = graph.shape(src), graph.shape(dst)
+        runs = _reshape_groups(tuple(xs), tuple(ys)) if xs and ys else None
+        # one-to-one, or the outer axis of a merge (grouped-query attention's
+        # (key/value heads, copies) -> heads)
+        return [(dst, gj[0]) for gi, gj in runs or () if gi[:1] == [ax] and len(gj) == 1]
+    if node.op == "expand":  # axes an expand passes unchanged (repeat_kv)
+        off = len(graph.shape(dst) or ()) - len(shape)
+        ok = (graph.shape(dst) or ())[ax + off:ax + off + 1] == (shape[ax],) != (1,)
+        return [(dst, ax + off)] if ok else []
+    if node.op in ("split", "unbind"):  # q, k, v cut from one fused projection
+        axis = node.attrs["axis"] % len(graph.shape(node.inputs[0]) or (0,))
+        drop = int(node.op == "unbind")  # unbind's outputs lack the axis
+        if downstream and ax != axis:
+            return [(o, ax - drop * (ax > axis)) for o in node.outputs]
+        if not downstream and (drop or ax != axis):
+            return [(node.inputs[0], ax + drop * (ax >= axis))]
+        return []
+    if node.op == "index":  # axes a slice passes whole (dynamo's unbind: Slice+Squeeze)
+        xs = graph.shape(node.inputs[0]) or ()
+        return [(dst, oy if downstream else e[0]) for oy, e in enumerate(node.attrs["map"])
+                if e and tuple(e[1:]) == (0, xs[e[0]], 1) and (e[0] if downstream else oy) == ax]
+    if node.op == "concat":  # axes other than the joined one (a KV cache's past keys)
+        if ax == node.attrs["axis"] % len(graph.shape(node.outputs[0]) or (0,)):
+            return []
+        return [(o, ax) for o in (node.outputs if downstream else node.present_inputs())
+                if graph.tensors[o].kind == ACTIVATION]
+    if node.op not in _HEAD_WALK_OPS:
+        return []
+    if node.op == "transpose":
+        perm = list(node.attrs["perm"])
+        return [(dst, perm.index(ax) if downstream else perm[ax])]
+    others = node.outputs if downstream else [
+        x for x in node.present_inputs() if graph.tensors[x].kind == ACTIVATION]
+    steps = []
+    for o in others:
+        shift = len(graph.shape(o) or ()) - len(shape)
+        if 0 <= ax + shift and (graph.shape(o) or ())[ax + shift:ax + shift + 1] == (shape[ax],):
+            steps.append((o, ax + shift))
+    return steps
 
 
 def _carrier_pair(gi: list[int], xs: tuple, gj: list[int], ys: tuple,
@@ -970,8 +974,10 @@ def _rewrite_layernorm(node: Node, old: ShapeFn, new: ShapeFn, kept) -> dict[str
     """A fused RMSNorm whose axis went from n to n' (zero) channels: ``eps`` x n/n' and the
     output x sqrt(n/n') give the zeroed original's values (sqrt(S/n' + eps n/n') is
     sqrt(n/n') times sqrt(S/n + eps) for the same sum of squares S)."""
+    if node.attrs.get("fn") != "rms":
+        return {}
     n, m = old(node.inputs[0])[-1], new(node.inputs[0])[-1]
-    if node.attrs.get("fn") != "rms" or n is None or m is None or n == m:
+    if n is None or m is None or n == m:
         return {}
     return {"eps": node.attrs["eps"] * n / m, "scale": math.sqrt(n / m), "normalized": [int(m)]}
 
