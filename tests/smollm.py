@@ -140,14 +140,19 @@ def torch_runner(model):
     return run
 
 
-def onnx_runner(proto, threads: int | None = None):
-    """``ids -> logits`` for an ONNX model (onnxruntime, CPU)."""
+def onnx_session(proto, threads: int | None = None):
+    """An onnxruntime CPU session of ``proto`` (a ModelProto or a path)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(proto.SerializeToString() if hasattr(proto, "SerializeToString")
+    return ort.InferenceSession(proto.SerializeToString() if hasattr(proto, "SerializeToString")
                                 else str(proto), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(proto, threads: int | None = None):
+    """``ids -> logits`` for an ONNX model (onnxruntime, CPU)."""
+    sess = onnx_session(proto, threads)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]

@@ -127,10 +127,10 @@ class _Bench:
     def original(self, route: str, model, runner) -> None:
         self.ppl0[route] = p = self.ppl(runner(model))
         ms = paired_ms(runner, model, model, self.prefill)[0]
-        dec = self.decode(self.hf) if route == "torch" else \
-            _ort_decode(model, model, self.prefill) if route == CACHE else None
+        dec = self.decode(self.hf)[0] if route == "torch" else \
+            _ort_step_ms(model, self.prefill) if route == CACHE else None
         self.table.add(route, "original", None, 0, 1.0, f"{p:.2f}", 1.0, f"{ms:.1f}", None,
-                       dec and f"{dec[0]:.1f}", None, None, None)
+                       dec and f"{dec:.1f}", None, None, None)
 
     def decode(self, hf) -> tuple[float, float]:
         """(original ms, ``hf``'s ms) for one cached decode step after the prefill tokens."""
@@ -144,7 +144,7 @@ class _Bench:
         in a copy of transformers' model (``llm_decode``), on the cache export onnxruntime's
         step; the cache-less ONNX export has none."""
         if route == CACHE:
-            b_ms, ms = _ort_decode(base, r.model, self.prefill)
+            b_ms, ms = _ort_step_ms(base, self.prefill), _ort_step_ms(r.model, self.prefill)
             return f"{ms:.1f} ({b_ms:.1f})", b_ms / ms
         if route != "torch":
             return None, None
@@ -241,33 +241,23 @@ def _onnx_rows(b: _Bench, quick: bool) -> None:
 
 def _cache_runner(proto):
     """``ids -> logits`` of a decode-step export, run with an empty cache."""
+    import smollm
     from helpers import decode_feed
 
-    sess = _session(proto)
+    sess = smollm.onnx_session(proto)
     return lambda x: sess.run(None, decode_feed(proto, x))[0]
 
 
-def _session(proto, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or 0
-    return ort.InferenceSession(proto.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-
-
-def _ort_decode(base, model, prefill: np.ndarray) -> tuple[float, float]:
-    """(``base`` ms, ``model`` ms): one decode step of two decode-step exports after the
-    cache of ``prefill`` (the token after it fed), onnxruntime CPU, one thread each."""
+def _ort_step_ms(proto, prefill: np.ndarray) -> float:
+    """One decode step of a decode-step export after the cache of ``prefill`` (the token
+    after it fed), onnxruntime CPU, one thread."""
+    import smollm
     from helpers import decode_feed
 
-    def step(proto):
-        sess = _session(proto, threads=1)
-        cache = sess.run(None, decode_feed(proto, prefill[:, :-1]))[1:]
-        feed = decode_feed(proto, prefill[:, -1:], cache)
-        return lambda _: sess.run(None, feed)
-
-    return median_ms(step(base), None), median_ms(step(model), None)
+    sess = smollm.onnx_session(proto, threads=1)
+    cache = sess.run(None, decode_feed(proto, prefill[:, :-1]))[1:]
+    feed = decode_feed(proto, prefill[:, -1:], cache)
+    return median_ms(lambda _: sess.run(None, feed), None)
 
 
 def _cache_rows(b: _Bench) -> None:
