@@ -136,3 +136,35 @@ def test_layers_too_wide_to_refit_are_left_out():
     assert "not refitted, more than 9216 inputs" in notes, notes
     kept = r.model.get_submodule("2").in_features
     assert reconstruct.MAX_FEATURES < kept < wide
+
+
+def test_fits_short_of_calibration_rows_are_named():
+    """Every least-squares fit records its calibration rows per input feature; where some have
+    fewer than THIN_ROWS the report says data is short, naming the thinnest (the 1x1 conv reads
+    31 channels on 4x4 maps after the cut: 4 images give 2 rows per input, 64 images 33)."""
+    import torch
+
+    import idapgraph
+    from idapgraph.cli_view import notes
+    from idapgraph.ir.plan import Plan
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(32, 16, 1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(64, 3, 4, 4)
+    plan = Plan(remove={"w0.out": [0]}, meta={"backend": "fx"})
+    few = idapgraph.compress(net, (x[:1],), plan=plan, calib=x[:4].numpy()).report
+    rows = few.heal["rows_per_input"]
+    conv = [n for n in rows if rows[n] == min(rows.values())]
+    assert rows[conv[0]] == round(4 * 16 / 31, 2)  # 4 images x 16 positions, 31 channels left
+    short = [n for n in few.heal["notes"] if n.startswith(rc.SHORT)]
+    assert short and f"fewest: {conv[0]}, 2.06" in short[0], few.heal["notes"]
+    rep = {**few.to_dict(), "output": None}
+    assert short[0] in notes(rep)  # the CLI's summary shows it
+    many = idapgraph.compress(net, (x[:1],), plan=plan, calib=x.numpy()).report
+    assert min(many.heal["rows_per_input"].values()) >= rc.THIN_ROWS
+    assert not [n for n in many.heal["notes"] if n.startswith(rc.SHORT)]
+    assert rc.short_rows({"a": 3.0, "b": 12.0, "c": 9.5}) == (
+        f"{rc.SHORT} for 2 of 3 least-squares fits (fewer than 10 rows per input; fewest: a, 3): "
+        "more calibration samples usually help")

@@ -96,6 +96,8 @@ class HealReport:
     # reconstruct.refit_record): {"layer", "kind", ...numbers}
     corrections: list[dict] = field(default_factory=list)
     bias_added: dict[str, int] = field(default_factory=dict)  # layer -> size of a bias it got
+    # layer -> calibration rows per input feature of its least-squares fit (every layer fitted)
+    rows_per_input: dict[str, float] = field(default_factory=dict)
 
 
 def _num(x) -> float:

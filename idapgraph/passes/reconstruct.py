@@ -527,6 +527,33 @@ def underdetermined(normal: Normal, site: Site) -> str | None:
     return f"{site.node} not refitted: {total.rows:.0f} calibration rows for {d} inputs"
 
 
+def rows_per_input(normal: Normal, site: Site) -> float | None:
+    """The calibration rows of ``site``'s fit per input feature (None: nothing gathered)."""
+    total = normal.total(site.node)
+    return None if total is None else total.rows / max(total.features, 1)
+
+
+#: A fit with fewer calibration rows than this per input feature is reported as short of data
+#: (:func:`short_rows`). Not a guard: such fits still apply where they beat the current weights
+#: on held-out rows. Where more calibration samples were measured to help: EfficientNet-Lite0
+#: at 0.7 FLOPs (the last block's 1,152-input 1x1 conv on 7x7 maps gets 8.5 rows per input from
+#: 200 images, stage 6's pruned ones 11-12) kept 80.2 % top-1 calibrated on 200 images and
+#: 81.7 % on 400, on 600 images neither used (BENCHMARKS.md, twenty-sixth session).
+THIN_ROWS = 10.0
+SHORT = "calibration data short"  # how short_rows's note starts
+
+
+def short_rows(rows: dict[str, float]) -> str | None:
+    """A note on the fits (layer -> calibration rows per input feature) below
+    :data:`THIN_ROWS`, or None."""
+    thin = sorted((v, k) for k, v in rows.items() if v < THIN_ROWS)
+    if not thin:
+        return None
+    return (f"{SHORT} for {len(thin)} of {len(rows)} least-squares fits (fewer than "
+            f"{THIN_ROWS:g} rows per input; fewest: {thin[0][1]}, {thin[0][0]:.3g}): more "
+            "calibration samples usually help")
+
+
 def solve(site: Site, normal: Normal, current_w: np.ndarray, current_b: np.ndarray | None,
           has_intercept: bool) -> Fit | None:
     """Fit one site from its normal equations; ``current_w`` in the backend's layout. The ridge

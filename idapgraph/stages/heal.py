@@ -206,6 +206,9 @@ def reconstruct(a: Analysis, pruned, rewrite: Rewrite, batches, rep, drifted: bo
         rep.notes.append("least-squares refit of %d layers: residual %.3g -> %.3g (median)" % (
             len(gains), float(np.median([x for x, _ in gains])),
             float(np.median([y for _, y in gains]))))
+    short = recon_pass.short_rows(rep.rows_per_input)
+    if short:
+        rep.notes.append(short)
     rep.kept = probe is not None or rep.error_after <= rep.error_before
     return (current if rep.kept else pruned), rep
 
@@ -327,6 +330,9 @@ def _fits(a: Analysis, current, chunk, normal, rep, gains, room):
     g, m = a.graph, a.model
     updates, new_bias = {}, {}
     for s in chunk:
+        per = recon_pass.rows_per_input(normal, s)
+        if per is not None:
+            rep.rows_per_input[s.node] = round(per, 2)
         short = recon_pass.underdetermined(normal, s)
         if short:
             rep.notes.append(short)

@@ -20,7 +20,8 @@ def run(s: State) -> Result:
     bias_flops, bias_params = added_bias_cost(g, rewrite, s.heal, s.gone)
     if s.heal.kept and s.heal.corrections:
         a.model.stamp(s.out, "idapgraph.healing",
-                      {k: v for k, v in asdict(s.heal).items() if k != "bias_added"})
+                      {k: v for k, v in asdict(s.heal).items()
+                       if k not in ("bias_added", "rows_per_input")})
     final = {"flops": (a.cost.flops, after.flops + bias_flops),
              "params": (a.cost.params, after.params + s.stored + bias_params)}
     for name, ratio in (("flops", o.flops), ("params", o.params)):
