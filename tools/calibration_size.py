@@ -11,8 +11,9 @@ EfficientNet-Lite0 on the labelled ImageNet sample: size ``200·k`` calibrates o
 calibrates on the first ``n / 10`` test images of every class (``make bench``'s 260 are the
 first 26). ``--mirror`` adds each calibration image's left-right mirror after it (labels are
 never used). ``--shuffle SEED`` hands the calibration images over in a seeded random order
-instead of file order (the test files are sorted by class). The torch route: ``idapgraph.compress(model, example, flops=F, calib=images)``,
-defaults otherwise; one thread. Data: ``../shared/data`` (``IDAPGRAPH_DATA``).
+instead of file order (the test files are sorted by class). The torch route:
+``idapgraph.compress(model, example, flops=F, calib=images)``, defaults otherwise; one thread.
+Data: ``../shared/data`` (``IDAPGRAPH_DATA``).
 """
 
 from __future__ import annotations
