@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from .passes.reconstruct import SHORT
+from .passes.reconstruct import short_rows
 from .review.text import fmt
 
 try:  # optional: plain text without it
@@ -99,7 +99,8 @@ def notes(rep: dict[str, Any]) -> list[str]:
         out.append(f"healing ({h['method']}): {h['layers']} layers, calibration error "
                    f"{h['error_before']:.4g} -> {h['error_after']:.4g} "
                    f"({'kept' if h['kept'] else 'not kept: no better'})")
-        out += [n for n in h.get("notes", ()) if n.startswith(SHORT)]
+        short = short_rows(h.get("rows_per_input") or {})
+        out += [short] if short else []
     if not rep["reached"]:
         out.append("target not reached (see warning)")
     out.append("dry run: nothing written" if rep["output"] is None else f"wrote {rep['output']}")

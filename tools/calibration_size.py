@@ -59,12 +59,12 @@ def _resnet56(sizes: list[int]):
 
 def _topk(model, x: np.ndarray, y: np.ndarray, ks, batch: int = 50) -> list[float]:
     import torch
+    from bench.labelled import topk
 
     with torch.no_grad():
         out = np.concatenate([model(torch.from_numpy(x[i:i + batch])).numpy()
                               for i in range(0, len(x), batch)])
-    best = np.argsort(-out, axis=1)
-    return [100 * float(np.mean((best[:, :k] == y[:, None]).any(1))) for k in ks]
+    return topk(out, y, ks)
 
 
 def main() -> None:

@@ -53,8 +53,7 @@ class Task:
 
     def accuracy(self, m) -> list[float]:
         """Top-k accuracies (%) of ``m`` on the evaluation images, one per ``topk``."""
-        best = np.argsort(-self.logits(m), axis=1)
-        return [100 * float(np.mean((best[:, :k] == self.ye[:, None]).any(1))) for k in self.topk]
+        return topk(self.logits(m), self.ye, self.topk)
 
     def onnx(self, m):
         """``m`` as ONNX (a torch module exported with a dynamic batch; ONNX as it is)."""
@@ -77,6 +76,12 @@ class Task:
 
     def failed(self, t: Table, target, name: str) -> None:
         t.add(self.name, target, name, *[None] * (len(self.topk) + len(HEADERS)))
+
+
+def topk(logits: np.ndarray, labels: np.ndarray, ks) -> list[float]:
+    """Top-k accuracies (%) of class scores ``logits`` (samples, classes), one per ``ks``."""
+    best = np.argsort(-logits, axis=1)
+    return [100 * float(np.mean((best[:, :k] == labels[:, None]).any(1))) for k in ks]
 
 
 def export(m, example: tuple):
